@@ -1,0 +1,162 @@
+"""The planner interface shared by every backend (transformers, openai, rules, script).
+
+A planner receives a :class:`PlanRequest` -- the question, a neutral transcript of what happened
+so far (planner turns, zoom observations, tool results, feedback on mistakes), the views it may
+look at, the tools it may call -- and returns a :class:`PlanReply`: the raw model text (parsed by
+:func:`zoomearth.agent.parse_response`, exactly like any model output) and the bookkeeping needed to
+interpret it (the pixel size at which each view was *seen*, so boxes can be mapped back to
+full-resolution pixels; the visual tokens processed).
+
+Pixels never enter the transcript: entries refer to views by id; the backend asks
+``PlanRequest.render(view_id)`` for the RGB array when it needs it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from zoomearth.errors import ZoomEarthError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zoomearth.agent.parsing import ParsedResponse
+    from zoomearth.geometry import ViewSpec
+
+__all__ = [
+    "CoordMode",
+    "EntryKind",
+    "Layout",
+    "PlanReply",
+    "PlanRequest",
+    "Planner",
+    "PlannerError",
+    "TranscriptEntry",
+]
+
+CoordMode = Literal["pixels", "norm1000", "norm1"]
+"""Frame of the boxes a backend's model emits.
+
+* ``pixels``: absolute pixels of the image exactly as the model saw it (Qwen2.5-VL; a 512 px
+  overview is seen as 504 x 504 after the processor's multiple-of-28 resize),
+* ``norm1000``: 0-1000 normalised coordinates of the image (Qwen2-VL / Qwen3-VL style),
+* ``norm1``: 0-1 normalised coordinates.
+"""
+
+Layout = Literal["zoomearth", "chat"]
+"""Where zoom crops go in the conversation.
+
+* ``zoomearth``: the layout ZoomEarth-3B was trained with -- the crop continues the assistant turn
+  right after the planner's text (cut before ``<answer>``), with no end-of-turn token between,
+* ``chat``: a plain user message carrying the crop (for general-purpose VLMs).
+"""
+
+EntryKind = Literal["planner", "zoom", "tool_result", "feedback"]
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    """One event of the conversation after the question, in order.
+
+    Attributes:
+        kind: ``planner`` (the model's raw text of one turn), ``zoom`` (a crop was rendered; the
+            image of ``view_id`` follows), ``tool_result`` (a tool's short text result, optionally
+            with a preview ``view_id``), ``feedback`` (problems with the previous turn that the
+            model should fix, or a request for a best-effort answer).
+        text: Text of the entry (for ``zoom``: a short caption such as the region).
+        view_id: The view shown with this entry, if any.
+        data: Small JSON-serialisable extras (tool name, artifact ids, label ...).
+    """
+
+    kind: EntryKind
+    text: str = ""
+    view_id: int | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlanRequest:
+    """Everything a planner needs for one turn.
+
+    Attributes:
+        question: The user's question or command.
+        overview_id: Id of the overview view shown with the question.
+        transcript: Events after the question, oldest first.
+        views: All views so far by id (their full-resolution region and rendered size).
+        render: Returns the pixels of a view: RGB uint8 array of shape (H, W, 3) at the view's
+            rendered size (``views[id].width x views[id].height``).
+        tools: Tool descriptions from the registry: dicts with ``name``, ``description`` and
+            ``parameters`` (JSON Schema of the arguments).
+        final: True when budgets are exhausted and only an answer is acceptable.
+        scene_info: Small facts about the scene (size, CRS, ground sampling distance).
+        artifacts: Artifacts so far (id, kind, one-line summary), for reference by ``artifact:N``.
+    """
+
+    question: str
+    overview_id: int
+    transcript: list[TranscriptEntry]
+    views: dict[int, ViewSpec]
+    render: Callable[[int], np.ndarray]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    final: bool = False
+    scene_info: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PlanReply:
+    """A planner's answer for one turn.
+
+    Attributes:
+        text: The raw model text (ZoomEarth protocol: ``<think>``, ``bbox_2d`` JSON,
+            ``<tool_call>``, ``<answer>``).
+        seen_sizes: For each view shown this turn, the ``(width, height)`` in pixels at which the
+            model saw it (after any processor resize). Boxes in ``pixels`` mode refer to it.
+        visual_tokens: Image tokens processed by the model in this call.
+        backend: Backend name (``transformers``, ``openai``, ``rules``, ``script``).
+        model: Model id or path, when there is one.
+        parsed: A pre-parsed response for backends that produce actions directly (structured
+            script turns); None means "parse ``text``".
+        notes: Human-readable notes for the run log (which backend was chosen and why ...).
+    """
+
+    text: str
+    seen_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    visual_tokens: int = 0
+    backend: str = ""
+    model: str | None = None
+    parsed: ParsedResponse | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class PlannerError(ZoomEarthError, RuntimeError):
+    """A planner backend failed for a reason the user must fix (unreachable server, no weights).
+
+    The message says what to configure.
+    """
+
+
+class Planner(ABC):
+    """Base class of planner backends.
+
+    Subclasses set :attr:`name` and :attr:`coord_mode` and implement :meth:`plan`. Heavy resources
+    (weights, HTTP clients) are created lazily on the first :meth:`plan` call.
+    """
+
+    name: ClassVar[str] = "planner"
+    coord_mode: CoordMode = "pixels"
+    layout: Layout = "chat"
+
+    @abstractmethod
+    def plan(self, request: PlanRequest) -> PlanReply:
+        """Return the model's text for one turn (never raises on the model's content)."""
+
+    def describe(self) -> str:
+        """One line naming the backend and model, for logs and the run record."""
+        return self.name
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (HTTP clients ...). Models stay in the pool."""

@@ -1,0 +1,99 @@
+"""Prepared-copy cache: built on demand for hard-to-window rasters, keyed, LRU-capped."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import rasterio
+
+from tests.scene.rasters import pattern, write_raster
+from zoomearth.config import load_settings
+from zoomearth.geometry import PixelBox
+from zoomearth.scene import Scene
+from zoomearth.scene.cache import SceneCache, cache_key
+
+
+@pytest.fixture()
+def small_prepare(tmp_path):
+    # Treat anything above 256 px without tiles/overviews as needing a prepared copy.
+    return load_settings(
+        flags={"data_dir": tmp_path / "data", "cache_dir": tmp_path / "cache", "prepare_min_side": 256},
+        environ={},
+    )
+
+
+def test_png_gets_a_tiled_overviewed_copy(tmp_path, small_prepare):
+    png = write_raster(tmp_path / "big.png", 1200, 700, 3, driver="PNG", georef=False)
+    scene = Scene.open(png, settings=small_prepare)
+    assert scene.needs_preparation()
+    view = scene.render(PixelBox(100, 50, 300, 250))
+    assert np.array_equal(np.moveaxis(view.rgb, -1, 0), pattern(1200, 700, 3)[:, 50:250, 100:300])
+    copy = scene.pixel_path()
+    assert copy != png and copy.parent == small_prepare.scene_cache_dir
+    with rasterio.open(copy) as ds:
+        assert ds.block_shapes[0] == (512, 512)
+        assert ds.overviews(1)
+        assert ds.crs is None  # a non-georeferenced source stays pixel-only
+    overview = scene.render(None, max_side=256)
+    assert (overview.spec.width, overview.spec.height) == (256, 149)
+
+
+def test_tiled_with_overviews_needs_no_copy(tmp_path, small_prepare):
+    tif = write_raster(tmp_path / "cog.tif", 1024, 1024, 3, block=256, overviews=[2, 4])
+    assert not Scene.open(tif, settings=small_prepare).needs_preparation()
+
+
+def test_strip_tiff_is_prepared_and_keeps_georeference(tmp_path, small_prepare):
+    tif = write_raster(tmp_path / "strip.tif", 800, 600, 4, tiled=False, nodata=0)
+    scene = Scene.open(tif, settings=small_prepare)
+    assert scene.needs_preparation()
+    with rasterio.open(scene.pixel_path()) as ds, rasterio.open(tif) as src:
+        assert ds.crs == src.crs and ds.transform == src.transform
+        assert ds.nodata == 0 and ds.count == 4 and ds.dtypes == src.dtypes
+
+
+def test_cache_reused_and_invalidated_by_mtime(tmp_path, small_prepare):
+    png = write_raster(tmp_path / "big.png", 600, 400, 3, driver="PNG", georef=False)
+    cache = SceneCache.from_settings(small_prepare)
+    first = cache.get_or_build(png, progress=False)
+    stamp = first.stat().st_mtime_ns
+    assert cache.get_or_build(png, progress=False) == first
+    assert first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    old_key = cache_key(png)
+    os.utime(png, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert cache_key(png) != old_key
+
+
+def test_lru_cap_removes_least_recently_used(tmp_path):
+    settings = load_settings(
+        flags={"cache_dir": tmp_path / "cache", "prepare_min_side": 64}, environ={}
+    )
+    cache = SceneCache.from_settings(settings)
+    a = write_raster(tmp_path / "a.png", 300, 300, 3, driver="PNG", georef=False)
+    b = write_raster(tmp_path / "b.png", 300, 300, 3, driver="PNG", georef=False)
+    pa = cache.get_or_build(a, progress=False)
+    time.sleep(0.02)
+    cache.get_or_build(b, progress=False)
+    size_one = pa.stat().st_size
+    cache.max_bytes = int(size_one * 1.5)
+    time.sleep(0.02)
+    cache.lookup(b)  # b most recently used
+    removed = cache.enforce_cap()
+    assert removed == [cache_key(a)]
+    assert [e.key for e in cache.entries()] == [cache_key(b)]
+    assert cache.clear() > 0 and cache.entries() == []
+
+
+def test_corrupt_png_prepare_fails_cleanly(tmp_path, small_prepare):
+    png = write_raster(tmp_path / "big.png", 800, 600, 3, driver="PNG", georef=False)
+    data = png.read_bytes()
+    png.write_bytes(data[: len(data) // 3])
+    from zoomearth.errors import SceneReadError
+
+    with pytest.raises(SceneReadError):
+        Scene.open(png, settings=small_prepare).render()
+    leftovers = list(small_prepare.scene_cache_dir.glob("*")) if small_prepare.scene_cache_dir.exists() else []
+    assert not [p for p in leftovers if p.suffix in {".tif", ".json"} or "tmp" in p.name]

@@ -1,0 +1,276 @@
+"""The ``zoomearth`` command line.
+
+Every subcommand is a small function taking parsed arguments and the effective settings. Imports
+are done inside the commands, so commands that need no model import no torch/transformers and
+start fast. Errors raised on purpose (:class:`~zoomearth.errors.ZoomEarthError`) are printed as one
+clear line on stderr with exit status 2; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zoomearth.errors import ZoomEarthError
+
+__all__ = ["main", "build_parser"]
+
+Handler = Callable[[argparse.Namespace, Any], int]
+_COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    """Register a subcommand handler."""
+
+    def deco(fn: Handler) -> Handler:
+        _COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+def _parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--bands expects 1-based band numbers like 3,2,1; got {text!r}"
+        ) from None
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# scene commands
+# ----------------------------------------------------------------------------------------------
+@command("info")
+def cmd_info(args: argparse.Namespace, settings: Any) -> int:
+    """Print a raster's metadata without decoding pixels."""
+    from zoomearth.scene import Scene
+
+    with Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene:
+        info = scene.info()
+    if args.json:
+        _print_json(info)
+        return 0
+    rows = [
+        ("path", info["path"]),
+        ("driver", info["driver"]),
+        ("size", f"{info['width']} x {info['height']} px, {info['count']} band(s), {info['dtype']}"),
+        ("file size", f"{info['file_size']:,} bytes"),
+        ("nodata", info["nodata"]),
+        ("crs", info["crs"] or "none (pixel coordinates only)"),
+    ]
+    if info["georeferenced"]:
+        rows.append(("bounds", ", ".join(f"{v:.3f}" for v in info["bounds"])))
+    if info["pixel_size"]:
+        rows.append(("pixel size", " x ".join(f"{v:g}" for v in info["pixel_size"])))
+    rows += [
+        ("colour interp.", ", ".join(info["colorinterp"])),
+        ("layout", f"{'tiled' if info['tiled'] else 'untiled'} {info['block_shape']}, "
+                   f"overviews {info['overviews'] or 'none'}"),
+        ("band mapping", info["band_mapping"].get("note") or info["band_mapping"].get("error")),
+        ("prepared copy", "needed (built on first use, or run 'zoomearth prepare')"
+         if info["needs_preparation"] else "not needed"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+@command("view")
+def cmd_view(args: argparse.Namespace, settings: Any) -> int:
+    """Render an overview (no box) or a region at long side --side into a PNG."""
+    from zoomearth.geometry import parse_box
+    from zoomearth.scene import Scene
+    from zoomearth.scene.writing import write_png
+
+    box = parse_box(args.box) if args.box else None
+    with Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene:
+        view = scene.render(box, max_side=args.side)
+    for w in view.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    out = Path(args.output)
+    if out.exists() and out.resolve() == Path(args.image).resolve():
+        raise ZoomEarthError(f"Refusing to overwrite the input image {out}; choose another -o.")
+    write_png(out, view.rgb)
+    region = view.spec.region
+    print(
+        f"wrote {out} ({view.spec.width}x{view.spec.height} px) showing full-resolution region "
+        f"{region} of {scene.width}x{scene.height}"
+    )
+    return 0
+
+
+@command("prepare")
+def cmd_prepare(args: argparse.Namespace, settings: Any) -> int:
+    """Build the cached tiled, overviewed copy of a raster."""
+    from zoomearth.scene import Scene
+
+    with Scene.open(args.image, settings=settings, prepare=True) as scene:
+        path = scene.prepare(progress=True)
+    print(f"prepared copy: {path}")
+    return 0
+
+
+@command("synth")
+def cmd_synth(args: argparse.Namespace, settings: Any) -> int:
+    """Generate a synthetic georeferenced scene with planted objects."""
+    from zoomearth.scene.synth import generate_scene
+
+    result = generate_scene(
+        Path(args.output),
+        args.size,
+        seed=args.seed,
+        clouds=args.clouds,
+        bands=args.bands_count,
+        progress=True,
+    )
+    print(f"wrote {result.image_path} and {result.sidecar_path}")
+    return 0
+
+
+@command("cache")
+def cmd_cache(args: argparse.Namespace, settings: Any) -> int:
+    """List or clear the prepared-raster cache."""
+    from zoomearth.scene.cache import SceneCache
+
+    cache = SceneCache.from_settings(settings)
+    if args.action == "clear":
+        freed = cache.clear()
+        print(f"cleared {cache.root} ({freed:,} bytes freed)")
+        return 0
+    entries = cache.entries()
+    if args.json:
+        _print_json([e.__dict__ for e in entries])
+        return 0
+    total = sum(e.size_bytes for e in entries)
+    print(f"{cache.root}: {len(entries)} entries, {total:,} of {cache.max_bytes:,} bytes")
+    for e in entries:
+        print(f"  {e.key}  {e.size_bytes:>14,}  {e.source}")
+    return 0
+
+
+@command("config")
+def cmd_config(args: argparse.Namespace, settings: Any) -> int:
+    """Print the effective settings and where each value came from."""
+    from zoomearth.config import config_file_of, default_config_path, describe_settings
+
+    rows = describe_settings(settings)
+    if args.json:
+        _print_json(rows)
+        return 0
+    file = config_file_of(settings)
+    print(f"config file: {file if file else f'none (looked for {default_config_path()})'}")
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        print(f"{r['key']:<{width}}  {json.dumps(r['value'])}  [{r['source']}]")
+    return 0
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace, settings: Any) -> int:
+    """Show the model pool's budget and resident models (of this process)."""
+    from zoomearth.models import format_stats, get_default_pool
+
+    pool = get_default_pool(settings)
+    stats = pool.stats()
+    if args.json:
+        _print_json(stats if isinstance(stats, dict) else getattr(stats, "__dict__", stats))
+        return 0
+    print(format_stats(stats))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``zoomearth`` command."""
+    p = argparse.ArgumentParser(
+        prog="zoomearth",
+        description="Active perception on ultra-high-resolution remote-sensing imagery.",
+    )
+    p.add_argument("--config", help="TOML settings file (default: the user's zoomearth.toml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting (highest precedence); repeatable",
+    )
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("info", help="raster metadata (no pixels decoded)")
+    s.add_argument("image")
+    s.add_argument("--bands", help="1-based band mapping shown as RGB, e.g. 3,2,1")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("view", help="render an overview or a region to PNG")
+    s.add_argument("image")
+    s.add_argument("--box", help="x1,y1,x2,y2 in full-resolution pixels (default: whole image); write --box=-5,0,10,10 when it starts with a minus")
+    s.add_argument("--side", type=int, default=512, help="long side of the output (default 512)")
+    s.add_argument("--bands", help="1-based band mapping shown as RGB, e.g. 3,2,1")
+    s.add_argument("-o", "--output", required=True, help="output PNG")
+
+    s = sub.add_parser("prepare", help="build the cached tiled/overviewed copy of a raster")
+    s.add_argument("image")
+
+    s = sub.add_parser("synth", help="generate a synthetic UHR scene (COG + sidecar JSON)")
+    s.add_argument("output")
+    s.add_argument("--size", type=int, required=True, help="side length in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--clouds", type=float, default=0.0, help="cloud cover fraction 0..1")
+    s.add_argument("--bands-count", type=int, default=3, choices=(3, 4), help="3=RGB, 4=RGBN")
+
+    s = sub.add_parser("cache", help="list or clear the prepared-raster cache")
+    s.add_argument("action", nargs="?", choices=("list", "clear"), default="list")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("config", help="effective settings and their sources")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("models", help="model pool budget and resident models")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(version("zoomearth"))
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 1
+    try:
+        from zoomearth.config import load_settings, parse_set_flags
+
+        settings = load_settings(flags=parse_set_flags(args.set), config_file=args.config)
+        return _COMMANDS[args.command](args, settings)
+    except ZoomEarthError as exc:
+        print(f"zoomearth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except argparse.ArgumentTypeError as exc:
+        print(f"zoomearth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

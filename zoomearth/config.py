@@ -1,0 +1,297 @@
+"""One settings model for the whole project, with provenance of every value.
+
+Sources, highest precedence first:
+
+1. command-line flags (``--set key=value`` and the flags each command maps to a setting),
+2. environment variables ``ZOOMEARTH_<KEY>`` (upper case; lists/dicts as JSON),
+3. a TOML file: ``--config FILE`` / ``ZOOMEARTH_CONFIG``, else ``zoomearth.toml`` in the user's
+   config directory (``$XDG_CONFIG_HOME/zoomearth/zoomearth.toml`` on Linux),
+4. the defaults below.
+
+Directories follow the platform's conventions through :mod:`platformdirs` (XDG on Linux): data
+(checkpoints, runs), cache (prepared rasters, model downloads) and config.
+
+``zoomearth config`` prints the effective settings and the source of each value
+(:func:`describe_settings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+
+from zoomearth.errors import ConfigError
+
+__all__ = ["Settings", "describe_settings", "load_settings", "default_config_path"]
+
+ENV_PREFIX = "ZOOMEARTH_"
+APP_NAME = "zoomearth"
+
+Source = Literal["default", "file", "env", "flag"]
+
+
+def _user_dir(kind: str) -> Path:
+    import platformdirs
+
+    fn = {
+        "data": platformdirs.user_data_dir,
+        "cache": platformdirs.user_cache_dir,
+        "config": platformdirs.user_config_dir,
+    }[kind]
+    return Path(fn(APP_NAME, appauthor=False))
+
+
+def default_config_path() -> Path:
+    """Path of the user's ``zoomearth.toml`` (it may not exist)."""
+    return _user_dir("config") / "zoomearth.toml"
+
+
+class Settings(BaseModel):
+    """Effective configuration. Every field can be set by file, environment or flag.
+
+    Paths left unset are derived from the platform directories after validation
+    (``runs_dir`` and ``checkpoint_db`` from ``data_dir``; ``scene_cache_dir`` from ``cache_dir``).
+    """
+
+    model_config = {"extra": "forbid", "validate_assignment": True}
+
+    # --- directories -------------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=lambda: _user_dir("data"), description="Data directory")
+    cache_dir: Path = Field(
+        default_factory=lambda: _user_dir("cache"), description="Cache directory"
+    )
+    runs_dir: Path | None = Field(None, description="Run directories (default: DATA_DIR/runs)")
+    scene_cache_dir: Path | None = Field(
+        None, description="Prepared (tiled, overviewed) copies of rasters (default: CACHE_DIR/scenes)"
+    )
+    checkpoint_db: Path | None = Field(
+        None, description="SQLite checkpoint database (default: DATA_DIR/checkpoints.sqlite)"
+    )
+
+    # --- scene engine ------------------------------------------------------------------------
+    max_image_pixels: int = Field(
+        20_000_000_000, gt=0, description="Refuse rasters declaring more pixels than this"
+    )
+    overview_side: int = Field(512, gt=0, description="Long side of the overview shown first")
+    view_side: int = Field(512, gt=0, description="Long side of rendered zoom views")
+    min_crop: int = Field(512, gt=0, description="Minimum crop side in full-resolution pixels")
+    prepare_min_side: int = Field(
+        4096,
+        gt=0,
+        description="Untiled or overview-less rasters with a longer side get a cached tiled copy",
+    )
+    scene_cache_max_bytes: int = Field(
+        20 * 1024**3, ge=0, description="Size cap of the prepared-raster cache (LRU cleanup)"
+    )
+    gdal_cache_mb: int = Field(128, gt=0, description="GDAL block cache (GDAL_CACHEMAX) in MB")
+    stretch_percentiles: tuple[float, float] = Field(
+        (2.0, 98.0), description="Percentiles for scaling 16-bit/float imagery to 8 bits"
+    )
+
+    # --- model pool --------------------------------------------------------------------------
+    model_pool_budget_bytes: int | None = Field(
+        None, ge=0, description="Model memory budget per device (default: a fraction of free memory)"
+    )
+    model_pool_fraction: float = Field(
+        0.8, gt=0, le=1, description="Fraction of free device memory (or RAM) used as the budget"
+    )
+    model_pool_concurrency: int = Field(1, ge=1, description="Concurrent model calls per device")
+
+    # --- planner -----------------------------------------------------------------------------
+    planner: Literal["auto", "transformers", "openai", "rules", "script"] = Field(
+        "auto",
+        description="Planner backend; auto = transformers if local weights are configured or "
+        "cached, else openai if a base URL is set, else rules",
+    )
+    planner_model: str | None = Field(
+        None,
+        description="transformers: checkpoint path or hub id (e.g. HappyBug/ZoomEarth-3B); "
+        "openai: the served model name",
+    )
+    planner_base_url: str | None = Field(
+        None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+    )
+    planner_api_key: str | None = Field(None, description="API key for the openai backend")
+    planner_coord_mode: Literal["pixels", "norm1000", "norm1"] | None = Field(
+        None, description="Box frame the model emits (default: the backend's)"
+    )
+    planner_layout: Literal["zoomearth", "chat"] | None = Field(
+        None, description="Where crops go in the conversation (default: the backend's)"
+    )
+    planner_prompt: Path | None = Field(
+        None, description="Replacement prompt template file (e.g. a checkpoint's training prompt)"
+    )
+    planner_device: str = Field("auto", description="Device for local planners: auto, cpu, cuda:N")
+    planner_dtype: str = Field("auto", description="Weights dtype: auto, bfloat16, float16, float32")
+    planner_max_new_tokens: int = Field(512, gt=0, description="Generation length per turn")
+    planner_timeout_s: float = Field(120.0, gt=0, description="HTTP timeout per planner call")
+    planner_max_retries: int = Field(3, ge=0, description="Retries of failed planner HTTP calls")
+    plan_file: Path | None = Field(None, description="Script planner: JSON/YAML plan file")
+    max_steps: int = Field(6, ge=1, description="Plan -> act -> observe cycles per question")
+    max_zooms: int = Field(8, ge=0, description="Zoom actions per question")
+
+    # --- security / server -------------------------------------------------------------------
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories from which path arguments (and file:// URLs) may be read",
+    )
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        # Derived directories are filled in only when not set explicitly.
+        if self.runs_dir is None:
+            object.__setattr__(self, "runs_dir", self.data_dir / "runs")
+        if self.scene_cache_dir is None:
+            object.__setattr__(self, "scene_cache_dir", self.cache_dir / "scenes")
+        if self.checkpoint_db is None:
+            object.__setattr__(self, "checkpoint_db", self.data_dir / "checkpoints.sqlite")
+        lo, hi = self.stretch_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError("stretch_percentiles must satisfy 0 <= low < high <= 100")
+        return self
+
+    # Provenance of each field and the file read, filled by load_settings (not in the schema).
+    _sources: dict[str, Source] = PrivateAttr(default_factory=dict)
+    _config_file: Path | None = PrivateAttr(None)
+
+    def source_of(self, key: str) -> Source:
+        """Where the effective value of ``key`` came from."""
+        return self._sources.get(key, "default")
+
+
+def _parse_env_value(key: str, raw: str) -> Any:
+    field = Settings.model_fields[key]
+    text = raw.strip()
+    # Lists, tuples and dicts are JSON in the environment; plain strings stay strings.
+    if text[:1] in "[{" or str(field.annotation).startswith(("list", "tuple", "dict")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"Environment variable {ENV_PREFIX}{key.upper()} must be JSON for this setting "
+                f"(e.g. '[\"a\", \"b\"]'): {exc}"
+            ) from None
+    if text.lower() in {"none", "null", ""} and "None" in str(field.annotation):
+        return None
+    return text
+
+
+def _env_layer(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in Settings.model_fields:
+        name = ENV_PREFIX + key.upper()
+        if name in environ:
+            out[key] = _parse_env_value(key, environ[name])
+    return out
+
+
+def _file_layer(path: Path | None, environ: dict[str, str]) -> tuple[dict[str, Any], Path | None]:
+    explicit = path is not None or bool(environ.get(ENV_PREFIX + "CONFIG"))
+    if path is None:
+        path = Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None
+    if path is None:
+        path = default_config_path()
+    path = path.expanduser()
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"Configuration file {path} does not exist; check the --config path.")
+        return {}, None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Cannot read configuration file {path}: {exc}") from None
+    # Allow an optional [zoomearth] table so the file can share space with other tools.
+    if isinstance(data.get("zoomearth"), dict):
+        data = data["zoomearth"]
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"Unknown setting(s) {', '.join(unknown)} in {path}; "
+            "run 'zoomearth config' to list valid keys."
+        )
+    return data, path
+
+
+def parse_set_flags(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``--set key=value`` pairs (values as JSON when they parse, else strings)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}.")
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in Settings.model_fields:
+            raise ConfigError(f"Unknown setting {key!r}; run 'zoomearth config' to list valid keys.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    config_file: Path | str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings from defaults, file, environment and flags.
+
+    Args:
+        flags: Values given on the command line (None values are ignored).
+        config_file: Explicit TOML file (``--config``); must exist when given.
+        environ: Environment mapping (defaults to ``os.environ``).
+
+    Returns:
+        Validated settings whose :meth:`Settings.source_of` tells each value's origin.
+
+    Raises:
+        ConfigError: Unknown keys, unreadable file, or values that fail validation.
+    """
+    env = dict(os.environ if environ is None else environ)
+    file_values, file_path = _file_layer(Path(config_file) if config_file else None, env)
+    env_values = _env_layer(env)
+    flag_values = {k: v for k, v in (flags or {}).items() if v is not None}
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for layer_name, layer in (("file", file_values), ("env", env_values), ("flag", flag_values)):
+        for key, value in layer.items():
+            merged[key] = value
+            sources[key] = layer_name  # type: ignore[assignment]
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])} ({sources.get(str(err['loc'][0]), 'default')}): "
+            f"{err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"Invalid settings: {problems}") from None
+    settings._sources = sources
+    settings._config_file = file_path
+    return settings
+
+
+def describe_settings(settings: Settings) -> list[dict[str, Any]]:
+    """Rows ``{key, value, source, description}`` for every setting (for ``zoomearth config``)."""
+    rows = []
+    dumped = settings.model_dump(mode="json")
+    for key, field in Settings.model_fields.items():
+        source = settings.source_of(key)
+        if source == "default" and key in {"runs_dir", "scene_cache_dir", "checkpoint_db"}:
+            source = "derived"  # type: ignore[assignment]
+        value = dumped[key]
+        if key.endswith(("api_key", "token")) and value:
+            value = "***"  # secrets are never printed
+        rows.append({"key": key, "value": value, "source": source, "description": field.description})
+    return rows
+
+
+def config_file_of(settings: Settings) -> Path | None:
+    """The TOML file the settings were read from, if any."""
+    return settings._config_file

@@ -1,0 +1,82 @@
+"""Error hierarchy of the zoomearth core.
+
+Every error the project raises on purpose derives from :class:`ZoomEarthError`; leaves also
+subclass the matching builtin (``FileNotFoundError``, ``ValueError`` ...), so callers that only
+know the builtins still catch them. Messages say what went wrong *and what to do next*.
+"""
+
+from __future__ import annotations
+
+
+class ZoomEarthError(Exception):
+    """Root of all errors raised on purpose by zoomearth."""
+
+
+class ConfigError(ZoomEarthError, ValueError):
+    """A setting is invalid or a configuration file cannot be read."""
+
+
+class SceneError(ZoomEarthError):
+    """Root of raster-scene problems."""
+
+
+class SceneNotFoundError(SceneError, FileNotFoundError):
+    """The image path does not exist."""
+
+
+class SceneReadError(SceneError, OSError):
+    """The file exists but cannot be read as a raster (empty, truncated, corrupt, not an image)."""
+
+
+class SceneTooLargeError(SceneError, ValueError):
+    """The raster declares more pixels than the configured limit."""
+
+
+class BandLayoutError(SceneError, ValueError):
+    """The band layout cannot be mapped to RGB without an explicit band mapping."""
+
+
+class BoxError(ZoomEarthError, ValueError):
+    """A box is malformed: NaN, inverted, empty or entirely outside the image."""
+
+
+class ModelPoolError(ZoomEarthError, RuntimeError):
+    """A model could not be loaded or does not fit the memory budget."""
+
+
+class MissingExtraError(ZoomEarthError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the optional package '{package}'. "
+            f"Install it with: pip install 'zoomearth[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class ModelTooLargeError(ModelPoolError):
+    """A model does not fit the model-pool budget of its device, even after evicting the others."""
+
+
+class ModelFallbackRequired(ModelPoolError):
+    """A model ran out of memory on every device it may use: use the classical backend instead.
+
+    Raised by :meth:`zoomearth.models.ModelPool.run` after the out-of-memory policy (evict the other
+    models, retry once, retry on CPU) is exhausted. ``key`` names the model and ``devices`` the
+    devices that were tried, in order.
+    """
+
+    def __init__(self, message: str, key: str = "", devices: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.key = key
+        self.devices = devices
+
+
+class OutputWriteError(ZoomEarthError, OSError):
+    """An output file (raster, preview) could not be written; nothing was left at its path."""
+
+
+class ProtectedPathError(ZoomEarthError, ValueError):
+    """An output path is the same file as an input that must never be overwritten."""

@@ -1,0 +1,6 @@
+"""The UHR scene engine: lazy raster handles, windowed/overview rendering, prepared-copy cache,
+aligned atomic output writing and the synthetic scene generator."""
+
+from zoomearth.scene.scene import BandMapping, Scene, View
+
+__all__ = ["BandMapping", "Scene", "View"]
