@@ -149,6 +149,8 @@ class Planner(ABC):
     name: ClassVar[str] = "planner"
     coord_mode: CoordMode = "pixels"
     layout: Layout = "chat"
+    #: Why this backend was chosen (set by ``make_planner``; shown in the run).
+    selection: str = ""
 
     @abstractmethod
     def plan(self, request: PlanRequest) -> PlanReply:

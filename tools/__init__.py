@@ -1,0 +1,88 @@
+"""Tool nodes: the tool contract, the registry (built-ins + entry-point plugins) and built-ins.
+
+Importing this package is light: no torch, no rasterio, no plugin is imported (plugins load on the
+registry's first listing; built-ins when first used). See ``docs/tools.md``.
+"""
+
+from zoomearth.tools.base import (
+    CONTRACT_VERSION,
+    RESERVED_ARGS,
+    ArtifactRef,
+    BackendStatus,
+    Capabilities,
+    InputPath,
+    NoArgs,
+    Tile,
+    Tool,
+    ToolCancelled,
+    ToolContext,
+    ToolDefinitionError,
+    ToolError,
+    ToolFailure,
+    ToolInputError,
+    ToolOutcome,
+    ToolResult,
+    UnknownToolError,
+    artifact_ref,
+    describe_arguments,
+    input_path,
+    run_tool,
+    split_region_args,
+)
+from zoomearth.tools.paths import PathNotAllowedError, check_allowed_path
+from zoomearth.tools.registry import (
+    BUILTIN_TOOLS,
+    ENTRY_POINT_GROUP,
+    DuplicateToolError,
+    PluginLoadError,
+    ToolEntry,
+    ToolRegistry,
+    get_registry,
+    get_tool,
+    list_tools,
+    reset_registry,
+)
+
+from zoomearth.artifacts import Artifact, ArtifactDraft, ArtifactKind, ArtifactStore
+
+__all__ = [
+    "BUILTIN_TOOLS",
+    "CONTRACT_VERSION",
+    "ENTRY_POINT_GROUP",
+    "RESERVED_ARGS",
+    "Artifact",
+    "ArtifactDraft",
+    "ArtifactKind",
+    "ArtifactRef",
+    "ArtifactStore",
+    "BackendStatus",
+    "Capabilities",
+    "DuplicateToolError",
+    "InputPath",
+    "NoArgs",
+    "PathNotAllowedError",
+    "PluginLoadError",
+    "Tile",
+    "Tool",
+    "ToolCancelled",
+    "ToolContext",
+    "ToolDefinitionError",
+    "ToolEntry",
+    "ToolError",
+    "ToolFailure",
+    "ToolInputError",
+    "ToolOutcome",
+    "ToolRegistry",
+    "ToolResult",
+    "UnknownToolError",
+    "artifact_ref",
+    "check_allowed_path",
+    "describe_arguments",
+    "get_registry",
+    "get_tool",
+    "input_path",
+    "list_tools",
+    "reset_registry",
+    "run_tool",
+    "split_region_args",
+]

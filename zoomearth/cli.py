@@ -101,9 +101,7 @@ def cmd_view(args: argparse.Namespace, settings: Any) -> int:
     for w in view.warnings:
         print(f"warning: {w}", file=sys.stderr)
     out = Path(args.output)
-    if out.exists() and out.resolve() == Path(args.image).resolve():
-        raise ZoomEarthError(f"Refusing to overwrite the input image {out}; choose another -o.")
-    write_png(out, view.rgb)
+    write_png(out, view.rgb, protect=[args.image])
     region = view.spec.region
     print(
         f"wrote {out} ({view.spec.width}x{view.spec.height} px) showing full-resolution region "
@@ -241,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="model pool budget and resident models")
     s.add_argument("--json", action="store_true")
+
+    # Commands defined in their own modules (imported here so they register their handlers).
+    from zoomearth.cli_ask import add_ask_command
+
+    add_ask_command(sub)
+    try:
+        from zoomearth.cli_tools import add_tool_commands
+    except ImportError:  # pragma: no cover - only while the tools package is incomplete
+        pass
+    else:
+        add_tool_commands(sub)
     return p
 
 
@@ -273,4 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the package module, not this __main__ copy: subcommands defined in other
+    # modules register their handlers on zoomearth.cli.
+    from zoomearth.cli import main as _main
+
+    sys.exit(_main())

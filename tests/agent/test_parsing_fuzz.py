@@ -495,7 +495,11 @@ def test_any_box_values(values: list[object], broken: bool) -> None:
         assert [z.box for z in parsed.zooms] == [tuple(expected)]
     elif not broken or all(not isinstance(v, list) for v in values):
         assert parsed.zooms == ()
-        assert {p.code for p in parsed.problems} & {"bad_box_value", "bad_box_length"}
+        codes = {p.code for p in parsed.problems}
+        # A malformed object whose list cannot even be delimited (e.g. very long escaped
+        # strings) is reported as bad_json ("This box was not zoomed"), not as a value problem.
+        allowed = {"bad_box_value", "bad_box_length"} | ({"bad_json"} if broken else set())
+        assert codes & allowed
 
 
 @settings(max_examples=1_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

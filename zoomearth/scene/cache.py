@@ -246,7 +246,10 @@ def build_tiled_copy(source: Path, dest: Path, progress: bool = True) -> None:
                 itemsize = np.dtype(dtype).itemsize
                 row_bytes = src.width * TILE * src.count * itemsize
                 cache_mb = max(128, int(row_bytes * 1.5 / 2**20) + 16)
-                with rasterio.Env(GDAL_CACHEMAX=cache_mb), rasterio.open(tmp, "w", **profile) as dst:
+                with (
+                    rasterio.Env(GDAL_CACHEMAX=cache_mb),
+                    rasterio.open(tmp, "w", **profile) as dst,
+                ):
                     dst.colorinterp = src.colorinterp
                     if src.count == 1 and src.colorinterp[0].name == "palette":
                         with contextlib.suppress(ValueError):

@@ -1,0 +1,147 @@
+"""Per-process resources of a running graph: open scenes, the view pixel cache, run directories.
+
+None of this is graph state (it is not checkpointed): it can always be rebuilt from the state's
+references. :class:`GraphRuntime` is created once per process (CLI run, server, Studio) and shared
+by the nodes through the graph factory's closure.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from zoomearth.geometry import PixelBox, ViewSpec
+
+if TYPE_CHECKING:
+    from zoomearth.config import Settings
+    from zoomearth.graphs.state import SceneRef, ViewRecord
+    from zoomearth.scene import Scene
+
+__all__ = ["GraphRuntime", "view_spec_of"]
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def view_spec_of(rec: ViewRecord) -> ViewSpec:
+    """The :class:`ViewSpec` of a stored view record."""
+    x1, y1, x2, y2 = rec["region_xyxy"]
+    return ViewSpec(int(rec["view_id"]), PixelBox(x1, y1, x2, y2), int(rec["width"]), int(rec["height"]))
+
+
+@dataclass
+class GraphRuntime:
+    """Shared, non-checkpointed resources.
+
+    Attributes:
+        settings: Effective settings.
+        pool: The model pool tools and planners use (None = the process default, on demand).
+        auto_approve: Run approval-gated tools without asking.
+        strict: Re-raise tool failures instead of recording them (tests, ``--strict``).
+        on_event: Optional callback receiving progress events (CLI live display, server stream).
+        max_cached_views: Size of the rendered-view LRU cache.
+    """
+
+    settings: Settings
+    pool: Any = None
+    auto_approve: bool = False
+    strict: bool = False
+    on_event: ProgressFn | None = None
+    max_cached_views: int = 16
+    _scenes: dict[tuple[str, tuple[int, ...] | None], Scene] = field(default_factory=dict)
+    _views: OrderedDict[tuple[Any, ...], np.ndarray] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- scenes ---------------------------------------------------------------------------------
+    def scene(self, ref: SceneRef) -> Scene:
+        """The open :class:`Scene` for a reference (opened once per process)."""
+        from zoomearth.scene import Scene
+
+        key = (ref["path"], tuple(ref["bands"]) if ref.get("bands") else None)
+        with self._lock:
+            scene = self._scenes.get(key)
+            if scene is None:
+                scene = Scene.open(ref["path"], bands=key[1], settings=self.settings)
+                self._scenes[key] = scene
+            return scene
+
+    def scene_ref(self, path: str | Path, bands: list[int] | None = None) -> SceneRef:
+        """Open a scene and return the small reference stored in state."""
+        ref: SceneRef = {
+            "path": str(Path(path).expanduser().resolve()),
+            "bands": list(bands) if bands else None,
+            "width": 0,
+            "height": 0,
+            "crs": None,
+            "transform": None,
+        }
+        scene = self.scene(ref)
+        scene.band_mapping()  # fail early on an ambiguous band layout
+        ref.update(
+            width=scene.width,
+            height=scene.height,
+            crs=scene.crs_string,
+            transform=list(scene.transform)[:6] if scene.georeferenced else None,
+        )
+        return ref
+
+    # -- views ----------------------------------------------------------------------------------
+    def render(self, ref: SceneRef, rec: ViewRecord) -> np.ndarray:
+        """Pixels of a view: RGB uint8 ``(height, width, 3)``, from the LRU cache or rendered."""
+        key = (
+            ref["path"],
+            tuple(ref["bands"] or ()),
+            rec.get("kind"),
+            tuple(rec["region_xyxy"]),
+            rec["width"],
+            rec["height"],
+            rec.get("path"),
+        )
+        with self._lock:
+            hit = self._views.get(key)
+            if hit is not None:
+                self._views.move_to_end(key)
+                return hit
+        if rec.get("kind") == "preview" and rec.get("path"):
+            from PIL import Image
+
+            with Image.open(rec["path"]) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        else:
+            spec = view_spec_of(rec)
+            view = self.scene(ref).render(spec.region, max_side=max(spec.width, spec.height))
+            rgb = view.rgb
+        with self._lock:
+            self._views[key] = rgb
+            while len(self._views) > self.max_cached_views:
+                self._views.popitem(last=False)
+        return rgb
+
+    # -- runs -----------------------------------------------------------------------------------
+    def run_dir(self, thread_id: str, override: str | Path | None = None) -> Path:
+        """The run directory of a thread (created on demand)."""
+        if override:
+            path = Path(override).expanduser()
+        else:
+            assert self.settings.runs_dir is not None
+            path = self.settings.runs_dir / thread_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Send a progress event to the live display, if any (never raises into the graph)."""
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def close(self) -> None:
+        """Close open scenes and drop cached pixels."""
+        with self._lock:
+            for scene in self._scenes.values():
+                scene.close()
+            self._scenes.clear()
+            self._views.clear()

@@ -1,0 +1,140 @@
+"""Graph state: references only, never pixels.
+
+The state is a ``TypedDict`` whose append-only fields declare reducers with ``Annotated``, as in
+LangGraph's own prebuilt agents. It holds the scene reference (path + band mapping + size), the
+transcript as text entries that name views and artifacts by id, the views (full-resolution region
+and pixel size), the artifacts (small JSON records of files in the run directory), step records
+for the run log, problems, and counters. Pixels are rendered on demand from the scene through a
+small per-process cache (:mod:`zoomearth.graphs.views`), so a checkpoint stays a few kilobytes
+however many zooms a run makes.
+
+Frames: every ``*_xyxy`` field is in full-resolution pixels of the scene (xyxy, half-open).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Literal, TypedDict
+
+__all__ = [
+    "AgentState",
+    "ActionPayload",
+    "SceneRef",
+    "ViewRecord",
+    "merge_views",
+]
+
+ViewKind = Literal["overview", "zoom", "preview"]
+
+
+class SceneRef(TypedDict):
+    """Where the pixels come from. Attributes are JSON scalars only."""
+
+    path: str
+    bands: list[int] | None
+    width: int
+    height: int
+    crs: str | None
+    transform: list[float] | None
+
+
+class ViewRecord(TypedDict, total=False):
+    """One view the planner can see.
+
+    Keys:
+        view_id: Id within the thread (0 is the overview).
+        kind: ``overview``, ``zoom`` or ``preview`` (a tool's preview image).
+        region_xyxy: Full-resolution region shown (integer edges).
+        width, height: Rendered pixel size.
+        seen: ``[w, h]`` at which the planner saw it (after its processor's resize), once shown.
+        path: For previews: the PNG file to read the pixels from.
+        label: The planner's label for a zoom, or the tool name for a preview.
+        step: The step that produced it.
+    """
+
+    view_id: int
+    kind: ViewKind
+    region_xyxy: list[float]
+    width: int
+    height: int
+    seen: list[int]
+    path: str
+    label: str | None
+    step: int
+
+
+def merge_views(
+    left: dict[str, ViewRecord] | None, right: dict[str, ViewRecord] | None
+) -> dict[str, ViewRecord]:
+    """Reducer: merge view records by id (string keys, JSON-friendly); later fields win."""
+    out = dict(left or {})
+    for key, rec in (right or {}).items():
+        out[key] = {**out.get(key, {}), **rec}  # type: ignore[typeddict-item]
+    return out
+
+
+def last_value(left: Any, right: Any) -> Any:
+    """Reducer for fields written by parallel branches: keep the latest non-None value."""
+    return right if right is not None else left
+
+
+class ActionPayload(TypedDict, total=False):
+    """What the router sends to one zoom or tool node (fan-out with ``Send``).
+
+    Keys:
+        action_id: ``"s{step}a{index}"`` -- unique within the thread.
+        step: The step number.
+        kind: ``zoom`` or ``tool``.
+        region_xyxy: Full-resolution region (zoom: after the minimum-crop rule; tool: the region
+            to work on, or None for the whole scene).
+        view_id: The view id reserved for the zoom or the tool's preview.
+        label: Zoom label.
+        tool: Tool name.
+        arguments: Tool arguments (JSON), box keys removed.
+    """
+
+    action_id: str
+    step: int
+    kind: Literal["zoom", "tool"]
+    region_xyxy: list[float] | None
+    view_id: int
+    label: str | None
+    tool: str
+    arguments: dict[str, Any]
+
+
+class AgentState(TypedDict, total=False):
+    """The whole state of one thread (one conversation about one scene).
+
+    Append-only lists use ``operator.add``; views merge by id. Everything is JSON-serialisable and
+    small; pixels never appear.
+    """
+
+    # inputs
+    scene: SceneRef
+    question: str
+    question_id: str | None
+    run_dir: str
+    # conversation (text with view/artifact references)
+    transcript: Annotated[list[dict[str, Any]], operator.add]
+    views: Annotated[dict[str, ViewRecord], merge_views]
+    artifacts: Annotated[list[dict[str, Any]], operator.add]
+    results: Annotated[list[dict[str, Any]], operator.add]
+    steps: Annotated[list[dict[str, Any]], operator.add]
+    problems: Annotated[list[dict[str, Any]], operator.add]
+    warnings: Annotated[list[str], operator.add]
+    visual_tokens: Annotated[int, operator.add]
+    # control
+    step: int
+    zooms_used: int
+    max_steps: int
+    max_zooms: int
+    next_view_id: int
+    results_seen: int
+    pending: list[ActionPayload]
+    stage_answers: Annotated[list[str], operator.add]
+    answer: str | None
+    answer_kind: Literal["answer", "best_effort"] | None
+    planner: str
+    planner_selection: str
+    status: Literal["running", "answered"]

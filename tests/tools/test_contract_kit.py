@@ -1,0 +1,107 @@
+"""The contract kit: passes on the built-in and the example plugin, fails bad tools readably."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+from zoomearth.tools import Capabilities, Tool, ToolResult
+from zoomearth.tools.export import ExportRegion
+
+from zoomearth.testing import check_tool, write_kit_scene
+
+
+def test_export_region_passes_the_kit(tmp_path):
+    report = check_tool(ExportRegion, workdir=tmp_path)
+    assert report.ok
+    assert report.result("above_limit").message == "streamed a 2064 x 16 px region"
+    assert report.result("cancellation").message == "stopped inside run() at the first check"
+
+
+def test_example_plugin_passes_the_kit():
+    zoomearth_example_plugin = pytest.importorskip(
+        "zoomearth_example_plugin",
+        reason="install the example plugin: pip install -e tests/plugins/example_plugin",
+    )
+    report = check_tool(zoomearth_example_plugin.BrightnessStats)
+    assert report.result("nodata_region").message.startswith("refused clearly")
+
+
+class SloppyTool(Tool):
+    """Breaks the contract in several ways the kit must report."""
+
+    name = "sloppy_tool"
+    description = "Crashes on tiny regions and refuses one-band images it claims to accept."
+    capabilities = Capabilities(max_side=32)  # declares no streaming
+
+    def run(self, ctx, args):
+        data = ctx.read()
+        if data.shape[1] < 2:
+            return ToolResult(text=str(data[0, 1, 1]))  # IndexError on a 1x1 region
+        if ctx.scene.count == 1:
+            raise RuntimeError("grey images are not supported")
+        path = ctx.run_dir / "unmanaged.txt"  # not through output_path, not atomic
+        path.write_text("x")
+        ctx.check_cancelled()
+        return ToolResult(text="ok", artifacts=[ctx.artifact(path, "text")])
+
+
+def test_bad_tool_fails_with_a_readable_list(tmp_path):
+    with pytest.raises(AssertionError) as info:
+        check_tool(SloppyTool, workdir=tmp_path)
+    text = str(info.value)
+    assert text.startswith("zoomearth contract kit: tool 'sloppy_tool'")
+    assert "FAILED  tiny_region: the 1x1 region" in text and "IndexError" in text
+    assert "FAILED  one_band: a 1-band uint8 scene (accepted by the declared capabilities)" in text
+    assert "grey images are not supported" in text
+    assert (
+        "FAILED  cancellation: a call that raised ToolCancelled left new or changed files in the "
+        "run directory: unmanaged.txt"
+    ) in text
+    # Reusing a path overwrote the first call's artifact: refused by run_tool, reported here.
+    assert "overwrites the earlier artifact:1" in text
+    report = check_tool(SloppyTool, workdir=tmp_path / "again", raise_on_failure=False)
+    assert report.result("basic").status == "passed"
+    # The limit check passes for a non-streaming tool: refused, naming the limit.
+    assert report.result("above_limit").message == "refused naming the limit 32"
+    assert report.result("input_untouched").status == "passed"
+
+
+class NeedsArgs(Tool):
+    name = "needs_args"
+    description = "Has a required argument."
+
+    class Args(BaseModel):
+        label: str
+
+    def run(self, ctx, args):
+        return ToolResult(text=args.label)
+
+
+def test_required_arguments_must_be_given():
+    report = check_tool(NeedsArgs, raise_on_failure=False)
+    (failure,) = report.failures
+    assert failure.name == "definition" and "pass check_tool(MyTool, args=" in failure.message
+    assert check_tool(NeedsArgs, args={"label": "x"}).ok
+    report = check_tool(NeedsArgs, args={"label": "x"}, checks={"basic"})
+    assert [c.name for c in report.checks] == ["definition", "basic", "input_untouched"]
+    assert report.result("basic").status == "passed"
+
+
+def test_unlimited_tool_skips_the_limit_check():
+    report = check_tool(NeedsArgs, args=lambda scene, run_dir: {"label": scene.path.stem})
+    assert report.result("above_limit").status == "skipped"
+
+
+def test_check_tool_rejects_non_tools():
+    with pytest.raises(TypeError, match="Tool subclass"):
+        check_tool(object)  # type: ignore[arg-type]
+
+
+def test_kit_scene_has_nodata_block(tmp_path):
+    import rasterio
+
+    path = write_kit_scene(tmp_path / "s.tif", dtype="uint16", count=2)
+    with rasterio.open(path) as ds:
+        data = ds.read(masked=True)
+    assert data.mask[:, :16, :16].all() and not data.mask[:, 16:, 16:].any()
+    assert data.dtype == "uint16" and ds.crs == "EPSG:32633"
