@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev
+EXTRAS ?= dev,rl,dist
 # Debian packages the tests need (installed only when missing and running as root).
-DEB_PACKAGES ?=
+DEB_PACKAGES ?= wordnet-base wordnet-sense-index postgresql
 DEMO_DIR ?= demo-out
 
 export HF_HUB_OFFLINE := 1

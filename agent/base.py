@@ -54,7 +54,7 @@ Layout = Literal["zoomearth", "chat"]
 * ``chat``: a plain user message carrying the crop (for general-purpose VLMs).
 """
 
-EntryKind = Literal["planner", "zoom", "tool_result", "feedback"]
+EntryKind = Literal["question", "planner", "zoom", "tool_result", "feedback"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ class TranscriptEntry:
     """One event of the conversation after the question, in order.
 
     Attributes:
-        kind: ``planner`` (the model's raw text of one turn), ``zoom`` (a crop was rendered; the
+        kind: ``question`` (a follow-up question in the same thread; the first question is
+            :attr:`PlanRequest.question`), ``planner`` (the model's raw text of one turn), ``zoom`` (a crop was rendered; the
             image of ``view_id`` follows), ``tool_result`` (a tool's short text result, optionally
             with a preview ``view_id``), ``feedback`` (problems with the previous turn that the
             model should fix, or a request for a best-effort answer).
@@ -82,7 +83,7 @@ class PlanRequest:
     """Everything a planner needs for one turn.
 
     Attributes:
-        question: The user's question or command.
+        question: The user's current question or command (the latest one of the thread).
         overview_id: Id of the overview view shown with the question.
         transcript: Events after the question, oldest first.
         views: All views so far by id (their full-resolution region and rendered size).
@@ -104,6 +105,17 @@ class PlanRequest:
     final: bool = False
     scene_info: dict[str, Any] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    #: The thread's first question, shown with the overview, when follow-ups came after it
+    #: (they are ``question`` entries of the transcript). None: ``question`` is the first one.
+    first_question: str | None = None
+
+    @property
+    def current(self) -> list[TranscriptEntry]:
+        """Entries since the latest question (the whole transcript for the first question)."""
+        for i in range(len(self.transcript) - 1, -1, -1):
+            if self.transcript[i].kind == "question":
+                return self.transcript[i + 1 :]
+        return self.transcript
 
 
 @dataclass

@@ -286,7 +286,7 @@ def build_conversation(
     tool_section = render_tool_section(tpl, request.tools, **common)
     user = tpl.render(
         "user",
-        question=request.question,
+        question=request.first_question or request.question,
         tool_section=tool_section,
         has_tools=bool(request.tools),
         scene=dict(request.scene_info),
@@ -351,6 +351,9 @@ def build_conversation(
         elif entry.kind == "feedback":
             text = tpl.render("feedback", problems=_feedback_problems(entry), **common)
             b.add_user(TextPart(text))
+        elif entry.kind == "question":
+            # A follow-up question in the same thread (views and artifacts carry over).
+            b.add_user(TextPart(entry.text))
         else:
             raise ValueError(UNKNOWN_ENTRY_TEMPLATE.format(index=index, kind=entry.kind))
 

@@ -153,6 +153,7 @@ def build_graph(
             "planner_selection": planner.selection,
         })
         if not state.get("views"):
+            update["first_question"] = state["question"]
             w, h = scene.output_size(scene.full_box, settings.overview_side)
             overview: ViewRecord = {
                 "view_id": 0,
@@ -193,6 +194,8 @@ def build_graph(
                 {"id": a["id"], "kind": a["kind"], "summary": a.get("summary", "")}
                 for a in state.get("artifacts", [])
             ],
+            first_question=state.get("first_question")
+            if state.get("first_question") != state["question"] else None,
         )
         t0 = time.perf_counter()
         reply = planner.plan(request)

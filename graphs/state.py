@@ -113,6 +113,7 @@ class AgentState(TypedDict, total=False):
     # inputs
     scene: SceneRef
     question: str
+    first_question: str
     question_id: str | None
     run_dir: str
     # conversation (text with view/artifact references)

@@ -135,10 +135,50 @@ class Settings(BaseModel):
     max_steps: int = Field(6, ge=1, description="Plan -> act -> observe cycles per question")
     max_zooms: int = Field(8, ge=0, description="Zoom actions per question")
 
+    # --- tools -------------------------------------------------------------------------------
+    tool_device: str = Field("auto", description="Device for learned tool backends: auto, cpu, cuda:N")
+    sam_checkpoint: Path | None = Field(
+        None, description="segment-anything checkpoint (.pth); unset = GrabCut default backend"
+    )
+    sam_model_type: Literal["vit_b", "vit_l", "vit_h"] = Field(
+        "vit_b", description="SAM architecture of sam_checkpoint"
+    )
+    inpaint_model: str | None = Field(
+        None, description="diffusers inpainting model id or path (edit, cloud filling)"
+    )
+    instruct_edit_model: str | None = Field(
+        None, description="diffusers InstructPix2Pix model id or path (generative edits)"
+    )
+    denoise_model: Path | None = Field(
+        None, description="Restoration checkpoint spandrel can load (SwinIR, NAFNet, ...)"
+    )
+    tool_tile_side: int = Field(
+        1024, gt=0, description="Tile side for whole-scene streaming tools (pixels)"
+    )
+
     # --- security / server -------------------------------------------------------------------
     allowed_roots: list[Path] = Field(
         default_factory=list,
         description="Directories from which path arguments (and file:// URLs) may be read",
+    )
+    server_host: str = Field("127.0.0.1", description="zoomearth serve: bind address")
+    server_port: int = Field(8000, ge=0, le=65535, description="zoomearth serve: port")
+    api_token: str | None = Field(
+        None, description="Bearer token; required when the server binds a non-loopback address"
+    )
+    max_upload_bytes: int = Field(200 * 1024**2, gt=0, description="Largest accepted upload")
+    max_upload_pixels: int = Field(
+        2_000_000_000, gt=0, description="Largest accepted image (pixels) for uploads"
+    )
+    max_concurrent_runs: int = Field(4, ge=1, description="Agent runs executing at once")
+    max_queued_runs: int = Field(64, ge=0, description="Runs waiting beyond that (then 429)")
+    run_timeout_s: float = Field(600.0, gt=0, description="Longest run before it is cancelled")
+    progress_in_content: bool = Field(
+        False, description="Stream progress in content instead of reasoning_content"
+    )
+    link_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed artifact links")
+    postgres_url: str | None = Field(
+        None, description="Postgres checkpointer URL (shared threads across server workers)"
     )
 
     @model_validator(mode="after")

@@ -1098,7 +1098,8 @@ class RulesPlanner(Planner):
         """
         seen = {vid: (int(v.width), int(v.height)) for vid, v in request.views.items()}
         analysis = _analyse(request, self._min_crop)
-        if not request.transcript and not request.final:
+        # A follow-up question in the same thread starts a new first turn.
+        if not request.current and not request.final:
             text = self._first_turn(request, analysis)
         else:
             text = self._answer_turn(request, analysis)
@@ -1152,7 +1153,7 @@ class RulesPlanner(Planner):
         zoomed: list[str] = []
         results: list[str] = []
         feedback: list[str] = []
-        for entry in request.transcript:
+        for entry in request.current:
             if entry.kind == "zoom":
                 view = request.views.get(entry.view_id) if entry.view_id is not None else None
                 label = entry.data.get("label") if isinstance(entry.data, Mapping) else None
@@ -1172,7 +1173,7 @@ class RulesPlanner(Planner):
                 feedback.append(FEEDBACK_TEMPLATE.format(text=_clean(entry.text)))
         where = ZOOMED_TEMPLATE.format(regions="; ".join(zoomed)) if zoomed else ""
         pieces: list[str] = []
-        if request.final and not request.transcript:
+        if request.final and not request.current:
             pieces.append(NO_STEPS_TEMPLATE)
         if results:
             pieces.append(TOOL_RESULTS_TEMPLATE.format(lines="\n".join(results)))

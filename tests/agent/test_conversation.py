@@ -334,3 +334,32 @@ def test_errors_are_ours_not_the_models() -> None:
         build_conversation(_request(TranscriptEntry("zoom")), "chat")
     with pytest.raises(ValueError, match="unknown kind"):
         build_conversation(_request(TranscriptEntry("weird")), "chat")  # type: ignore[arg-type]
+
+
+def test_follow_up_question_entry_becomes_user_message():
+    import numpy as np
+
+    from zoomearth.agent.base import PlanRequest, TranscriptEntry
+    from zoomearth.agent.conversation import ImagePart, TextPart, build_conversation
+    from zoomearth.geometry import PixelBox, ViewSpec
+
+    views = {0: ViewSpec(0, PixelBox(0, 0, 1000, 1000), 512, 512)}
+    request = PlanRequest(
+        question="and now the north?",
+        first_question="what is in the south?",
+        overview_id=0,
+        transcript=[
+            TranscriptEntry("planner", "<answer>fields</answer>"),
+            TranscriptEntry("question", "and now the north?"),
+        ],
+        views=views,
+        render=lambda vid: np.zeros((512, 512, 3), np.uint8),
+    )
+    for layout in ("chat", "zoomearth"):
+        conv = build_conversation(request, layout)
+        texts = [p.text for m in conv.messages for p in m.parts if isinstance(p, TextPart)]
+        first_user = next(m for m in conv.messages if m.role == "user")
+        assert any(isinstance(p, ImagePart) for p in first_user.parts)
+        assert "what is in the south?" in " ".join(p.text for p in first_user.parts
+                                                   if isinstance(p, TextPart))
+        assert conv.messages[-1].role == "user" and texts[-1] == "and now the north?"

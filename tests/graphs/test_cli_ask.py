@@ -1,0 +1,89 @@
+"""``zoomearth ask`` end to end in subprocesses: rules and script planners, JSON record, threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.scene.rasters import write_raster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ask") / "scene.tif"
+    return write_raster(path, 3000, 2000, 3, block=256, overviews=[2, 4])
+
+
+def ask(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoomearth.cli", "ask", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def test_rules_planner_json_record(scene, tmp_path):
+    env = {"ZOOMEARTH_DATA_DIR": str(tmp_path / "data")}
+    proc = ask(str(scene), "what is in the top-right corner?", "--planner", "rules", "--json",
+               env=env)
+    record = json.loads(proc.stdout)  # stdout is exactly one JSON record
+    schema = json.loads((REPO / "docs" / "ask.schema.json").read_text())
+    jsonschema.validate(record, schema)
+    assert record["status"] == "answered"
+    assert "vision-language model" in record["answer"]
+    (zoom,) = record["zooms"]
+    assert zoom["box_xyxy"] == [1500, 0, 3000, 1000]  # the top-right quarter in full-res pixels
+    assert zoom["map_box"] is not None
+    assert record["planner"].startswith("rules")
+    assert "zoom" in proc.stderr  # the live display goes to stderr
+    assert Path(record["trajectory"]).exists()
+
+
+def test_docs_schema_matches_model():
+    from zoomearth.api import AskResult
+
+    doc = json.loads((REPO / "docs" / "ask.schema.json").read_text())
+    assert doc == json.loads(json.dumps(AskResult.model_json_schema()))
+
+
+def test_script_plan_with_tool_and_out_dir(scene, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "turns:\n"
+        "  - - {zoom: [100, 100, 300, 300], frame: full}\n"
+        "    - {tool: export_region, args: {}}\n"
+        "  - - {answer: exported}\n"
+    )
+    out = tmp_path / "run"
+    proc = ask(str(scene), "export the corner", "--plan", str(plan), "--out", str(out), "--json",
+               env={"ZOOMEARTH_DATA_DIR": str(tmp_path / "data")})
+    record = json.loads(proc.stdout)
+    assert record["answer"] == "exported"
+    assert record["run_dir"] == str(out)
+    tif = [a for a in record["artifacts"] if a["kind"] == "raster"][0]
+    assert Path(tif["path"]).parent == out and tif["region_xyxy"] == [0, 0, 512, 512]
+
+
+def test_thread_follow_up_and_errors(scene, tmp_path):
+    env = {"ZOOMEARTH_DATA_DIR": str(tmp_path / "data")}
+    first = json.loads(ask(str(scene), "look at the centre", "--planner", "rules", "--json",
+                           env=env).stdout)
+    second = json.loads(ask("--thread", first["thread_id"], "and the bottom-left?", "--planner",
+                            "rules", "--json", env=env).stdout)
+    assert second["thread_id"] == first["thread_id"]
+    assert len(second["zooms"]) == 2  # the earlier zoom is still part of the thread
+    bad = ask("--thread", "no-such-thread", "--resume", env=env, check=False)
+    assert bad.returncode == 2 and "no saved run" in bad.stderr and "Traceback" not in bad.stderr
+    missing = ask(str(tmp_path / "nope.tif"), "q", "--planner", "rules", env=env, check=False)
+    assert missing.returncode == 2 and "No such image" in missing.stderr
