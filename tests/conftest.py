@@ -65,6 +65,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI", "").lower() not in {"1", "true", "yes"}:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.ensure_newline()
     write = reporter.write_line if reporter else print
     write(f"CI: {_skip_count} test(s) skipped")
     if _unexpected_skips:
