@@ -107,7 +107,7 @@ def run_tool_action(
     if pool is None:
         from zoomearth.models import get_default_pool
 
-        pool = get_default_pool()
+        pool = get_default_pool(runtime.settings)
     ctx = ToolContext(
         scene=scene,
         run_dir=out_dir,

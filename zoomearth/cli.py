@@ -178,14 +178,32 @@ def cmd_config(args: argparse.Namespace, settings: Any) -> int:
 
 @command("models")
 def cmd_models(args: argparse.Namespace, settings: Any) -> int:
-    """Show the model pool's budget and resident models (of this process)."""
-    from zoomearth.models import format_stats, get_default_pool
+    """Show the model pool's budgets, and its resident models when used in this process.
+
+    A CLI process has loaded no model yet, so this mainly shows the budgets the settings give
+    each device; the server reports its live pool the same way.
+    """
+    from zoomearth.models import format_bytes, format_stats, get_default_pool
 
     pool = get_default_pool(settings)
+    devices = ["cpu"]
+    try:
+        import torch
+
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    budgets = {d: pool.budget(d) for d in devices}
     stats = pool.stats()
     if args.json:
-        _print_json(stats if isinstance(stats, dict) else getattr(stats, "__dict__", stats))
+        _print_json({"budgets": budgets, "stats": stats.to_dict()})
         return 0
+    source = settings.source_of("model_pool_budget_bytes")
+    how = (f"setting model_pool_budget_bytes ({source})" if settings.model_pool_budget_bytes
+           else f"{settings.model_pool_fraction:.0%} of free memory")
+    for device, budget in budgets.items():
+        print(f"{device}: budget {format_bytes(budget)} ({how})")
+    print()
     print(format_stats(stats))
     return 0
 

@@ -106,3 +106,11 @@ def test_scene_commands_do_not_import_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout
+
+
+def test_models_command_shows_budget_from_settings():
+    out = json.loads(run_cli("--set", "model_pool_budget_bytes=123456789", "models", "--json").stdout)
+    assert out["budgets"]["cpu"] == 123456789
+    assert out["stats"]["misses"] == 0
+    text = run_cli("--set", "model_pool_budget_bytes=123456789", "models").stdout
+    assert "setting model_pool_budget_bytes (flag)" in text

@@ -23,6 +23,7 @@ from zoomearth.models.pool import (
     is_out_of_memory,
     measure_bytes,
     parse_bytes,
+    pool_from_settings,
     set_default_pool,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "is_out_of_memory",
     "measure_bytes",
     "parse_bytes",
+    "pool_from_settings",
     "set_default_pool",
 ]

@@ -1443,12 +1443,28 @@ _default_pool: ModelPool | None = None
 _default_pool_lock = threading.Lock()
 
 
-def get_default_pool() -> ModelPool:
-    """The process-wide pool every component shares (created with defaults on first call)."""
+def pool_from_settings(settings: Any) -> ModelPool:
+    """A pool configured by the settings ``model_pool_budget_bytes`` (per device; None = a
+    fraction of free memory), ``model_pool_fraction`` and ``model_pool_concurrency``."""
+    budget = getattr(settings, "model_pool_budget_bytes", None)
+    budgets = {"cpu": int(budget), "cuda": int(budget)} if budget else None
+    return ModelPool(
+        budgets,
+        concurrency=int(getattr(settings, "model_pool_concurrency", 1)),
+        budget_fraction=float(getattr(settings, "model_pool_fraction", 0.8)),
+    )
+
+
+def get_default_pool(settings: Any = None) -> ModelPool:
+    """The process-wide pool every component shares.
+
+    Created on first call, from ``settings`` when given (see :func:`pool_from_settings`), else
+    with defaults; later calls return the same pool whatever they pass.
+    """
     global _default_pool
     with _default_pool_lock:
         if _default_pool is None:
-            _default_pool = ModelPool()
+            _default_pool = pool_from_settings(settings) if settings is not None else ModelPool()
         return _default_pool
 
 
