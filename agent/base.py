@@ -22,8 +22,8 @@ from zoomearth.errors import ZoomEarthError
 
 if TYPE_CHECKING:
     import numpy as np
-
     from zoomearth.agent.parsing import ParsedResponse
+
     from zoomearth.geometry import ViewSpec
 
 __all__ = [
@@ -63,7 +63,8 @@ class TranscriptEntry:
 
     Attributes:
         kind: ``question`` (a follow-up question in the same thread; the first question is
-            :attr:`PlanRequest.question`), ``planner`` (the model's raw text of one turn), ``zoom`` (a crop was rendered; the
+            :attr:`PlanRequest.question`), ``planner`` (the model's raw text of one turn),
+            ``zoom`` (a crop was rendered; the
             image of ``view_id`` follows), ``tool_result`` (a tool's short text result, optionally
             with a preview ``view_id``), ``feedback`` (problems with the previous turn that the
             model should fix, or a request for a best-effort answer).

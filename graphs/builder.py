@@ -33,7 +33,6 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send, interrupt
-
 from zoomearth.agent.base import PlanRequest, TranscriptEntry
 from zoomearth.agent.parsing import (
     ParsedResponse,
@@ -43,15 +42,15 @@ from zoomearth.agent.parsing import (
     parse_response,
     resolve_turn,
 )
-from zoomearth.errors import BoxError
-from zoomearth.geometry import PixelBox, min_crop_xyxy, validate_box
 from zoomearth.graphs.runtime import GraphRuntime, view_spec_of
 from zoomearth.graphs.state import ActionPayload, AgentState, ViewRecord
+
+from zoomearth.errors import BoxError
+from zoomearth.geometry import PixelBox, min_crop_xyxy, validate_box
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.graph.state import CompiledStateGraph
-
     from zoomearth.agent.base import Planner
 
 __all__ = ["CORE_NODES", "build_graph", "route_after_plan"]
@@ -139,19 +138,22 @@ def build_graph(
             ref = runtime.scene_ref(ref["path"], ref.get("bands"))
             update["scene"] = ref
         scene = runtime.scene(ref)
-        update.update({
-            "step": 0,
-            "zooms_used": 0,
-            "answer": None,
-            "answer_kind": None,
-            "status": "running",
-            "pending": [],
-            "max_steps": state.get("max_steps") or settings.max_steps,
-            "max_zooms": state.get("max_zooms") if state.get("max_zooms") is not None
-            else settings.max_zooms,
-            "planner": planner.describe(),
-            "planner_selection": planner.selection,
-        })
+        update.update(
+            {
+                "step": 0,
+                "zooms_used": 0,
+                "answer": None,
+                "answer_kind": None,
+                "status": "running",
+                "pending": [],
+                "max_steps": state.get("max_steps") or settings.max_steps,
+                "max_zooms": state.get("max_zooms")
+                if state.get("max_zooms") is not None
+                else settings.max_zooms,
+                "planner": planner.describe(),
+                "planner_selection": planner.selection,
+            }
+        )
         if not state.get("views"):
             update["first_question"] = state["question"]
             w, h = scene.output_size(scene.full_box, settings.overview_side)
@@ -168,8 +170,14 @@ def build_graph(
         else:
             # A follow-up question in the same thread: same views and artifacts, new question.
             update["transcript"] = [_entry("question", state["question"])]
-        _emit({"event": "observe", "scene": ref["path"], "planner": planner.describe(),
-               "selection": planner.selection})
+        _emit(
+            {
+                "event": "observe",
+                "scene": ref["path"],
+                "planner": planner.describe(),
+                "selection": planner.selection,
+            }
+        )
         return update
 
     # ---------------------------------------------------------------------------------------
@@ -195,7 +203,8 @@ def build_graph(
                 for a in state.get("artifacts", [])
             ],
             first_question=state.get("first_question")
-            if state.get("first_question") != state["question"] else None,
+            if state.get("first_question") != state["question"]
+            else None,
         )
         t0 = time.perf_counter()
         reply = planner.plan(request)
@@ -220,12 +229,15 @@ def build_graph(
         for i, zoom in enumerate(decision.zooms):
             if zooms_left <= 0:
                 problems.append(
-                    Problem(ProblemCode.TOO_MANY_ITEMS, ZOOM_BUDGET_TEMPLATE.format(
-                        limit=state["max_zooms"]))
+                    Problem(
+                        ProblemCode.TOO_MANY_ITEMS,
+                        ZOOM_BUDGET_TEMPLATE.format(limit=state["max_zooms"]),
+                    )
                 )
                 break
-            region, problem = _zoom_region(zoom, all_views, latest, state, planner,
-                                           settings.min_crop)
+            region, problem = _zoom_region(
+                zoom, all_views, latest, state, planner, settings.min_crop
+            )
             if problem is not None:
                 problems.append(problem)
                 continue
@@ -255,8 +267,9 @@ def build_graph(
                 )
                 continue
             args = dict(call.arguments or {})
-            region, problem = _tool_region(args, all_views, latest, state, planner,
-                                           turn_zoom_region)
+            region, problem = _tool_region(
+                args, all_views, latest, state, planner, turn_zoom_region
+            )
             if problem is not None:
                 problems.append(problem)
                 continue
@@ -273,8 +286,10 @@ def build_graph(
             )
             next_view += 1
 
-        text = reply.text if len(reply.text) <= MAX_STORED_TEXT else (
-            reply.text[:MAX_STORED_TEXT] + " …[truncated]"
+        text = (
+            reply.text
+            if len(reply.text) <= MAX_STORED_TEXT
+            else (reply.text[:MAX_STORED_TEXT] + " …[truncated]")
         )
         transcript = [_entry("planner", text, step=step)]
         answer = decision.final_answer if not payloads else None
@@ -293,8 +308,11 @@ def build_graph(
             "seconds": round(elapsed, 3),
             "visual_tokens": reply.visual_tokens,
             "zooms": [p["region_xyxy"] for p in payloads if p["kind"] == "zoom"],
-            "tools": [{"name": p["tool"], "arguments": p["arguments"]} for p in payloads
-                      if p["kind"] == "tool"],
+            "tools": [
+                {"name": p["tool"], "arguments": p["arguments"]}
+                for p in payloads
+                if p["kind"] == "tool"
+            ],
             "answer": answer,
             "stage_answer": decision.stage_answer,
             "problems": [{"code": str(p.code), "message": p.message} for p in problems],
@@ -345,8 +363,15 @@ def build_graph(
         )
         if payload.get("label"):
             caption += f" ({payload['label']})"
-        _emit({"event": "zoom", "view_id": vid, "region_xyxy": region.as_list(),
-               "label": payload.get("label"), "step": payload["step"]})
+        _emit(
+            {
+                "event": "zoom",
+                "view_id": vid,
+                "region_xyxy": region.as_list(),
+                "label": payload.get("label"),
+                "step": payload["step"],
+            }
+        )
         return {
             "views": {str(vid): rec},
             "transcript": [_entry("zoom", caption, view_id=vid, label=payload.get("label"))],
@@ -369,16 +394,26 @@ def build_graph(
                         "question": f"Run {tool_cls.name} with {payload.get('arguments', {})}?",
                     }
                 )
-                approved = decision is True or (
-                    isinstance(decision, dict) and bool(decision.get("approve"))
-                ) or (isinstance(decision, str) and decision.lower() in {"approve", "yes", "y"})
+                approved = (
+                    decision is True
+                    or (isinstance(decision, dict) and bool(decision.get("approve")))
+                    or (isinstance(decision, str) and decision.lower() in {"approve", "yes", "y"})
+                )
                 if not approved:
                     text = DENIED_TEMPLATE.format(tool=tool_cls.name)
                     _emit({"event": "tool", "tool": tool_cls.name, "text": text})
-                    return {"transcript": [_entry("tool_result", text, tool=tool_cls.name,
-                                                  denied=True)],
-                            "results": [{"action_id": payload["action_id"],
-                                         "tool": tool_cls.name, "status": "denied"}]}
+                    return {
+                        "transcript": [
+                            _entry("tool_result", text, tool=tool_cls.name, denied=True)
+                        ],
+                        "results": [
+                            {
+                                "action_id": payload["action_id"],
+                                "tool": tool_cls.name,
+                                "status": "denied",
+                            }
+                        ],
+                    }
             configurable = (config or {}).get("configurable", {})
             return run_tool_action(
                 entry,
@@ -406,8 +441,7 @@ def build_graph(
             stage = [a for a in state.get("stage_answers", []) if a]
             if stage:
                 parts.append(f"Earlier tentative answer: {stage[-1]}")
-            results = [e["text"] for e in state.get("transcript", [])
-                       if e["kind"] == "tool_result"]
+            results = [e["text"] for e in state.get("transcript", []) if e["kind"] == "tool_result"]
             if results:
                 parts.append("Tool results: " + " | ".join(results[-3:]))
             text = " ".join(parts)
@@ -415,7 +449,9 @@ def build_graph(
         try:
             from zoomearth.graphs.trajectory import write_trajectory
 
-            run_dir = runtime.run_dir(thread_id, (config or {}).get("configurable", {}).get("run_dir"))
+            run_dir = runtime.run_dir(
+                thread_id, (config or {}).get("configurable", {}).get("run_dir")
+            )
             write_trajectory(state, runtime, run_dir / "trajectory.png")
         except Exception as exc:  # noqa: BLE001 - a picture must never cost the answer
             if runtime.strict:
@@ -454,9 +490,17 @@ def route_after_plan(state: AgentState) -> Sequence[Send] | str:
                 sends.append(Send("zoom", {**p, "scene": state["scene"]}))
             else:
                 # Tools may read earlier views and artifacts (references only, never pixels).
-                sends.append(Send(p["tool"], {**p, "scene": state["scene"],
-                                              "views": state.get("views", {}),
-                                              "artifacts": state.get("artifacts", [])}))
+                sends.append(
+                    Send(
+                        p["tool"],
+                        {
+                            **p,
+                            "scene": state["scene"],
+                            "views": state.get("views", {}),
+                            "artifacts": state.get("artifacts", []),
+                        },
+                    )
+                )
         return sends
     if state.get("answer") is not None:
         return "answer"
@@ -508,16 +552,18 @@ def _zoom_region(
     label = zoom.label or "zoom"
     if frame != "full" and str(view_key) not in views:
         valid = ", ".join(sorted(views, key=int))
-        return None, Problem(ProblemCode.UNKNOWN_VIEW,
-                             UNKNOWN_VIEW_TEMPLATE.format(view=view_key, valid=valid))
+        return None, Problem(
+            ProblemCode.UNKNOWN_VIEW, UNKNOWN_VIEW_TEMPLATE.format(view=view_key, valid=valid)
+        )
     try:
         full = _box_to_full(zoom.box, frame, view_key, views, planner)
         w, h = state["scene"]["width"], state["scene"]["height"]
         clipped, _ = validate_box(full, w, h)
     except BoxError as exc:
         code = ProblemCode.INVERTED_BOX if "inverted" in str(exc) else ProblemCode.BOX_OUTSIDE_IMAGE
-        return None, Problem(code, BOX_PROBLEM_TEMPLATE.format(
-            box=list(zoom.box), label=label, reason=exc))
+        return None, Problem(
+            code, BOX_PROBLEM_TEMPLATE.format(box=list(zoom.box), label=label, reason=exc)
+        )
     w, h = state["scene"]["width"], state["scene"]["height"]
     crop = min_crop_xyxy(clipped, w, h, min_crop)
     return crop.snap_out().clip(w, h).as_list(), None
@@ -531,31 +577,44 @@ def _tool_region(
     planner: Planner,
     turn_zoom_region: list[float] | None,
 ) -> tuple[list[float] | None, Problem | None]:
-    """Region a tool works on: its own ``bbox_2d`` argument, else this turn's zoom, else the most
-    recent zoom view, else the whole scene (None). Box keys are removed from ``args``."""
+    """Region a tool works on (full-resolution pixels), or a problem for the planner.
+
+    The tool's own ``bbox_2d`` argument wins, else this turn's zoom, else the most recent view
+    when it is a zoom, else the whole scene (None). Box keys are removed from ``args``.
+    """
     box = args.pop("bbox_2d", None)
     view = args.pop("view", None)
     if box is not None:
         if not isinstance(box, list | tuple) or len(box) != 4:
-            return None, Problem(ProblemCode.BAD_BOX_LENGTH,
-                                 "A tool's bbox_2d needs exactly four numbers [x1, y1, x2, y2].")
+            return None, Problem(
+                ProblemCode.BAD_BOX_LENGTH,
+                "A tool's bbox_2d needs exactly four numbers [x1, y1, x2, y2].",
+            )
         try:
             nums = [float(v) for v in box]
         except (TypeError, ValueError):
-            return None, Problem(ProblemCode.BAD_BOX_VALUE,
-                                 "A tool's bbox_2d must hold four numbers.")
-        view_key = int(view) if isinstance(view, int | float | str) and str(view).isdigit() else latest
+            return None, Problem(
+                ProblemCode.BAD_BOX_VALUE, "A tool's bbox_2d must hold four numbers."
+            )
+        view_key = (
+            int(view) if isinstance(view, int | float | str) and str(view).isdigit() else latest
+        )
         if str(view_key) not in views:
             valid = ", ".join(sorted(views, key=int))
-            return None, Problem(ProblemCode.UNKNOWN_VIEW,
-                                 UNKNOWN_VIEW_TEMPLATE.format(view=view_key, valid=valid))
+            return None, Problem(
+                ProblemCode.UNKNOWN_VIEW, UNKNOWN_VIEW_TEMPLATE.format(view=view_key, valid=valid)
+            )
         try:
             full = _box_to_full(nums, "view", view_key, views, planner)
             clipped, _ = validate_box(full, state["scene"]["width"], state["scene"]["height"])
         except BoxError as exc:
-            return None, Problem(ProblemCode.BOX_OUTSIDE_IMAGE, BOX_PROBLEM_TEMPLATE.format(
-                box=nums, label="tool region", reason=exc))
-        return clipped.snap_out().clip(state["scene"]["width"], state["scene"]["height"]).as_list(), None
+            return None, Problem(
+                ProblemCode.BOX_OUTSIDE_IMAGE,
+                BOX_PROBLEM_TEMPLATE.format(box=nums, label="tool region", reason=exc),
+            )
+        return clipped.snap_out().clip(
+            state["scene"]["width"], state["scene"]["height"]
+        ).as_list(), None
     if turn_zoom_region is not None:
         return list(turn_zoom_region), None
     zoom_views = [v for v in views.values() if v.get("kind") == "zoom"]

@@ -19,8 +19,9 @@ import numpy as np
 from zoomearth.geometry import PixelBox, ViewSpec
 
 if TYPE_CHECKING:
-    from zoomearth.config import Settings
     from zoomearth.graphs.state import SceneRef, ViewRecord
+
+    from zoomearth.config import Settings
     from zoomearth.scene import Scene
 
 __all__ = ["GraphRuntime", "view_spec_of"]
@@ -31,7 +32,9 @@ ProgressFn = Callable[[dict[str, Any]], None]
 def view_spec_of(rec: ViewRecord) -> ViewSpec:
     """The :class:`ViewSpec` of a stored view record."""
     x1, y1, x2, y2 = rec["region_xyxy"]
-    return ViewSpec(int(rec["view_id"]), PixelBox(x1, y1, x2, y2), int(rec["width"]), int(rec["height"]))
+    return ViewSpec(
+        int(rec["view_id"]), PixelBox(x1, y1, x2, y2), int(rec["width"]), int(rec["height"])
+    )
 
 
 @dataclass

@@ -19,10 +19,11 @@ __all__ = ["make_graph"]
 def make_graph(config: dict[str, Any] | None = None) -> Any:
     """Build the compiled agent graph from the effective settings (no checkpointer attached)."""
     from zoomearth.agent.backends import make_planner
-    from zoomearth.config import load_settings
     from zoomearth.graphs.builder import build_graph
     from zoomearth.graphs.runtime import GraphRuntime
     from zoomearth.tools.registry import get_registry
+
+    from zoomearth.config import load_settings
 
     settings = load_settings()
     runtime = GraphRuntime(settings=settings)

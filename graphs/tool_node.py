@@ -17,8 +17,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from zoomearth.geometry import PixelBox
 from zoomearth.graphs.runtime import view_spec_of
+
+from zoomearth.geometry import PixelBox
 
 if TYPE_CHECKING:
     from zoomearth.graphs.runtime import GraphRuntime
@@ -76,13 +77,14 @@ def run_tool_action(
         state_views: Views of the thread (tools may read them).
         state_artifacts: Artifact records of the thread (``artifact:N`` references).
     """
-    from zoomearth.artifacts import Artifact, ArtifactStore
     from zoomearth.tools.base import (
         ToolCancelled,
         ToolContext,
         ToolInputError,
         run_tool,
     )
+
+    from zoomearth.artifacts import Artifact, ArtifactStore
 
     name = tool_entry.name
     # One cached instance per registry (tools keep expensive setup, e.g. a predictor, lazily).
@@ -96,8 +98,16 @@ def run_tool_action(
     step = int(payload.get("step", 0))
 
     def progress(done: int, total: int, message: str = "") -> None:
-        emit({"event": "progress", "tool": name, "done": done, "total": total,
-              "message": message, "step": step})
+        emit(
+            {
+                "event": "progress",
+                "tool": name,
+                "done": done,
+                "total": total,
+                "message": message,
+                "step": step,
+            }
+        )
 
     def is_cancelled() -> bool:
         with _CANCEL_LOCK:
@@ -121,23 +131,31 @@ def run_tool_action(
         step=step,
         store=ArtifactStore(out_dir),
     )
-    emit({"event": "tool_start", "tool": name, "arguments": payload.get("arguments", {}),
-          "region_xyxy": payload.get("region_xyxy"), "step": step})
+    emit(
+        {
+            "event": "tool_start",
+            "tool": name,
+            "arguments": payload.get("arguments", {}),
+            "region_xyxy": payload.get("region_xyxy"),
+            "step": step,
+        }
+    )
     base = {"action_id": payload["action_id"], "tool": name, "step": step}
     collect = getattr(pool, "collect_warnings", None)
     pool_warnings: list[Any] = []
     try:
         if collect is not None:
             with collect() as pool_warnings:
-                outcome = run_tool(tool, ctx, payload.get("arguments") or {},
-                                   registry=registry)
+                outcome = run_tool(tool, ctx, payload.get("arguments") or {}, registry=registry)
         else:
             outcome = run_tool(tool, ctx, payload.get("arguments") or {}, registry=registry)
     except ToolInputError as exc:
         text = TOOL_INPUT_TEMPLATE.format(tool=name, reason=exc)
         emit({"event": "tool", "tool": name, "text": text, "ok": False, "step": step})
-        return {"transcript": [_entry(text, None, tool=name, error="input")],
-                "results": [{**base, "status": "input_error", "error": str(exc)}]}
+        return {
+            "transcript": [_entry(text, None, tool=name, error="input")],
+            "results": [{**base, "status": "input_error", "error": str(exc)}],
+        }
     except ToolCancelled as exc:
         emit({"event": "tool", "tool": name, "text": str(exc), "ok": False, "step": step})
         raise
@@ -148,9 +166,11 @@ def run_tool_action(
         text = TOOL_FAILED_TEMPLATE.format(tool=name, cause=cause)
         log.warning("%s", text)
         emit({"event": "tool", "tool": name, "text": text, "ok": False, "step": step})
-        return {"transcript": [_entry(text, None, tool=name, error="failure")],
-                "results": [{**base, "status": "failed", "error": cause}],
-                "warnings": [text]}
+        return {
+            "transcript": [_entry(text, None, tool=name, error="failure")],
+            "results": [{**base, "status": "failed", "error": cause}],
+            "warnings": [text],
+        }
 
     records = [a.model_dump(mode="json") for a in outcome.artifacts]
     update: dict[str, Any] = {"artifacts": records}
@@ -177,13 +197,28 @@ def run_tool_action(
         }
     text = outcome.observation()
     warnings = list(outcome.warnings) + [str(w) for w in pool_warnings]
-    update["transcript"] = [_entry(text, preview_view, tool=name,
-                                   artifacts=[a.id for a in outcome.artifacts])]
-    update["results"] = [{**base, "status": "ok", "seconds": round(outcome.elapsed_s, 3),
-                          "artifacts": [a.id for a in outcome.artifacts],
-                          "streamed": outcome.streamed}]
+    update["transcript"] = [
+        _entry(text, preview_view, tool=name, artifacts=[a.id for a in outcome.artifacts])
+    ]
+    update["results"] = [
+        {
+            **base,
+            "status": "ok",
+            "seconds": round(outcome.elapsed_s, 3),
+            "artifacts": [a.id for a in outcome.artifacts],
+            "streamed": outcome.streamed,
+        }
+    ]
     if warnings:
         update["warnings"] = warnings
-    emit({"event": "tool", "tool": name, "text": outcome.text, "ok": True, "step": step,
-          "artifacts": records})
+    emit(
+        {
+            "event": "tool",
+            "tool": name,
+            "text": outcome.text,
+            "ok": True,
+            "step": step,
+            "artifacts": records,
+        }
+    )
     return update

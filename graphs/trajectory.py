@@ -17,8 +17,16 @@ if TYPE_CHECKING:
 
 __all__ = ["render_trajectory", "write_trajectory"]
 
-_COLOURS = [(255, 64, 64), (255, 200, 0), (0, 200, 255), (120, 255, 80), (255, 80, 255),
-            (255, 140, 0), (80, 160, 255), (255, 255, 255)]
+_COLOURS = [
+    (255, 64, 64),
+    (255, 200, 0),
+    (0, 200, 255),
+    (120, 255, 80),
+    (255, 80, 255),
+    (255, 140, 0),
+    (80, 160, 255),
+    (255, 255, 255),
+]
 THUMB = 160
 
 
@@ -37,13 +45,15 @@ def render_trajectory(state: AgentState, runtime: GraphRuntime) -> np.ndarray:
     base = Image.fromarray(runtime.render(ref, overview_rec))
     scale = min(1.5, 768 / max(base.size))
     if scale != 1.0:
-        base = base.resize((round(base.width * scale), round(base.height * scale)),
-                           Image.Resampling.BILINEAR)
+        base = base.resize(
+            (round(base.width * scale), round(base.height * scale)), Image.Resampling.BILINEAR
+        )
     sx = base.width / ref["width"]
     sy = base.height / ref["height"]
     draw = ImageDraw.Draw(base)
-    zooms = sorted((v for v in views.values() if v.get("kind") == "zoom"),
-                   key=lambda v: v["view_id"])
+    zooms = sorted(
+        (v for v in views.values() if v.get("kind") == "zoom"), key=lambda v: v["view_id"]
+    )
     for n, rec in enumerate(zooms, start=1):
         x1, y1, x2, y2 = rec["region_xyxy"]
         colour = _COLOURS[(n - 1) % len(_COLOURS)]
@@ -53,8 +63,10 @@ def render_trajectory(state: AgentState, runtime: GraphRuntime) -> np.ndarray:
         draw.rectangle([tx - 2, ty - 1, tx + 10 * len(str(n)) + 2, ty + 12], fill=(0, 0, 0))
         draw.text((tx, ty), str(n), fill=colour)
 
-    previews = sorted((v for v in views.values() if v.get("kind") == "preview" and v.get("path")),
-                      key=lambda v: v["view_id"])
+    previews = sorted(
+        (v for v in views.values() if v.get("kind") == "preview" and v.get("path")),
+        key=lambda v: v["view_id"],
+    )
     if not previews:
         return np.asarray(base.convert("RGB"))
     per_row = max(1, base.width // (THUMB + 8))
@@ -72,8 +84,11 @@ def render_trajectory(state: AgentState, runtime: GraphRuntime) -> np.ndarray:
         x = 4 + c * (THUMB + 8)
         y = base.height + r * (THUMB + 24) + 4
         canvas.paste(thumb, (x, y))
-        cdraw.text((x, y + THUMB + 2), f"{rec.get('label') or 'tool'} (step {rec.get('step')})",
-                   fill=(230, 230, 230))
+        cdraw.text(
+            (x, y + THUMB + 2),
+            f"{rec.get('label') or 'tool'} (step {rec.get('step')})",
+            fill=(230, 230, 230),
+        )
     return np.asarray(canvas)
 
 

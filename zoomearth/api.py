@@ -138,8 +138,10 @@ class Agent:
     # ------------------------------------------------------------------------------------------
     def _config(self, thread_id: str, run_dir: str | Path | None) -> dict[str, Any]:
         run = self.runtime.run_dir(thread_id, run_dir)
-        return {"configurable": {"thread_id": thread_id, "run_dir": str(run)},
-                "recursion_limit": 10_000}
+        return {
+            "configurable": {"thread_id": thread_id, "run_dir": str(run)},
+            "recursion_limit": 10_000,
+        }
 
     def _existing(self, thread_id: str) -> dict[str, Any] | None:
         snapshot = self.graph.get_state({"configurable": {"thread_id": thread_id}})
@@ -174,15 +176,23 @@ class Agent:
         payload: dict[str, Any] = {"question": question, "question_id": question_id}
         if existing is None:
             if image is None or not question:
-                raise ThreadError(NEED_IMAGE_TEMPLATE if not thread else NO_THREAD_TEMPLATE.format(
-                    thread=thread, db=self.settings.checkpoint_db, runs=self.settings.runs_dir))
+                raise ThreadError(
+                    NEED_IMAGE_TEMPLATE
+                    if not thread
+                    else NO_THREAD_TEMPLATE.format(
+                        thread=thread, db=self.settings.checkpoint_db, runs=self.settings.runs_dir
+                    )
+                )
             thread = thread or default_thread_id(image, question)
             payload["scene"] = self.runtime.scene_ref(image, bands)
         elif image is not None:
             new = str(Path(image).expanduser().resolve())
             if new != existing["scene"]["path"]:
-                raise ThreadError(THREAD_SCENE_TEMPLATE.format(
-                    thread=thread, old=existing["scene"]["path"], new=new))
+                raise ThreadError(
+                    THREAD_SCENE_TEMPLATE.format(
+                        thread=thread, old=existing["scene"]["path"], new=new
+                    )
+                )
         if max_steps is not None:
             payload["max_steps"] = max_steps
         if max_zooms is not None:
@@ -202,8 +212,11 @@ class Agent:
         t0 = time.perf_counter()
         snapshot = self.graph.get_state({"configurable": {"thread_id": thread}})
         if not snapshot or not snapshot.values:
-            raise ThreadError(NO_THREAD_TEMPLATE.format(
-                thread=thread, db=self.settings.checkpoint_db, runs=self.settings.runs_dir))
+            raise ThreadError(
+                NO_THREAD_TEMPLATE.format(
+                    thread=thread, db=self.settings.checkpoint_db, runs=self.settings.runs_dir
+                )
+            )
         if not snapshot.next:
             raise ThreadError(NOTHING_TO_RESUME_TEMPLATE.format(thread=thread))
         config = self._config(thread, snapshot.values.get("run_dir"))
@@ -227,8 +240,10 @@ class Agent:
                 yield chunk
             elif mode == "updates" and isinstance(chunk, dict) and "__interrupt__" in chunk:
                 for intr in chunk["__interrupt__"]:
-                    yield {"event": "approval", **(intr.value if isinstance(intr.value, dict)
-                                                   else {"value": intr.value})}
+                    yield {
+                        "event": "approval",
+                        **(intr.value if isinstance(intr.value, dict) else {"value": intr.value}),
+                    }
 
     def _drive(self, payload: Any, config: dict[str, Any]) -> None:
         for event in self.stream_events(payload, config):
@@ -247,8 +262,11 @@ class Agent:
             for task in snapshot.tasks
             for i in task.interrupts
         ]
-        status = "answered" if values.get("status") == "answered" and not snapshot.next else (
-            "awaiting_approval" if pending else "running")
+        status = (
+            "answered"
+            if values.get("status") == "answered" and not snapshot.next
+            else ("awaiting_approval" if pending else "running")
+        )
         scene = values.get("scene", {})
         transform = scene.get("transform")
         zooms = []
@@ -262,9 +280,15 @@ class Agent:
                 from zoomearth.geometry import full_to_map
 
                 map_box = full_to_map(PixelBox(*rec["region_xyxy"]), Affine(*transform)).as_list()
-            zooms.append(ZoomRecord(view_id=rec["view_id"], step=rec.get("step", 0),
-                                    label=rec.get("label"), box_xyxy=rec["region_xyxy"],
-                                    map_box=map_box))
+            zooms.append(
+                ZoomRecord(
+                    view_id=rec["view_id"],
+                    step=rec.get("step", 0),
+                    label=rec.get("label"),
+                    box_xyxy=rec["region_xyxy"],
+                    map_box=map_box,
+                )
+            )
         run_dir = Path(values.get("run_dir") or self.runtime.run_dir(thread))
         trajectory = run_dir / "trajectory.png"
         return AskResult(

@@ -65,7 +65,10 @@ def cmd_info(args: argparse.Namespace, settings: Any) -> int:
     rows = [
         ("path", info["path"]),
         ("driver", info["driver"]),
-        ("size", f"{info['width']} x {info['height']} px, {info['count']} band(s), {info['dtype']}"),
+        (
+            "size",
+            f"{info['width']} x {info['height']} px, {info['count']} band(s), {info['dtype']}",
+        ),
         ("file size", f"{info['file_size']:,} bytes"),
         ("nodata", info["nodata"]),
         ("crs", info["crs"] or "none (pixel coordinates only)"),
@@ -76,11 +79,18 @@ def cmd_info(args: argparse.Namespace, settings: Any) -> int:
         rows.append(("pixel size", " x ".join(f"{v:g}" for v in info["pixel_size"])))
     rows += [
         ("colour interp.", ", ".join(info["colorinterp"])),
-        ("layout", f"{'tiled' if info['tiled'] else 'untiled'} {info['block_shape']}, "
-                   f"overviews {info['overviews'] or 'none'}"),
+        (
+            "layout",
+            f"{'tiled' if info['tiled'] else 'untiled'} {info['block_shape']}, "
+            f"overviews {info['overviews'] or 'none'}",
+        ),
         ("band mapping", info["band_mapping"].get("note") or info["band_mapping"].get("error")),
-        ("prepared copy", "needed (built on first use, or run 'zoomearth prepare')"
-         if info["needs_preparation"] else "not needed"),
+        (
+            "prepared copy",
+            "needed (built on first use, or run 'zoomearth prepare')"
+            if info["needs_preparation"]
+            else "not needed",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -199,8 +209,11 @@ def cmd_models(args: argparse.Namespace, settings: Any) -> int:
         _print_json({"budgets": budgets, "stats": stats.to_dict()})
         return 0
     source = settings.source_of("model_pool_budget_bytes")
-    how = (f"setting model_pool_budget_bytes ({source})" if settings.model_pool_budget_bytes
-           else f"{settings.model_pool_fraction:.0%} of free memory")
+    how = (
+        f"setting model_pool_budget_bytes ({source})"
+        if settings.model_pool_budget_bytes
+        else f"{settings.model_pool_fraction:.0%} of free memory"
+    )
     for device, budget in budgets.items():
         print(f"{device}: budget {format_bytes(budget)} ({how})")
     print()
@@ -233,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("view", help="render an overview or a region to PNG")
     s.add_argument("image")
-    s.add_argument("--box", help="x1,y1,x2,y2 in full-resolution pixels (default: whole image); write --box=-5,0,10,10 when it starts with a minus")
+    s.add_argument(
+        "--box",
+        help="x1,y1,x2,y2 in full-resolution pixels (default: whole image); "
+        "write --box=-5,0,10,10 when it starts with a minus",
+    )
     s.add_argument("--side", type=int, default=512, help="long side of the output (default 512)")
     s.add_argument("--bands", help="1-based band mapping shown as RGB, e.g. 3,2,1")
     s.add_argument("-o", "--output", required=True, help="output PNG")

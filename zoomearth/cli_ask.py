@@ -65,10 +65,15 @@ class LiveDisplay:
             if event.get("answer"):
                 parts.append("answer")
             if event.get("problems"):
-                parts.append(f"{len(event['problems'])} problem(s): "
-                             + "; ".join(p["message"][:100] for p in event["problems"]))
-            w(f"step {event.get('step')}: {', '.join(parts) or 'no action'}"
-              f" ({event.get('seconds', 0):.1f} s, {event.get('visual_tokens', 0)} visual tokens)\n")
+                parts.append(
+                    f"{len(event['problems'])} problem(s): "
+                    + "; ".join(p["message"][:100] for p in event["problems"])
+                )
+            w(
+                f"step {event.get('step')}: {', '.join(parts) or 'no action'}"
+                f" ({event.get('seconds', 0):.1f} s, "
+                f"{event.get('visual_tokens', 0)} visual tokens)\n"
+            )
         elif kind == "zoom":
             label = f" '{event['label']}'" if event.get("label") else ""
             box = ", ".join(f"{v:.0f}" for v in event["region_xyxy"])
@@ -123,10 +128,14 @@ def _print_result(result: Any, as_json: bool) -> None:
         print(f"\nanswer{kind}: {result.answer}")
     for a in result.artifacts:
         print(f"artifact:{a['id']} {a['kind']}: {a['path']}  -- {a.get('summary', '')}")
-    print(f"planner: {result.planner}; visual tokens: {result.visual_tokens}; "
-          f"thread: {result.thread_id}")
-    print(f"run directory: {result.run_dir}"
-          + (f" (trajectory: {result.trajectory})" if result.trajectory else ""))
+    print(
+        f"planner: {result.planner}; visual tokens: {result.visual_tokens}; "
+        f"thread: {result.thread_id}"
+    )
+    print(
+        f"run directory: {result.run_dir}"
+        + (f" (trajectory: {result.trajectory})" if result.trajectory else "")
+    )
 
 
 @command("ask")
@@ -144,16 +153,21 @@ def cmd_ask(args: argparse.Namespace, settings: Any) -> int:
             args.question, args.image = args.image, None  # `ask --thread ID "question"`
         else:
             raise ZoomEarthError('usage: zoomearth ask IMAGE "QUESTION" (or --thread ID --resume)')
-    agent = Agent(settings, auto_approve=args.approve, strict=args.strict,
-                  on_event=LiveDisplay())
+    agent = Agent(settings, auto_approve=args.approve, strict=args.strict, on_event=LiveDisplay())
     try:
         if args.resume:
-            result = agent.resume(args.thread, approve=True if args.approve else
-                                  (False if args.deny else None))
+            result = agent.resume(
+                args.thread, approve=True if args.approve else (False if args.deny else None)
+            )
         else:
-            result = agent.ask(args.image, args.question, thread=args.thread, run_dir=args.out,
-                               bands=list(_parse_bands(args.bands) or []) or None,
-                               max_steps=args.max_steps)
+            result = agent.ask(
+                args.image,
+                args.question,
+                thread=args.thread,
+                run_dir=args.out,
+                bands=list(_parse_bands(args.bands) or []) or None,
+                max_steps=args.max_steps,
+            )
         while result.status == "awaiting_approval":
             if sys.stdin.isatty() and sys.stderr.isatty() and not args.json:
                 pending = result.pending_approval[0] if result.pending_approval else {}

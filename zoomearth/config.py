@@ -67,7 +67,8 @@ class Settings(BaseModel):
     )
     runs_dir: Path | None = Field(None, description="Run directories (default: DATA_DIR/runs)")
     scene_cache_dir: Path | None = Field(
-        None, description="Prepared (tiled, overviewed) copies of rasters (default: CACHE_DIR/scenes)"
+        None,
+        description="Prepared (tiled, overviewed) copies of rasters (default: CACHE_DIR/scenes)",
     )
     checkpoint_db: Path | None = Field(
         None, description="SQLite checkpoint database (default: DATA_DIR/checkpoints.sqlite)"
@@ -95,7 +96,9 @@ class Settings(BaseModel):
 
     # --- model pool --------------------------------------------------------------------------
     model_pool_budget_bytes: int | None = Field(
-        None, ge=0, description="Model memory budget per device (default: a fraction of free memory)"
+        None,
+        ge=0,
+        description="Model memory budget per device (default: a fraction of free memory)",
     )
     model_pool_fraction: float = Field(
         0.8, gt=0, le=1, description="Fraction of free device memory (or RAM) used as the budget"
@@ -127,7 +130,9 @@ class Settings(BaseModel):
         None, description="Replacement prompt template file (e.g. a checkpoint's training prompt)"
     )
     planner_device: str = Field("auto", description="Device for local planners: auto, cpu, cuda:N")
-    planner_dtype: str = Field("auto", description="Weights dtype: auto, bfloat16, float16, float32")
+    planner_dtype: str = Field(
+        "auto", description="Weights dtype: auto, bfloat16, float16, float32"
+    )
     planner_max_new_tokens: int = Field(512, gt=0, description="Generation length per turn")
     planner_timeout_s: float = Field(120.0, gt=0, description="HTTP timeout per planner call")
     planner_max_retries: int = Field(3, ge=0, description="Retries of failed planner HTTP calls")
@@ -136,7 +141,9 @@ class Settings(BaseModel):
     max_zooms: int = Field(8, ge=0, description="Zoom actions per question")
 
     # --- tools -------------------------------------------------------------------------------
-    tool_device: str = Field("auto", description="Device for learned tool backends: auto, cpu, cuda:N")
+    tool_device: str = Field(
+        "auto", description="Device for learned tool backends: auto, cpu, cuda:N"
+    )
     sam_checkpoint: Path | None = Field(
         None, description="segment-anything checkpoint (.pth); unset = GrabCut default backend"
     )
@@ -214,7 +221,7 @@ def _parse_env_value(key: str, raw: str) -> Any:
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"Environment variable {ENV_PREFIX}{key.upper()} must be JSON for this setting "
-                f"(e.g. '[\"a\", \"b\"]'): {exc}"
+                f'(e.g. \'["a", "b"]\'): {exc}'
             ) from None
     if text.lower() in {"none", "null", ""} and "None" in str(field.annotation):
         return None
@@ -266,7 +273,9 @@ def parse_set_flags(pairs: list[str]) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in Settings.model_fields:
-            raise ConfigError(f"Unknown setting {key!r}; run 'zoomearth config' to list valid keys.")
+            raise ConfigError(
+                f"Unknown setting {key!r}; run 'zoomearth config' to list valid keys."
+            )
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -306,11 +315,12 @@ def load_settings(
     try:
         settings = Settings(**merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])} ({sources.get(str(err['loc'][0]), 'default')}): "
-            f"{err['msg']}"
-            for err in exc.errors()
-        )
+
+        def where(err: Any) -> str:
+            key = str(err["loc"][0]) if err["loc"] else "?"
+            return f"{'.'.join(str(p) for p in err['loc'])} ({sources.get(key, 'default')})"
+
+        problems = "; ".join(f"{where(err)}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"Invalid settings: {problems}") from None
     settings._sources = sources
     settings._config_file = file_path
@@ -328,7 +338,9 @@ def describe_settings(settings: Settings) -> list[dict[str, Any]]:
         value = dumped[key]
         if key.endswith(("api_key", "token")) and value:
             value = "***"  # secrets are never printed
-        rows.append({"key": key, "value": value, "source": source, "description": field.description})
+        rows.append(
+            {"key": key, "value": value, "source": source, "description": field.description}
+        )
     return rows
 
 

@@ -35,8 +35,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== generating a {args.size} x {args.size} px synthetic scene", flush=True)
         t0 = time.perf_counter()
         rc = cli(
-            ["synth", str(scene_path), "--size", str(args.size), "--seed", str(args.seed),
-             "--clouds", "0.05"]
+            [
+                "synth",
+                str(scene_path),
+                "--size",
+                str(args.size),
+                "--seed",
+                str(args.seed),
+                "--clouds",
+                "0.05",
+            ]
         )
         if rc:
             return rc
@@ -52,14 +60,20 @@ def main(argv: list[str] | None = None) -> int:
 
     objects = json.loads(sidecar.read_text())["objects"]
     # Zoom on the largest planted object: the crop shows it at full resolution.
-    target = max(objects, key=lambda o: (o["box_xyxy"][2] - o["box_xyxy"][0]) * (o["box_xyxy"][3] - o["box_xyxy"][1]))
+    target = max(
+        objects,
+        key=lambda o: (o["box_xyxy"][2] - o["box_xyxy"][0]) * (o["box_xyxy"][3] - o["box_xyxy"][1]),
+    )
     x1, y1, x2, y2 = target["box_xyxy"]
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     half = max(256, (x2 - x1) / 2 + 64, (y2 - y1) / 2 + 64)
     box = f"{max(0, cx - half):.0f},{max(0, cy - half):.0f},{cx + half:.0f},{cy + half:.0f}"
-    print(f"\n== zoom on planted object #{target['id']} ({target['label']}) at {target['box_xyxy']}")
-    if rc := cli(["view", str(scene_path), f"--box={box}", "--side", "512",
-                  "-o", str(out / "zoom.png")]):
+    print(
+        f"\n== zoom on planted object #{target['id']} ({target['label']}) at {target['box_xyxy']}"
+    )
+    if rc := cli(
+        ["view", str(scene_path), f"--box={box}", "--side", "512", "-o", str(out / "zoom.png")]
+    ):
         return rc
     print(f"\ndemo outputs in {out.resolve()}")
     return 0

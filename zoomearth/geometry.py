@@ -46,7 +46,9 @@ __all__ = [
     "view_to_full",
 ]
 
-BOX_NEEDS_FOUR_TEMPLATE = "A box needs four numbers x1,y1,x2,y2 (full-resolution pixels); got {got!r}."
+BOX_NEEDS_FOUR_TEMPLATE = (
+    "A box needs four numbers x1,y1,x2,y2 (full-resolution pixels); got {got!r}."
+)
 BOX_NOT_FINITE_TEMPLATE = "Box {box} contains NaN or infinity; give four finite numbers."
 BOX_INVERTED_TEMPLATE = (
     "Box {box} is inverted (x2 < x1 or y2 < y1); boxes are x1,y1,x2,y2 with x1 <= x2 and y1 <= y2."
@@ -56,7 +58,9 @@ BOX_OUTSIDE_TEMPLATE = (
     "Box {box} lies entirely outside the image (size {width}x{height} px); "
     "coordinates are full-resolution pixels with the origin at the top-left corner."
 )
-BOX_CLIPPED_TEMPLATE = "Box {box} extends beyond the image ({width}x{height} px); clipped to {clipped}."
+BOX_CLIPPED_TEMPLATE = (
+    "Box {box} extends beyond the image ({width}x{height} px); clipped to {clipped}."
+)
 
 
 def _fmt(v: float) -> str:

@@ -1444,8 +1444,11 @@ _default_pool_lock = threading.Lock()
 
 
 def pool_from_settings(settings: Any) -> ModelPool:
-    """A pool configured by the settings ``model_pool_budget_bytes`` (per device; None = a
-    fraction of free memory), ``model_pool_fraction`` and ``model_pool_concurrency``."""
+    """A pool configured by the settings.
+
+    Uses ``model_pool_budget_bytes`` (per device; None = a fraction of free memory),
+    ``model_pool_fraction`` and ``model_pool_concurrency``.
+    """
     budget = getattr(settings, "model_pool_budget_bytes", None)
     budgets = {"cpu": int(budget), "cuda": int(budget)} if budget else None
     return ModelPool(

@@ -1,5 +1,8 @@
-"""The UHR scene engine: lazy raster handles, windowed/overview rendering, prepared-copy cache,
-aligned atomic output writing and the synthetic scene generator."""
+"""The UHR scene engine.
+
+Lazy raster handles, windowed/overview rendering, the prepared-copy cache, aligned atomic output
+writing and the synthetic scene generator.
+"""
 
 from zoomearth.scene.scene import BandMapping, Scene, View
 

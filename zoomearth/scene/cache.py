@@ -208,12 +208,11 @@ def build_tiled_copy(source: Path, dest: Path, progress: bool = True) -> None:
     Raises:
         SceneReadError: If the source cannot be decoded (truncated, corrupt).
     """
+    import numpy as np
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.windows import Window
-
-    import numpy as np
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
