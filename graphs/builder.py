@@ -404,7 +404,13 @@ def build_graph(
                     _emit({"event": "tool", "tool": tool_cls.name, "text": text})
                     return {
                         "transcript": [
-                            _entry("tool_result", text, tool=tool_cls.name, denied=True)
+                            _entry(
+                                "tool_result",
+                                text,
+                                tool=tool_cls.name,
+                                arguments=dict(payload.get("arguments") or {}),
+                                denied=True,
+                            )
                         ],
                         "results": [
                             {

@@ -53,6 +53,11 @@ def _entry(text: str, view_id: int | None, **data: Any) -> dict[str, Any]:
     return {"kind": "tool_result", "text": text, "view_id": view_id, "data": data}
 
 
+def _call_data(name: str, payload: ActionPayload) -> dict[str, Any]:
+    # Chat-layout backends pair each tool result with the call that produced it.
+    return {"tool": name, "arguments": dict(payload.get("arguments") or {})}
+
+
 def run_tool_action(
     tool_entry: Any,
     payload: ActionPayload,
@@ -153,7 +158,7 @@ def run_tool_action(
         text = TOOL_INPUT_TEMPLATE.format(tool=name, reason=exc)
         emit({"event": "tool", "tool": name, "text": text, "ok": False, "step": step})
         return {
-            "transcript": [_entry(text, None, tool=name, error="input")],
+            "transcript": [_entry(text, None, **_call_data(name, payload), error="input")],
             "results": [{**base, "status": "input_error", "error": str(exc)}],
         }
     except ToolCancelled as exc:
@@ -167,7 +172,7 @@ def run_tool_action(
         log.warning("%s", text)
         emit({"event": "tool", "tool": name, "text": text, "ok": False, "step": step})
         return {
-            "transcript": [_entry(text, None, tool=name, error="failure")],
+            "transcript": [_entry(text, None, **_call_data(name, payload), error="failure")],
             "results": [{**base, "status": "failed", "error": cause}],
             "warnings": [text],
         }
@@ -198,7 +203,12 @@ def run_tool_action(
     text = outcome.observation()
     warnings = list(outcome.warnings) + [str(w) for w in pool_warnings]
     update["transcript"] = [
-        _entry(text, preview_view, tool=name, artifacts=[a.id for a in outcome.artifacts])
+        _entry(
+            text,
+            preview_view,
+            **_call_data(name, payload),
+            artifacts=[a.id for a in outcome.artifacts],
+        )
     ]
     update["results"] = [
         {
