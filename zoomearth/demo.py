@@ -1,11 +1,15 @@
 """``make demo``: the main job on an embedded default that needs no download.
 
-Generates a synthetic georeferenced UHR scene (with planted objects and a little cloud), prints
-``zoomearth info`` for it, writes the overview the planner would see first and a full-resolution
-zoomed view of one planted object -- the active-perception loop done by hand. Later stages extend
-this to a full ``zoomearth ask``.
+1. Generates a synthetic georeferenced UHR scene (8,192 px, planted objects, a little cloud) and
+   prints ``zoomearth info`` for it; writes the overview the planner sees first.
+2. Runs ``zoomearth ask`` with the offline rules planner: "segment the <object> in box ..." --
+   the agent zooms to the object at full resolution and runs the segmentation tool there,
+   writing a mask GeoTIFF, GeoJSON polygons with areas and a preview.
+3. Continues the same thread: "remove clouds in the top-left" -- a second zoom and the
+   cloud-removal tool on that crop, keeping the thread's views and artifacts.
+4. Prints where everything was written, including the trajectory picture.
 
-Usage: ``python -m zoomearth.demo OUT_DIR [--size N]``.
+Usage: ``python -m zoomearth.demo [OUT_DIR] [--size N]``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import json
 import sys
 import time
 from pathlib import Path
+
+
+def _banner(text: str) -> None:
+    print(f"\n== {text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,55 +35,56 @@ def main(argv: list[str] | None = None) -> int:
 
     from zoomearth.cli import main as cli
 
-    out = Path(args.out_dir)
+    out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     scene_path = out / f"synthetic_{args.size}.tif"
     sidecar = scene_path.with_suffix(".json")
     if not scene_path.exists() or not sidecar.exists():
-        print(f"== generating a {args.size} x {args.size} px synthetic scene", flush=True)
+        _banner(f"generating a {args.size} x {args.size} px synthetic scene")
         t0 = time.perf_counter()
-        rc = cli(
-            [
-                "synth",
-                str(scene_path),
-                "--size",
-                str(args.size),
-                "--seed",
-                str(args.seed),
-                "--clouds",
-                "0.05",
-            ]
-        )
+        rc = cli(["synth", str(scene_path), "--size", str(args.size), "--seed", str(args.seed),
+                  "--clouds", "0.08"])  # fmt: skip
         if rc:
             return rc
         print(f"   ({time.perf_counter() - t0:.1f} s)")
 
-    print(f"\n== zoomearth info {scene_path}", flush=True)
+    _banner(f"zoomearth info {scene_path.name}")
     if rc := cli(["info", str(scene_path)]):
         return rc
 
-    print("\n== overview (what the planner sees first)", flush=True)
+    _banner("the overview the planner sees first")
     if rc := cli(["view", str(scene_path), "--side", "512", "-o", str(out / "overview.png")]):
         return rc
 
+    # Ask about the largest planted building-like object: the box is in full-resolution pixels.
     objects = json.loads(sidecar.read_text())["objects"]
-    # Zoom on the largest planted object: the crop shows it at full resolution.
-    target = max(
-        objects,
-        key=lambda o: (o["box_xyxy"][2] - o["box_xyxy"][0]) * (o["box_xyxy"][3] - o["box_xyxy"][1]),
-    )
-    x1, y1, x2, y2 = target["box_xyxy"]
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    half = max(256, (x2 - x1) / 2 + 64, (y2 - y1) / 2 + 64)
-    box = f"{max(0, cx - half):.0f},{max(0, cy - half):.0f},{cx + half:.0f},{cy + half:.0f}"
-    print(
-        f"\n== zoom on planted object #{target['id']} ({target['label']}) at {target['box_xyxy']}"
-    )
-    if rc := cli(
-        ["view", str(scene_path), f"--box={box}", "--side", "512", "-o", str(out / "zoom.png")]
-    ):
+
+    def area(o: dict) -> float:
+        x1, y1, x2, y2 = o["box_xyxy"]
+        return (x2 - x1) * (y2 - y1)
+
+    target = max(objects, key=area)
+    x1, y1, x2, y2 = (round(v) for v in target["box_xyxy"])
+    label = target["label"].replace("_", " ")
+    thread = f"demo-{args.size}-{args.seed}"
+    data = ["--set", f"data_dir={json.dumps(str(out / 'data'))}"]
+    question = f"segment the {label} in box {x1},{y1},{x2},{y2}"
+    _banner(f'zoomearth ask {scene_path.name} "{question}" --planner rules')
+    rc = cli([*data, "ask", str(scene_path), question, "--planner", "rules", "--thread", thread,
+              "--out", str(out / "run")])  # fmt: skip
+    if rc:
         return rc
-    print(f"\ndemo outputs in {out.resolve()}")
+
+    follow_up = "now remove clouds in the top-left"
+    _banner(f'zoomearth ask --thread {thread} "{follow_up}" --planner rules')
+    rc = cli([*data, "ask", "--thread", thread, follow_up, "--planner", "rules"])
+    if rc:
+        return rc
+
+    _banner("done")
+    print(f"scene:      {scene_path}")
+    print(f"overview:   {out / 'overview.png'}")
+    print(f"run:        {out / 'run'}  (trajectory.png, GeoTIFF/GeoJSON artifacts)")
     return 0
 
 
