@@ -369,6 +369,13 @@ def test_atomic_path_renames_on_success_and_cleans_on_error(tmp_path: Path) -> N
         with atomic_path(final):
             pass
 
+    # A failing rename (here: the destination is a directory) leaves no temporary file either.
+    (final.parent / "dir.tif").mkdir()
+    with pytest.raises(OSError):
+        with atomic_path(final.parent / "dir.tif") as tmp:
+            tmp.write_bytes(b"x")
+    assert _only(final.parent) == ["a.tif", "dir.tif"]
+
 
 def test_protected_input_is_refused_and_untouched(tmp_path: Path) -> None:
     src_path = _make_source(tmp_path / "in.tif")

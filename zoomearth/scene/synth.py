@@ -10,10 +10,17 @@ Streaming. Every pixel is a pure function of its global coordinates and the seed
 layout fields live on a coarse grid (one value per 64x64 px; 1,566 x 1,566 x 7 float32 values, 69
 MB, for a 100,000 px scene) interpolated per tile; textures are hashed lattice noise; roads and the
 river are analytic curves; buildings and objects are drawn per tile from the lists that intersect
-it. So tiles can be rendered in any order and with any tile size with identical pixels, and
-memory stays bounded whatever the scene size (the coarse grid, the object list and one tile).
+it. So tiles can be rendered in any order and with any tile size with identical pixels (the file
+too: writes always cover whole 512 px JPEG blocks), and memory stays bounded whatever the scene
+size (the coarse grid, the object list, one write chunk and GDAL's 256 MB block cache). Measured on
+2 cores: 20,000 px in about 70 s (render ~30 s, GDAL overviews ~30 s), 106 MB, 185 MB peak RSS.
 
-Sidecar ``<OUT>.json`` (schema: :data:`SIDECAR_SCHEMA`, JSON Schema 2020-12)::
+Planted objects: about one per million pixels (at least 6 tried, at most 2,000), 12-200 px:
+``building`` (isolated, among fields), ``storage_tank``, ``ship`` (on water, with a wake),
+``car`` (on main roads, along the lane), ``airplane`` (on fields), ``swimming_pool`` (in town).
+
+Sidecar ``scene.json`` beside ``scene.tif`` (:func:`sidecar_path_for`; schema:
+:data:`SIDECAR_SCHEMA`, JSON Schema 2020-12)::
 
     {
       "format": "zoomearth-synth/1",
@@ -23,6 +30,7 @@ Sidecar ``<OUT>.json`` (schema: :data:`SIDECAR_SCHEMA`, JSON Schema 2020-12)::
       "crs": "EPSG:32633",
       "transform": [a, b, c, d, e, f],      # x = a*col + b*row + c; y = d*col + e*row + f
       "bands": ["red", "green", "blue"],    # + "nir" for 4-band scenes
+      "dtype": "uint8",
       "labels": [...],                      # every label that may occur
       "complete_labels": [...],             # labels for which *every* instance is listed
       "objects": [
@@ -836,12 +844,11 @@ class SyntheticScene:
                 if label in ("building", "swimming_pool"):
                     ang = rng.choice([0.0, math.pi / 2], k) + rng.uniform(-0.25, 0.25, k)
                 cands = list(zip(cx, cy, ang, length, width, strict=True))
-            for px, py, pa, pl, pw in cands:
-                ob = _Planted(
-                    label, float(px), float(py), float(pa), float(pl), float(pw),
-                    _object_colour(rng, label),
-                )  # fmt: skip
-                if not self._site_ok(ob):
+            arr = np.asarray(cands, dtype=np.float64).reshape(-1, 5)
+            for idx in np.flatnonzero(self._sites_ok(label, arr)):
+                px, py, pa, pl, pw = (float(v) for v in arr[idx])
+                ob = _Planted(label, px, py, pa, pl, pw, (0.0, 0.0, 0.0))
+                if label in ("swimming_pool", "storage_tank") and self._hits_building(ob):
                     continue
                 box = _tight_box(ob)
                 if box is None:
@@ -851,9 +858,7 @@ class SyntheticScene:
                     continue
                 if _overlaps(box, grid, pad=8):
                     continue
-                return _Planted(
-                    ob.label, ob.cx, ob.cy, ob.angle, ob.length, ob.width, ob.colour, box
-                )
+                return _Planted(label, px, py, pa, pl, pw, _object_colour(rng, label), box)
         return None
 
     def _car_candidates(
@@ -872,30 +877,42 @@ class SyntheticScene:
             out.append((x, y, ang, length, length * rng.uniform(0.42, 0.5)))
         return out
 
-    def _site_ok(self, ob: _Planted) -> bool:
-        ca, sa = math.cos(ob.angle), math.sin(ob.angle)
-        pts_u = np.array([0, 1, -1, 0, 0, 1, -1, 1, -1]) * ob.length / 2
-        pts_v = np.array([0, 0, 0, 1, -1, 1, 1, -1, -1]) * ob.width / 2
-        if ob.label == "ship":
-            pts_u, pts_v = pts_u * 1.5, pts_v * 2.5  # keep clear water around the hull
-        xs = ob.cx + pts_u * ca - pts_v * sa
-        ys = ob.cy + pts_u * sa + pts_v * ca
-        if (xs.min() < 0) or (ys.min() < 0) or xs.max() >= self.width or ys.max() >= self.height:
-            return False
-        cover = self._cover_points(xs, ys)
-        if ob.label == "ship":
-            return bool((cover == 3).all())
-        if ob.label == "car":
-            return bool(cover[0] == 4)
-        if ob.label == "swimming_pool":
-            if not (cover == 2).all():
-                return False
-            return not self._hits_building(ob)
-        if ob.label == "airplane":
-            return bool((cover == 0).all())
-        if ob.label == "storage_tank":
-            return bool(np.isin(cover, (0, 2)).all() and not self._hits_building(ob))
-        return bool((cover == 0).all())  # building: isolated, among fields
+    def _sites_ok(self, label: str, cands: np.ndarray) -> np.ndarray:
+        """Whether candidate sites suit ``label`` by the land cover under them.
+
+        Args:
+            label: Object label.
+            cands: ``(k, 5)`` rows of centre x, centre y, heading (rad), length, width (px).
+
+        Returns:
+            ``(k,)`` bool: the centre, ends, sides and corners lie on the right cover.
+        """
+        cx, cy, ang, length, width = (cands[:, i : i + 1] for i in range(5))
+        pu = np.array([0, 1, -1, 0, 0, 1, -1, 1, -1], dtype=np.float64)[None, :]
+        pv = np.array([0, 0, 0, 1, -1, 1, 1, -1, -1], dtype=np.float64)[None, :]
+        if label == "ship":  # keep clear water around the hull
+            pu, pv = pu * 1.5, pv * 2.5
+        u, v = pu * length / 2, pv * width / 2
+        ca, sa = np.cos(ang), np.sin(ang)
+        xs, ys = cx + u * ca - v * sa, cy + u * sa + v * ca  # (k, 9)
+        inside = (
+            (xs.min(axis=1) >= 0)
+            & (ys.min(axis=1) >= 0)
+            & (xs.max(axis=1) < self.width)
+            & (ys.max(axis=1) < self.height)
+        )
+        cover = self._cover_points(xs.ravel(), ys.ravel()).reshape(xs.shape)
+        if label == "ship":
+            ok = (cover == 3).all(axis=1)
+        elif label == "car":
+            ok = cover[:, 0] == 4
+        elif label == "swimming_pool":
+            ok = (cover == 2).all(axis=1)
+        elif label == "storage_tank":
+            ok = np.isin(cover, (0, 2)).all(axis=1)
+        else:  # airplanes and buildings: among fields
+            ok = (cover == 0).all(axis=1)
+        return np.asarray(inside & ok)
 
     def _hits_building(self, ob: _Planted) -> bool:
         r = math.hypot(ob.length, ob.width) / 2 + 4
@@ -1007,7 +1024,6 @@ class SyntheticScene:
                 rgb[water] = wcol * ripple[:, None]
 
         # Major roads (over everything: bridges cross the river).
-        road_any = None
         for road in self._roads:
             if not road.near(c0 + w / 2, r0 + h / 2, math.hypot(w, h) / 2):
                 continue
@@ -1016,7 +1032,6 @@ class SyntheticScene:
             on = ad < hw + 2
             if not on.any():
                 continue
-            road_any = on if road_any is None else road_any | on
             tarmac = on & (ad < hw)
             rgb[on & ~tarmac] = _SIDEWALK_RGB
             rgb[tarmac] = _ASPHALT_RGB * (one + np.float32(0.03) * n16[tarmac])[:, None]
@@ -1025,16 +1040,15 @@ class SyntheticScene:
         if self._planted:
             self._draw_objects(rgb, c0, r0, w, h, water)
 
+        if self.bands == 4:
+            # NIR is derived from the ground, then clouds cover all four bands alike.
+            rgb = np.concatenate([rgb, self._nir(rgb, water, forest)[..., None]], axis=-1)
         mask = None
         if self.clouds > 0:
             rgb, mask = self._clouds(rgb, xs, ys, ct)
 
         rgb8 = cv2.convertScaleAbs(rgb)  # rounds and saturates to 0..255 (values are >= 0)
-        out = np.empty((self.bands, h, w), dtype=np.uint8)
-        out[:3] = np.moveaxis(rgb8, -1, 0)
-        if self.bands == 4:
-            out[3] = self._nir(rgb8, water, forest, urban, road_any)
-        return out, mask
+        return np.ascontiguousarray(np.moveaxis(rgb8, -1, 0)), mask
 
     def _fields(
         self,
@@ -1254,8 +1268,9 @@ class SyntheticScene:
         # About 80 % opaque where the mask starts, a thin haze outside it.
         alpha = _smoothstep(t - haze, t + 0.06, vs)[..., None]
         thick = _smoothstep(t, t + 0.25, vs)[..., None]
-        grey = np.array([196, 200, 208], dtype=np.float32)
-        white = np.array([246, 246, 244], dtype=np.float32)
+        nb = rgb.shape[-1]  # 3, or 4 with NIR (clouds are bright in the near infrared too)
+        grey = np.array([196, 200, 208, 204][:nb], dtype=np.float32)
+        white = np.array([246, 246, 244, 246][:nb], dtype=np.float32)
         col = grey + (white - grey) * thick
         col *= (one - np.float32(0.06) * (vs - np.float32(t)))[..., None]
         if dense:
@@ -1264,40 +1279,21 @@ class SyntheticScene:
             px = rgb[sel]
             rgb[sel] = px + (col - px) * alpha
         return rgb, mask
-        vs = v[sel]
-        # About 80 % opaque where the mask starts, a thin haze outside it.
-        alpha = _smoothstep(t - haze, t + 0.06, vs)[:, None]
-        thick = _smoothstep(t, t + 0.25, vs)[:, None]
-        grey = np.array([196, 200, 208], dtype=np.float32)
-        white = np.array([246, 246, 244], dtype=np.float32)
-        col = (grey * (one - thick) + white * thick) * (
-            one - np.float32(0.06) * (vs - np.float32(t))
-        )[:, None]
-        rgb[sel] = rgb[sel] * (one - alpha) + col * alpha
-        return rgb, mask
 
     def _nir(
-        self,
-        rgb: np.ndarray,
-        water: np.ndarray | None,
-        forest: np.ndarray | None,
-        urban: np.ndarray | None,
-        roads: np.ndarray | None,
+        self, rgb: np.ndarray, water: np.ndarray | None, forest: np.ndarray | None
     ) -> np.ndarray:
-        none = np.zeros(rgb.shape[:2], dtype=bool)
-        water = none if water is None else water
-        forest = none if forest is None else forest
-        built = (none if urban is None else urban) | (none if roads is None else roads)
-        r = rgb[..., 0].astype(np.float32)
-        g = rgb[..., 1].astype(np.float32)
-        b = rgb[..., 2].astype(np.float32)
-        # Vegetation reflects strongly in the near infrared, water hardly at all.
-        veg = np.clip((g - r) / (g + r + 1.0) * 6.0, 0.0, 1.0)
-        nir = 0.45 * r + 0.35 * g + 0.2 * b + veg * 110.0
-        nir = np.where(forest, nir * 1.15, nir)
-        nir = np.where(built & ~forest, 0.5 * r + 0.3 * g + 0.2 * b, nir)
-        nir = np.where(water, 0.25 * b, nir)
-        return np.clip(nir + 0.5, 0, 255).astype(np.uint8)
+        """Near-infrared reflectance (h, w) float32, 0-255 scale, from the ground colours."""
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        # Vegetation (green over red) reflects strongly in the near infrared, water hardly.
+        veg = np.clip((g - r) / (g + r + np.float32(1.0)) * np.float32(6.0), 0.0, 1.0)
+        nir = np.float32(0.45) * r + np.float32(0.35) * g + np.float32(0.2) * b
+        nir += veg * np.float32(110.0)
+        if forest is not None:
+            nir[forest] *= np.float32(1.15)
+        if water is not None:
+            nir[water] = np.float32(0.25) * b[water]
+        return nir
 
 
 # --------------------------------------------------------------------------------------------

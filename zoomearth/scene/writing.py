@@ -192,19 +192,20 @@ def atomic_path(final: str | os.PathLike[str], *, protect: Iterable[Any] = ()) -
             raise OutputWriteError(NOTHING_WRITTEN_TEMPLATE.format(tmp=tmp, output=final))
         # Checked again: a protected input may have been created at that path meanwhile.
         check_not_protected(final, protect)
+        for suffix in SIDECAR_SUFFIXES:
+            side_tmp = _with_suffix_appended(tmp, suffix)
+            side_final = _with_suffix_appended(final, suffix)
+            if side_tmp.exists():
+                os.replace(side_tmp, side_final)
+            else:
+                _remove_quietly(side_final)
+        os.replace(tmp, final)
     except BaseException:
+        # Also when the rename fails (final is a directory, another filesystem ...).
         _remove_quietly(tmp)
         for suffix in SIDECAR_SUFFIXES:
             _remove_quietly(_with_suffix_appended(tmp, suffix))
         raise
-    for suffix in SIDECAR_SUFFIXES:
-        side_tmp = _with_suffix_appended(tmp, suffix)
-        side_final = _with_suffix_appended(final, suffix)
-        if side_tmp.exists():
-            os.replace(side_tmp, side_final)
-        else:
-            _remove_quietly(side_final)
-    os.replace(tmp, final)
 
 
 # --------------------------------------------------------------------------------------------
