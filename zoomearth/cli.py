@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zoomearth.cli_ask import add_ask_command
 
     add_ask_command(sub)
+    from zoomearth.eval.cli import add_eval_command
+
+    add_eval_command(sub)
     try:
         from zoomearth.cli_tools import add_tool_commands
     except ImportError:  # pragma: no cover - only while the tools package is incomplete
