@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zoomearth.eval.cli import add_eval_command
 
     add_eval_command(sub)
+    from zoomearth.train.cli import add_train_command
+
+    add_train_command(sub)
     try:
         from zoomearth.cli_tools import add_tool_commands
     except ImportError:  # pragma: no cover - only while the tools package is incomplete

@@ -161,3 +161,10 @@ def test_aliases_and_errors(tmp_path: Path) -> None:
         load_questions("lrs-gro", _write(tmp_path / "box.jsonl", bad_box))
     with pytest.raises(QuestionFileError, match="Cannot read"):
         load_questions("lrs-gro", tmp_path / "absent.jsonl")
+
+
+def test_cli_choices_match_the_modules():
+    from zoomearth.eval import baselines, cli, questions
+
+    assert tuple(cli.BENCHMARKS) == tuple(questions.BENCHMARKS)
+    assert tuple(cli.EVAL_PLANNERS) == tuple(baselines.EVAL_PLANNERS)

@@ -1,0 +1,223 @@
+"""2 SFT steps and 2 GRPO steps on CPU with a tiny random Qwen2.5-VL on synthetic scenes; the
+saved checkpoint reloads into the transformers planner and completes an ``ask``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import make_settings
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+
+def _config(tiny_model: Path, data_path: Path, out: Path, **extra: Any) -> Any:
+    from zoomearth.train.config import TrainConfig
+
+    raw = {
+        "model": str(tiny_model),
+        "output_dir": str(out),
+        "data": {"path": str(data_path)},
+        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu"},
+        "view_side": 224,
+    }
+    for key, value in extra.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return TrainConfig.model_validate(raw)
+
+
+# ---- SFT -----------------------------------------------------------------------------------------
+
+
+def test_sft_collator_trains_on_assistant_text_only(prepared: Path, tiny_model: Path) -> None:
+    from transformers import AutoProcessor
+
+    from zoomearth.train.data import load_jsonl
+    from zoomearth.train.sft import IGNORE_INDEX, ZoomSFTCollator
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    rows = {r["question_id"]: r for r in load_jsonl(prepared / "sft.jsonl")}
+    collator = ZoomSFTCollator(processor, prepared)
+    batch = collator([{"row": json.dumps(rows["A-0"])}, {"row": json.dumps(rows["A-g"])}])
+    tok = processor.tokenizer
+    zoom, glob = batch["labels"][0], batch["labels"][1]
+    target = tok.decode(zoom[zoom != IGNORE_INDEX])
+    cut = rows["A-0"]["stage1"]  # the stage-1 target has no <answer>, nothing is cut
+    assert target == cut + rows["A-0"]["stage2"] + "<|im_end|>"
+    assert tok.decode(glob[glob != IGNORE_INDEX]) == rows["A-g"]["stage1"] + "<|im_end|>"
+    ids = batch["input_ids"][0]
+    text = tok.decode(ids[batch["attention_mask"][0] == 1])
+    # The crop continues the assistant turn, with no end-of-turn between stage 1 and the crop.
+    tail = text.rsplit("<|im_start|>assistant\n", 1)[1]
+    assert tail.startswith(cut + "<|vision_start|><|image_pad|>")
+    assert tail.count("<|im_end|>") == 1 and tail.endswith("<|im_end|>")
+    # 3 images (overview + crop, overview); image pads match the grids (merge 2 x 2).
+    grids = batch["image_grid_thw"]
+    assert grids.shape[0] == 3
+    pads = int((batch["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).sum())
+    assert pads == int(grids.prod(dim=-1).sum()) // 4
+
+
+@pytest.fixture(scope="module")
+def sft_result(prepared: Path, tiny_model: Path, train_root: Path) -> Any:
+    from zoomearth.train.sft import train_sft
+
+    return train_sft(_config(tiny_model, prepared / "sft.jsonl", train_root / "sft-out"))
+
+
+def test_sft_two_steps(sft_result: Any) -> None:
+    assert sft_result.steps == 2
+    losses = [r["loss"] for r in sft_result.history if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    out = sft_result.output_dir
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+    assert (out / "preprocessor_config.json").exists() or (out / "processor_config.json").exists()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert sft_result.plot_path is not None and sft_result.plot_path.stat().st_size > 1000
+
+
+def test_sft_with_lora_saves_merged_weights(
+    prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from zoomearth.train.sft import train_sft
+
+    config = _config(
+        tiny_model,
+        prepared / "sft.jsonl",
+        tmp_path / "lora",
+        lora={"enabled": True, "r": 4, "alpha": 8},
+        training={"max_steps": 1, "batch_size": 1},
+    )
+    result = train_sft(config)
+    assert result.steps == 1
+    assert not (result.output_dir / "adapter_config.json").exists()  # merged, plain checkpoint
+    model = AutoModelForImageTextToText.from_pretrained(result.output_dir)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+# ---- GRPO ----------------------------------------------------------------------------------------
+
+
+def scripted_sampler(processor: Any, seen_inputs: list[str]) -> Any:
+    """Stage 1: even generations zoom near the ground truth, odd ones write garbage; stage 2
+    answers correctly. Token ids are real ids of the tiny model's tokenizer."""
+    import torch
+
+    tok = processor.tokenizer
+
+    def sample(model: Any, inputs: Any, n: int, max_new: int, stage: int, row: Any) -> Any:
+        if stage == 2:
+            seen_inputs.append(tok.decode(inputs["input_ids"][0]))
+            texts = [f"<think>seen</think><answer>{row['ground_truth']}</answer><|im_end|>"] * n
+        else:
+            texts = []
+            for k in range(n):
+                if k % 2 == 0 and row["gt_box_view"]:
+                    x1, y1, x2, y2 = (int(v) + 3 * k for v in row["gt_box_view"])
+                    texts.append(
+                        f'<think>zoom {{"bbox_2d": [{x1}, {y1}, {x2}, {y2}]}}</think><|im_end|>'
+                    )
+                else:
+                    texts.append(f"noise {k}<|im_end|>")
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(len(i) for i in ids)
+        return torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
+
+    return sample
+
+
+@pytest.fixture(scope="module")
+def grpo_run(prepared: Path, tiny_model: Path, train_root: Path) -> Any:
+    from transformers import AutoProcessor
+
+    from zoomearth.train.common import finish
+    from zoomearth.train.grpo import make_grpo_trainer
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    seen: list[str] = []
+    config = _config(
+        tiny_model,
+        prepared / "grpo.jsonl",
+        train_root / "grpo-out",
+        training={"batch_size": 4},
+        grpo={"num_generations": 4, "max_stage_tokens": 32},
+        data={"limit": 2},
+    )
+    trainer, proc, rollout = make_grpo_trainer(
+        config,
+        settings=make_settings(train_root),
+        sample=scripted_sampler(processor, seen),
+        similarity=None,
+    )
+    trainer.train()
+    result = finish(trainer, proc, config, 1.0, "GRPO")
+    return {"result": result, "rollout": rollout, "seen": seen, "trainer": trainer}
+
+
+def test_grpo_two_steps_with_two_stage_rollouts(grpo_run: dict) -> None:
+    result = grpo_run["result"]
+    assert result.steps == 2
+    logs = [r for r in result.history if "loss" in r]
+    assert len(logs) == 2 and all(math.isfinite(r["loss"]) for r in logs)
+    # Rewards vary across the generations of each prompt.
+    assert all(r["reward_std"] > 0 for r in logs)
+    assert all(r["rewards/format_reward/std"] > 0 and r["rewards/box_reward/std"] > 0 for r in logs)
+    assert all(r["frac_reward_zero_std"] == 0 for r in logs)
+    # Two of four generations zoomed: crops from the full-resolution scene, at least 512 px.
+    regions = grpo_run["rollout"].last_regions
+    assert [r is not None for r in regions] == [True, False, True, False]
+    for region in filter(None, regions):
+        assert region.width >= 512 and region.height >= 512
+    # Stage 2 continued the assistant turn: stage-1 text (cut), then the crop, no end-of-turn.
+    for text in grpo_run["seen"]:
+        tail = text.rsplit("<|im_start|>assistant\n", 1)[1]
+        assert tail.startswith("<think>zoom {") and "<|im_end|>" not in tail
+        assert tail.endswith("<|vision_end|>") and text.count("<|vision_start|>") == 2
+    assert (result.output_dir / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_grpo_with_the_models_own_sampling(
+    prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from zoomearth.train.grpo import train_grpo
+
+    config = _config(
+        tiny_model,
+        prepared / "grpo.jsonl",
+        tmp_path / "grpo",
+        training={"batch_size": 4},
+        grpo={"num_generations": 4, "max_stage_tokens": 8},
+        data={"limit": 2},
+    )
+    result = train_grpo(config, settings=make_settings(tmp_path), similarity=None)
+    assert result.steps == 2
+    assert all(math.isfinite(r["loss"]) for r in result.history if "loss" in r)
+
+
+def test_grpo_checkpoint_completes_an_ask(grpo_run: dict, scenes: dict, train_root: Path) -> None:
+    import zoomearth
+
+    out = grpo_run["result"].output_dir
+    settings = make_settings(
+        train_root / "ask",
+        planner="transformers",
+        planner_model=str(out),
+        planner_device="cpu",
+        planner_max_new_tokens=16,
+        max_steps=2,
+        checkpoint_db=train_root / "ask" / "ckpt.sqlite",
+        runs_dir=train_root / "ask" / "runs",
+    )
+    agent = zoomearth.Agent(settings)
+    result = agent.ask(scenes["a"].image_path, "What kind of object is in the middle?")
+    assert result.status == "answered"
+    assert result.answer is not None and result.planner.startswith("transformers")
