@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zoomearth.train.cli import add_train_command
 
     add_train_command(sub)
+    from zoomearth.server.cli import add_serve_command
+
+    add_serve_command(sub)
     try:
         from zoomearth.cli_tools import add_tool_commands
     except ImportError:  # pragma: no cover - only while the tools package is incomplete
