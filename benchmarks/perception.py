@@ -39,9 +39,17 @@ HERE = Path(__file__).resolve()
 # children
 # ----------------------------------------------------------------------------------------------
 def _peak_rss_mb() -> float:
-    import resource
+    """Peak RSS of this process's own address space (VmHWM), in MiB.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    Not ``getrusage().ru_maxrss``: on Linux that also carries the high-water mark of the parent's
+    address space across fork/exec, so a child started after the parent held a big array would
+    report the parent's peak.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
 def child_engine(image: str, boxes: list[list[float]]) -> dict:
@@ -117,19 +125,24 @@ def ensure_scene(workdir: Path, size: int) -> tuple[Path, list[list[float]]]:
 
 
 def ensure_png(tif: Path) -> Path:
+    """Export the scene as PNG for the reference pipeline (once; not part of any measurement).
+
+    Reads the whole raster into memory and encodes it with OpenCV at a low zlib level: fast, and
+    memory is no concern in this preparation step (GDAL's streaming PNG writer was far slower).
+    """
+    import cv2
     import rasterio
-    from rasterio.shutil import copy as rio_copy
 
     png = tif.with_suffix(".png")
     if not png.exists():
         print(f"  exporting {png.name} for the reference pipeline ...", file=sys.stderr, flush=True)
+        with rasterio.open(tif) as src:
+            rgb = src.read([1, 2, 3])
+        bgr = cv2.cvtColor(rgb.transpose(1, 2, 0), cv2.COLOR_RGB2BGR)
+        del rgb
         tmp = png.with_name(png.name + ".tmp.png")
-        with rasterio.Env(GDAL_CACHEMAX=256):
-            rio_copy(tif, tmp, driver="PNG", ZLEVEL=1)
+        cv2.imwrite(str(tmp), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         os.replace(tmp, png)
-        aux = tmp.with_name(tmp.name + ".aux.xml")
-        if aux.exists():
-            aux.unlink()
     return png
 
 

@@ -55,6 +55,10 @@ ENTRY_POINT_GROUP: Final = "zoomearth.tools"
 #: Built-in tools: name -> "module:Class" (imported lazily).
 BUILTIN_TOOLS: Final[dict[str, str]] = {
     "export_region": "zoomearth.tools.export:ExportRegion",
+    "segmentation": "zoomearth.tools.segmentation:Segmentation",
+    "denoise": "zoomearth.tools.denoise:Denoise",
+    "edit": "zoomearth.tools.edit:Edit",
+    "cloud_removal": "zoomearth.tools.cloud_removal:CloudRemoval",
 }
 
 DUPLICATE_TEMPLATE = (

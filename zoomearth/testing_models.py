@@ -17,11 +17,16 @@ Importing this module imports neither torch nor transformers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from zoomearth.agent.prompting import qwen2_vl_chat_template
 
-__all__ = ["QWEN_SPECIAL_TOKENS", "build_tiny_qwen25vl"]
+__all__ = [
+    "QWEN_SPECIAL_TOKENS",
+    "build_tiny_instruct_pix2pix",
+    "build_tiny_qwen25vl",
+    "build_tiny_sd_inpaint",
+]
 
 #: Special tokens of the Qwen2-VL family that the tiny tokenizer registers (ids follow the 256
 #: byte symbols, in this order).
@@ -140,4 +145,148 @@ def build_tiny_qwen25vl(path: str | Path, seed: int = 0) -> Path:
     )
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    return out
+
+
+#: Special tokens of the tiny CLIP tokenizer (ids follow the 512 byte-level symbols).
+CLIP_BOS_TOKEN: Final = "<|startoftext|>"
+CLIP_EOS_TOKEN: Final = "<|endoftext|>"
+
+
+def _tiny_sd_components(unet_in_channels: int, seed: int) -> dict[str, object]:
+    """Build the random parts of a tiny Stable Diffusion pipeline (no network).
+
+    Args:
+        unet_in_channels: UNet input channels: 9 for inpainting (latent 4 + mask 1 + masked
+            image latent 4), 8 for InstructPix2Pix (latent 4 + image latent 4).
+        seed: Seed of the random weights.
+
+    Returns:
+        Keyword arguments for a diffusers Stable Diffusion pipeline constructor: ``vae``,
+        ``text_encoder``, ``tokenizer``, ``unet``, ``scheduler``, ``safety_checker`` (None),
+        ``feature_extractor`` (None), ``requires_safety_checker`` (False).
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    # A byte-level CLIP vocabulary: each byte as a word-inner and a word-final ("</w>") symbol,
+    # no merges; every text tokenises (into bytes) and round-trips.
+    byte_symbols = bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for b in range(256):
+        vocab[byte_symbols[b]] = len(vocab)
+    for b in range(256):
+        vocab[byte_symbols[b] + "</w>"] = len(vocab)
+    vocab[CLIP_BOS_TOKEN] = len(vocab)
+    vocab[CLIP_EOS_TOKEN] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+    torch.manual_seed(seed)
+    unet: Any = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,  # latent side; x 2 (VAE downsampling) = 64 px native resolution
+        in_channels=unet_in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        norm_num_groups=8,
+    )
+    vae: Any = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=vocab[CLIP_BOS_TOKEN],
+            eos_token_id=vocab[CLIP_EOS_TOKEN],
+            pad_token_id=vocab[CLIP_EOS_TOKEN],
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(vocab),
+            projection_dim=32,
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,  # avoids diffusers' deprecation warning
+    )
+    return {
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": tokenizer,
+        "unet": unet.eval(),
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+
+
+def build_tiny_sd_inpaint(path: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny random Stable Diffusion inpainting pipeline.
+
+    The directory loads with ``StableDiffusionInpaintPipeline.from_pretrained(path)`` (or
+    ``AutoPipelineForInpainting``) exactly like a real inpainting checkpoint: a random
+    ``UNet2DConditionModel`` with 9 input channels (blocks 32/64, one layer each), a random
+    ``AutoencoderKL`` (blocks 16/32, 4 latent channels, downsampling 2x; native resolution
+    64 x 64 px), a random
+    ``CLIPTextModel`` (2 layers, hidden size 32), a ``CLIPTokenizer`` built from a byte-level
+    vocabulary (514 tokens, no merges), a ``DDIMScheduler`` and no safety checker. Two steps at
+    64x64 run on a CPU in well under a second after the first call; the output is noise-like.
+
+    Args:
+        path: Directory to write (created if needed; existing files are overwritten).
+        seed: Seed of the random weights (same seed, same weights).
+
+    Returns:
+        The directory (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+        ``tokenizer/``, ``scheduler/``).
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe: Any = StableDiffusionInpaintPipeline(**_tiny_sd_components(9, seed))
+    pipe.save_pretrained(out)
+    return out
+
+
+def build_tiny_instruct_pix2pix(path: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny random InstructPix2Pix pipeline.
+
+    Same parts as :func:`build_tiny_sd_inpaint` except the UNet, which takes 8 input channels
+    (noisy latent + image latent); loads with
+    ``StableDiffusionInstructPix2PixPipeline.from_pretrained(path)``.
+
+    Args:
+        path: Directory to write (created if needed; existing files are overwritten).
+        seed: Seed of the random weights (same seed, same weights).
+
+    Returns:
+        The directory (``model_index.json`` and the component folders).
+    """
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe: Any = StableDiffusionInstructPix2PixPipeline(**_tiny_sd_components(8, seed))
+    pipe.save_pretrained(out)
     return out

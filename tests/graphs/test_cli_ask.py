@@ -87,3 +87,29 @@ def test_thread_follow_up_and_errors(scene, tmp_path):
     assert bad.returncode == 2 and "no saved run" in bad.stderr and "Traceback" not in bad.stderr
     missing = ask(str(tmp_path / "nope.tif"), "q", "--planner", "rules", env=env, check=False)
     assert missing.returncode == 2 and "No such image" in missing.stderr
+
+
+def test_approval_without_terminal_prints_resume_commands(scene, tmp_path):
+    plan = tmp_path / "edit.yaml"
+    plan.write_text(
+        "turns:\n"
+        "  - - {zoom: [600, 600, 700, 700], frame: full}\n"
+        "    - {tool: edit, args: {instruction: remove the object, target_box: [620, 620, 680, 680]}}\n"
+        "  - - {answer: edited}\n"
+    )
+    env = {"ZOOMEARTH_DATA_DIR": str(tmp_path / "data")}
+    stopped = ask(str(scene), "remove the object", "--plan", str(plan), "--json", env=env,
+                  check=False)
+    assert stopped.returncode == 3, stopped.stderr
+    record = json.loads(stopped.stdout)
+    assert record["status"] == "awaiting_approval"
+    assert record["pending_approval"][0]["tool"] == "edit"
+    thread = record["thread_id"]
+    assert f"zoomearth ask --thread {thread} --resume --approve" in stopped.stderr
+    before = scene.read_bytes()
+    done = json.loads(ask("--thread", thread, "--resume", "--approve", "--plan", str(plan),
+                          "--json", env=env).stdout)
+    assert done["status"] == "answered" and done["answer"] == "edited"
+    edited = [a for a in done["artifacts"] if a["tool"] == "edit" and a["kind"] == "raster"]
+    assert edited and Path(edited[0]["path"]).exists()
+    assert scene.read_bytes() == before  # the input is never modified

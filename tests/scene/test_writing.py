@@ -435,3 +435,14 @@ def test_source_georef_coerce(tmp_path: Path) -> None:
 
     la = SourceGeoref.coerce(LookAlike())
     assert la.crs.to_epsg() == 32633 and la.dtype == "uint8"
+
+
+def test_four_band_uint8_output_is_not_tagged_as_alpha(tmp_path: Path) -> None:
+    # GDAL's default for 4-band uint8 GeoTIFF is RGBA, which would turn a NIR band into a mask.
+    out = tmp_path / "rgbn.tif"
+    data = np.full((4, 32, 32), 7, np.uint8)
+    with TiledRasterWriter(out, width=32, height=32, count=4, dtype="uint8") as writer:
+        writer.write(data, Window(0, 0, 32, 32))
+    with rasterio.open(out) as ds:
+        assert "alpha" not in [c.name for c in ds.colorinterp]
+        assert ds.read(4, masked=True).mask.sum() == 0

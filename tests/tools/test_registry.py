@@ -16,6 +16,7 @@ from zoomearth.tools import (
     UnknownToolError,
 )
 from zoomearth.tools.export import ExportRegion
+from zoomearth.tools.registry import BUILTIN_TOOLS
 
 from tests.tools.helpers import EchoTool
 
@@ -68,7 +69,8 @@ def patch_eps(monkeypatch, eps):
 def test_builtins_and_installed_example_plugin():
     reg = ToolRegistry()
     names = reg.names()
-    assert names[0] == "export_region", names
+    # built-ins first (sorted by name), then plugins
+    assert names[: len(BUILTIN_TOOLS)] == sorted(BUILTIN_TOOLS), names
     assert "brightness_stats" in names, EXAMPLE_HINT
     entry = reg.entry("brightness_stats")
     assert entry.source == "plugin" and entry.package == "zoomearth-example-plugin"
@@ -147,7 +149,7 @@ def test_broken_plugin_is_a_warning_not_fatal(monkeypatch):
         ],
     )
     reg = ToolRegistry()
-    assert reg.names() == ["export_region", "good_plugin"]
+    assert reg.names() == [*sorted(BUILTIN_TOOLS), "good_plugin"]
     text = "\n".join(reg.warnings)
     assert "broken-pkg" in text and "missing_dep" in text
     assert "odd-pkg" in text and "not a zoomearth Tool subclass" in text
@@ -165,7 +167,7 @@ def test_plugin_breaking_the_contract_at_import_is_a_warning(monkeypatch):
 
     patch_eps(monkeypatch, [LoadsBadTool("bad", "x", "bad-pkg")])
     reg = ToolRegistry()
-    assert reg.names() == ["export_region"]
+    assert reg.names() == sorted(BUILTIN_TOOLS)
     assert "not a valid tool name" in reg.warnings[0] and "bad-pkg" in reg.warnings[0]
 
 
@@ -188,7 +190,8 @@ def test_register_duplicate_raises_naming_both():
 
 def test_unknown_tool_lists_available():
     reg = ToolRegistry(entry_point_group=None)
-    with pytest.raises(UnknownToolError, match="Available tools: export_region") as info:
+    available = ", ".join(sorted(BUILTIN_TOOLS))
+    with pytest.raises(UnknownToolError, match=f"Available tools: {available}") as info:
         reg.get_tool("segmentaton")
     assert info.value.code == "unknown_tool"
     assert "'segmentaton'" in str(info.value)

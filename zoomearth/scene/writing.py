@@ -345,6 +345,10 @@ def output_profile(
         profile["photometric"] = photometric
     elif "photometric" not in profile and dt == np.uint8 and n == 3:
         profile["photometric"] = "RGB"
+    elif "photometric" not in profile and n != 3:
+        # GDAL would tag a 4-band uint8 file as RGBA, turning a NIR band into an alpha mask;
+        # bands other than plain RGB are written as independent grey bands.
+        profile["photometric"] = "MINISBLACK"
     if n > 1:
         profile["interleave"] = "pixel"
     if num_threads is not None and comp != "none":
