@@ -674,6 +674,9 @@ def find_tool_intents(text: str) -> list[ToolIntent]:
 # Tool arguments from JSON Schema
 # ---------------------------------------------------------------------------------------------
 
+# Region arguments every tool gets in the prompt (tools.base.RESERVED_ARGS): a box in the frame of
+# a view. The rules planner never fills them; it zooms in the same turn instead.
+_REGION_ARGS: Final = frozenset({"bbox_2d", "view"})
 _BOX_ARGS: Final = frozenset(
     {"box", "bbox", "bbox_2d", "box_xyxy", "bbox_xyxy", "region", "region_xyxy", "roi", "xyxy"}
 )
@@ -764,11 +767,15 @@ def _fill_arguments(
     if not isinstance(properties, Mapping):
         return args
     for name, raw_schema in properties.items():
+        if name in _REGION_ARGS:
+            # The graph's own region arguments (boxes in a view's frame): the tool works on the
+            # zoom this turn makes, so they stay unset.
+            continue
         schema = _resolve(raw_schema, parameters)
         key = str(name).lower()
         is_required = name in required and "default" not in schema
         value: Any = None
-        if key in _BOX_ARGS or key.endswith("_xyxy") or "bbox" in key:
+        if _is_box_key(key):
             if box is not None:
                 value = _box_value(box, schema)
             elif is_required:
@@ -1036,10 +1043,13 @@ def _box_keys(parameters: Mapping[str, Any]) -> list[str]:
     return [
         str(k)
         for k in properties
-        if str(k).lower() in _BOX_ARGS
-        or str(k).lower().endswith("_xyxy")
-        or "bbox" in str(k).lower()
+        if k not in _REGION_ARGS and _is_box_key(str(k).lower())
     ]
+
+
+def _is_box_key(key: str) -> bool:
+    """Whether an argument name holds a full-resolution box (``target_box``, ``roi_xyxy`` ...)."""
+    return key in _BOX_ARGS or key.endswith(("_xyxy", "_box")) or "bbox" in key
 
 
 # ---------------------------------------------------------------------------------------------
