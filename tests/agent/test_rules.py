@@ -678,3 +678,19 @@ def test_any_question_gives_clean_protocol_text(question: str, geo: bool) -> Non
     parsed = parse_response(reply.text)
     assert parsed.problems == ()
     assert parsed.zooms or parsed.tool_calls or parsed.answer
+
+
+def test_registry_region_arguments_are_left_to_the_graph() -> None:
+    """The registry adds ``bbox_2d``/``view`` (a view-frame box) to every tool; the rules planner
+    zooms instead and fills only the tool's own full-resolution box argument."""
+    from zoomearth.tools.registry import ToolRegistry
+
+    specs = ToolRegistry(entry_point_group=None).tool_specs_for_prompt()
+    seg = [t for t in specs if t["name"] == "segmentation"]
+    assert seg and "bbox_2d" in seg[0]["parameters"]["properties"]
+    _, parsed = plan("segment the building in box 100,200,612,712", tools=seg)
+    (call,) = parsed.tool_calls
+    assert call.name == "segmentation"
+    assert "bbox_2d" not in call.arguments and "view" not in call.arguments
+    assert call.arguments["target_box"] == [100, 200, 612, 712]
+    assert len(parsed.zooms) == 1
