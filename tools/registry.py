@@ -466,7 +466,8 @@ _REGION_SCHEMA: dict[str, Any] = {
         "minItems": 4,
         "maxItems": 4,
         "description": "Region to process as [x1, y1, x2, y2] in the pixels of the view named by "
-        "'view' (default: the latest view); omit it to process the whole image.",
+        "'view' (default: the latest view). Omit it to process the region of a zoom made in the "
+        "same turn, else the latest view if it is a zoom, else the whole image.",
     },
     RESERVED_ARGS[1]: {
         "type": "integer",
