@@ -66,7 +66,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter:
-        reporter.ensure_newline()
+        reporter.write("\n")  # the progress line may not be finished yet
     write = reporter.write_line if reporter else print
     write(f"CI: {_skip_count} test(s) skipped")
     if _unexpected_skips:
