@@ -97,3 +97,42 @@ def test_corrupt_png_prepare_fails_cleanly(tmp_path, small_prepare):
         Scene.open(png, settings=small_prepare).render()
     leftovers = list(small_prepare.scene_cache_dir.glob("*")) if small_prepare.scene_cache_dir.exists() else []
     assert not [p for p in leftovers if p.suffix in {".tif", ".json"} or "tmp" in p.name]
+
+
+def test_prepared_copy_keeps_a_per_dataset_mask(tmp_path, small_prepare):
+    # A strip TIFF with an internal mask band (as JPEG orthophotos carry): masked pixels must
+    # stay invalid when read through the prepared copy.
+    path = tmp_path / "masked.tif"
+    data = pattern(600, 400, 3)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+        path, "w", driver="GTiff", width=600, height=400, count=3, dtype="uint8", tiled=False
+    ) as dst:
+        dst.write(data)
+        mask = np.full((400, 600), 255, np.uint8)
+        mask[:, :200] = 0
+        dst.write_mask(mask)
+    direct = Scene.open(path, settings=small_prepare, prepare=False).render(max_side=300)
+    prepared = Scene.open(path, settings=small_prepare, prepare=True).render(max_side=300)
+    assert 0.6 < direct.valid.mean() < 0.7
+    assert prepared.valid.mean() == pytest.approx(direct.valid.mean(), abs=0.01)
+
+
+def test_evicted_copy_is_rebuilt_for_a_new_handle(tmp_path, small_prepare):
+    import threading
+
+    png = write_raster(tmp_path / "big.png", 600, 400, 3, driver="PNG", georef=False)
+    scene = Scene.open(png, settings=small_prepare)
+    scene.render(max_side=64)
+    copy = scene.pixel_path()
+    SceneCache.from_settings(small_prepare).clear()  # e.g. another scene pushed it out
+    assert not copy.exists()
+    out = {}
+
+    def other_thread():  # a new GDAL handle (per thread) must not fail
+        out["view"] = scene.render(PixelBox(0, 0, 100, 100))
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert out["view"].rgb.shape == (100, 100, 3)
+    assert scene.pixel_path().exists()

@@ -164,7 +164,7 @@ class SceneCache:
             freed += e.size_bytes
             self.remove(e.key)
         if self.root.exists():
-            for tmp in self.root.glob(".*.tmp*"):
+            for tmp in [*self.root.glob(".*.tmp*"), *self.root.glob("*.json.tmp")]:
                 with contextlib.suppress(OSError):
                     freed += tmp.stat().st_size
                     tmp.unlink()
@@ -210,7 +210,7 @@ def build_tiled_copy(source: Path, dest: Path, progress: bool = True) -> None:
     """
     import numpy as np
     import rasterio
-    from rasterio.enums import Resampling
+    from rasterio.enums import MaskFlags, Resampling
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.windows import Window
 
@@ -245,8 +245,16 @@ def build_tiled_copy(source: Path, dest: Path, progress: bool = True) -> None:
                 itemsize = np.dtype(dtype).itemsize
                 row_bytes = src.width * TILE * src.count * itemsize
                 cache_mb = max(128, int(row_bytes * 1.5 / 2**20) + 16)
+                # A per-dataset mask (e.g. the internal .msk of JPEG orthophotos) is copied too,
+                # or every masked pixel would turn valid in the prepared copy.
+                flags = src.mask_flag_enums[0] if src.count else ()
+                has_mask = (
+                    MaskFlags.per_dataset in flags
+                    and MaskFlags.alpha not in flags
+                    and (MaskFlags.nodata not in flags)
+                )
                 with (
-                    rasterio.Env(GDAL_CACHEMAX=cache_mb),
+                    rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_TIFF_INTERNAL_MASK=True),
                     rasterio.open(tmp, "w", **profile) as dst,
                 ):
                     dst.colorinterp = src.colorinterp
@@ -269,6 +277,8 @@ def build_tiled_copy(source: Path, dest: Path, progress: bool = True) -> None:
                                 )
                             ) from None
                         dst.write(block, window=window)
+                        if has_mask:
+                            dst.write_mask(src.read_masks(1, window=window), window=window)
                         bar.update(1)
                     factors = _overview_factors(src.width, src.height)
                     if factors:

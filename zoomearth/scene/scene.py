@@ -296,6 +296,11 @@ class Scene:
         ds = getattr(self._local, "ds", None)
         if ds is not None and getattr(self._local, "ds_path", None) == target and not ds.closed:
             return ds
+        if target != self.path and not target.exists():
+            # The cache's size cap removed the prepared copy since; build it again.
+            with self._lock:
+                self._pixel_path = None
+            target = self.pixel_path()
         if ds is not None:
             ds.close()
         ds = self._open_dataset(target)
