@@ -94,6 +94,15 @@ def _emit(event: dict[str, Any]) -> None:
     writer(event)
 
 
+def _current(state: AgentState) -> list[dict[str, Any]]:
+    """Transcript entries of the current question (after the latest follow-up question)."""
+    transcript = state.get("transcript", [])
+    for i in range(len(transcript) - 1, -1, -1):
+        if transcript[i]["kind"] == "question":
+            return transcript[i + 1 :]
+    return transcript
+
+
 def _latest_view_id(state: AgentState) -> int:
     """The most recent image shown to the planner (the frame of boxes that name no view)."""
     latest = 0
@@ -166,10 +175,11 @@ def build_graph(
                 "label": "overview",
                 "step": 0,
             }
-            update.update(views={"0": overview}, next_view_id=1)
+            update.update(views={"0": overview}, next_view_id=1, question_index=0)
         else:
             # A follow-up question in the same thread: same views and artifacts, new question.
             update["transcript"] = [_entry("question", state["question"])]
+            update["question_index"] = int(state.get("question_index", 0)) + 1
         _emit(
             {
                 "event": "observe",
@@ -249,6 +259,7 @@ def build_graph(
                     "region_xyxy": region,
                     "view_id": next_view,
                     "label": zoom.label,
+                    "question": int(state.get("question_index", 0)),
                 }
             )
             turn_zoom_region = region
@@ -303,6 +314,7 @@ def build_graph(
             transcript.append(_entry("feedback", "\n".join(p.message for p in problems)))
 
         step_record = {
+            "question": int(state.get("question_index", 0)),
             "step": step,
             "planner": reply.backend or planner.name,
             "seconds": round(elapsed, 3),
@@ -356,6 +368,7 @@ def build_graph(
             "height": h,
             "label": payload.get("label"),
             "step": payload["step"],
+            "question": int(payload.get("question", 0)),  # type: ignore[typeddict-item]
         }
         caption = (
             f"View {vid}: full-resolution region {region} "
@@ -444,10 +457,15 @@ def build_graph(
             kind = "best_effort"
             reason = f"{state.get('step', 0)} of {state.get('max_steps')} steps used"
             parts = [BEST_EFFORT_TEMPLATE.format(reason=reason)]
-            stage = [a for a in state.get("stage_answers", []) if a]
+            qi = int(state.get("question_index", 0))
+            stage = [
+                s["stage_answer"]
+                for s in state.get("steps", [])
+                if s.get("question", 0) == qi and s.get("stage_answer")
+            ]
             if stage:
                 parts.append(f"Earlier tentative answer: {stage[-1]}")
-            results = [e["text"] for e in state.get("transcript", []) if e["kind"] == "tool_result"]
+            results = [e["text"] for e in _current(state) if e["kind"] == "tool_result"]
             if results:
                 parts.append("Tool results: " + " | ".join(results[-3:]))
             text = " ".join(parts)
@@ -590,6 +608,19 @@ def _tool_region(
     """
     box = args.pop("bbox_2d", None)
     view = args.pop("view", None)
+    if view is not None and not (
+        (isinstance(view, int) and not isinstance(view, bool) and view >= 0)
+        or (isinstance(view, str) and view.isdigit())
+    ):
+        return None, Problem(
+            ProblemCode.BAD_VIEW,
+            f"A tool's 'view' must be the id of a view (a whole number >= 0); got {view!r}.",
+        )
+    if view is not None and box is None:
+        return None, Problem(
+            ProblemCode.BAD_VIEW,
+            "A tool's 'view' names the frame of its bbox_2d; give bbox_2d with it, or omit both.",
+        )
     if box is not None:
         if not isinstance(box, list | tuple) or len(box) != 4:
             return None, Problem(
@@ -602,9 +633,7 @@ def _tool_region(
             return None, Problem(
                 ProblemCode.BAD_BOX_VALUE, "A tool's bbox_2d must hold four numbers."
             )
-        view_key = (
-            int(view) if isinstance(view, int | float | str) and str(view).isdigit() else latest
-        )
+        view_key = int(view) if view is not None else latest
         if str(view_key) not in views:
             valid = ", ".join(sorted(views, key=int))
             return None, Problem(

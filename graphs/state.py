@@ -50,6 +50,7 @@ class ViewRecord(TypedDict, total=False):
         path: For previews: the PNG file to read the pixels from.
         label: The planner's label for a zoom, or the tool name for a preview.
         step: The step that produced it.
+        question: Index of the thread's question that produced it (0 = the first).
     """
 
     view_id: int
@@ -61,6 +62,7 @@ class ViewRecord(TypedDict, total=False):
     path: str
     label: str | None
     step: int
+    question: int
 
 
 def merge_views(
@@ -101,6 +103,7 @@ class ActionPayload(TypedDict, total=False):
     label: str | None
     tool: str
     arguments: dict[str, Any]
+    question: int
 
 
 class AgentState(TypedDict, total=False):
@@ -115,6 +118,7 @@ class AgentState(TypedDict, total=False):
     question: str
     first_question: str
     question_id: str | None
+    question_index: int  # 0 for the thread's first question, +1 per follow-up
     run_dir: str
     # conversation (text with view/artifact references)
     transcript: Annotated[list[dict[str, Any]], operator.add]

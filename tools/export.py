@@ -108,11 +108,14 @@ class ExportRegion(Tool):
         )
         tiles = ctx.tiles()
         valid = 0
+        # Without a nodata value, invalid pixels (mask or alpha band) travel as a mask band.
+        keep_mask = scene.nodata is None
         with writer:
             for tile in tiles:
                 pixels = tile.crop(ctx.read(tile.read_box, bands=bands))
-                valid += int((~np.ma.getmaskarray(pixels).any(axis=0)).sum())
-                writer.write(np.ma.getdata(pixels), tile.window)
+                ok = ~np.ma.getmaskarray(pixels).any(axis=0)
+                valid += int(ok.sum())
+                writer.write(np.ma.getdata(pixels), tile.window, valid=ok if keep_mask else None)
                 ctx.report(tile.index + 1, len(tiles), "export_region: writing tiles")
 
         total = width * height

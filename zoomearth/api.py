@@ -31,6 +31,18 @@ NO_THREAD_TEMPLATE = (
 )
 NOTHING_TO_RESUME_TEMPLATE = "Thread {thread!r} has nothing to resume: its run already finished."
 NEED_IMAGE_TEMPLATE = "A new thread needs an image and a question."
+PENDING_APPROVAL_TEMPLATE = (
+    "Thread {thread!r} is waiting for approval of {tools}. Answer first: "
+    "zoomearth ask --thread {thread} --resume --approve (or --deny)."
+)
+UNFINISHED_TEMPLATE = (
+    "Thread {thread!r} has an unfinished run (stopped or killed). Finish it first with "
+    "zoomearth ask --thread {thread} --resume."
+)
+RUN_DIR_TEMPLATE = (
+    "Thread {thread!r} writes into {old}; a thread keeps one run directory (artifact ids are "
+    "unique within it). Omit --out, or start a new thread."
+)
 
 
 class ThreadError(ZoomEarthError, ValueError):
@@ -125,6 +137,7 @@ class Agent:
 
             registry = get_registry()
         self.registry = registry
+        self._owns_checkpointer = checkpointer is None
         if checkpointer is None:
             assert self.settings.checkpoint_db is not None
             checkpointer = open_sqlite_checkpointer(self.settings.checkpoint_db)
@@ -173,6 +186,11 @@ class Agent:
         """
         t0 = time.perf_counter()
         existing = self._existing(thread) if thread else None
+        if existing is not None:
+            self._check_finished(thread)  # type: ignore[arg-type]
+            old_dir = existing.get("run_dir")
+            if run_dir is not None and old_dir and Path(run_dir).resolve() != Path(old_dir):
+                raise ThreadError(RUN_DIR_TEMPLATE.format(thread=thread, old=old_dir))
         payload: dict[str, Any] = {"question": question, "question_id": question_id}
         if existing is None:
             if image is None or not question:
@@ -205,8 +223,26 @@ class Agent:
         self._drive(payload, config)
         return self.result(thread, seconds=time.perf_counter() - t0)
 
+    def _check_finished(self, thread: str) -> None:
+        """Refuse a new question while the thread's last run is unfinished (it would be lost)."""
+        snapshot = self.graph.get_state({"configurable": {"thread_id": thread}})
+        if not snapshot.next:
+            return
+        pending = [i.value for task in snapshot.tasks for i in task.interrupts]
+        if pending:
+            tools = ", ".join(
+                str(p.get("tool", "?")) if isinstance(p, dict) else "?" for p in pending
+            )
+            raise ThreadError(PENDING_APPROVAL_TEMPLATE.format(thread=thread, tools=tools))
+        raise ThreadError(UNFINISHED_TEMPLATE.format(thread=thread))
+
     def resume(self, thread: str, approve: bool | None = None) -> AskResult:
-        """Continue a thread stopped at an approval point (``approve``) or killed mid-run."""
+        """Continue a thread stopped at an approval point (``approve``) or killed mid-run.
+
+        Raises:
+            ThreadError: Unknown or finished thread, or an approval is pending and ``approve``
+                is None (say approve or deny explicitly).
+        """
         from langgraph.types import Command
 
         t0 = time.perf_counter()
@@ -221,6 +257,12 @@ class Agent:
             raise ThreadError(NOTHING_TO_RESUME_TEMPLATE.format(thread=thread))
         config = self._config(thread, snapshot.values.get("run_dir"))
         interrupts = [i for task in snapshot.tasks for i in task.interrupts]
+        if interrupts and approve is None:
+            tools = ", ".join(
+                str(i.value.get("tool", "?")) if isinstance(i.value, dict) else "?"
+                for i in interrupts
+            )
+            raise ThreadError(PENDING_APPROVAL_TEMPLATE.format(thread=thread, tools=tools))
         if interrupts:
             value = {"approve": bool(approve)}
             command = Command(resume={i.id: value for i in interrupts})
@@ -246,6 +288,9 @@ class Agent:
                     }
 
     def _drive(self, payload: Any, config: dict[str, Any]) -> None:
+        from zoomearth.graphs.tool_node import clear_cancel
+
+        clear_cancel(config["configurable"]["thread_id"])  # an old request must not stop this run
         for event in self.stream_events(payload, config):
             if self.on_event is not None:
                 self.on_event(event)
@@ -269,9 +314,13 @@ class Agent:
         )
         scene = values.get("scene", {})
         transform = scene.get("transform")
+        # The record covers the thread's latest question; views and artifacts stay available
+        # to later questions (artifacts are listed for the whole thread).
+        qi = int(values.get("question_index", 0))
+        steps = [s for s in values.get("steps", []) if s.get("question", 0) == qi]
         zooms = []
         for rec in sorted(values.get("views", {}).values(), key=lambda v: v["view_id"]):
-            if rec.get("kind") != "zoom":
+            if rec.get("kind") != "zoom" or rec.get("question", 0) != qi:
                 continue
             map_box = None
             if transform:
@@ -296,18 +345,18 @@ class Agent:
             status=status,
             answer=values.get("answer") if status == "answered" else None,
             answer_kind=values.get("answer_kind") if status == "answered" else None,
-            stage_answers=values.get("stage_answers", []),
+            stage_answers=[s["stage_answer"] for s in steps if s.get("stage_answer")],
             question=values.get("question", ""),
             scene=scene,
             planner=values.get("planner", ""),
             planner_selection=values.get("planner_selection", ""),
-            steps=values.get("steps", []),
+            steps=steps,
             zooms=zooms,
-            tool_calls=[t for s in values.get("steps", []) for t in s.get("tools", [])],
+            tool_calls=[t for s in steps for t in s.get("tools", [])],
             artifacts=values.get("artifacts", []),
-            problems=values.get("problems", []),
+            problems=[p for s in steps for p in s.get("problems", [])],
             warnings=values.get("warnings", []),
-            visual_tokens=values.get("visual_tokens", 0),
+            visual_tokens=sum(int(s.get("visual_tokens", 0)) for s in steps),
             run_dir=str(run_dir),
             trajectory=str(trajectory) if trajectory.exists() else None,
             pending_approval=pending,
@@ -315,6 +364,9 @@ class Agent:
         )
 
     def close(self) -> None:
-        """Release scenes and the planner's resources."""
+        """Release scenes, the planner's resources and the checkpointer's connection."""
         self.runtime.close()
         self.planner.close()
+        conn = getattr(self.checkpointer, "conn", None)
+        if self._owns_checkpointer and conn is not None:
+            conn.close()

@@ -82,7 +82,9 @@ def test_thread_follow_up_and_errors(scene, tmp_path):
     second = json.loads(ask("--thread", first["thread_id"], "and the bottom-left?", "--planner",
                             "rules", "--json", env=env).stdout)
     assert second["thread_id"] == first["thread_id"]
-    assert len(second["zooms"]) == 2  # the earlier zoom is still part of the thread
+    # The record covers the follow-up; view ids continue the thread's (view 1 was the centre).
+    (zoom,) = second["zooms"]
+    assert zoom["view_id"] == 2 and zoom["label"] == "bottom-left"
     bad = ask("--thread", "no-such-thread", "--resume", env=env, check=False)
     assert bad.returncode == 2 and "no saved run" in bad.stderr and "Traceback" not in bad.stderr
     missing = ask(str(tmp_path / "nope.tif"), "q", "--planner", "rules", env=env, check=False)

@@ -232,3 +232,55 @@ def test_mermaid_snapshot_builtin_tools(settings):
         assert name in mermaid
     for node in ("observe", "plan", "zoom", "answer"):
         assert node in mermaid
+
+
+def test_unfinished_thread_refuses_a_new_question(settings, scene_path):
+    from zoomearth.api import ThreadError
+
+    agent, _ = make_agent(settings, [
+        '<tool_call>{"name": "gated_edit", "arguments": {}}</tool_call>',
+        "<answer>finished</answer>",
+    ], GatedTool)
+    assert agent.ask(scene_path, "edit it", thread="t-pending").status == "awaiting_approval"
+    with pytest.raises(ThreadError, match="--resume --approve"):
+        agent.ask(None, "another question", thread="t-pending")  # would drop the gated call
+    with pytest.raises(ThreadError, match="waiting for approval"):
+        agent.resume("t-pending")  # approve or deny must be said explicitly
+    assert agent.resume("t-pending", approve=False).answer == "finished"
+
+
+def test_follow_up_record_and_best_effort_cover_the_current_question(settings, scene_path):
+    agent, _ = make_agent(settings, [
+        '{"bbox_2d": [0, 0, 10, 10]}<answer>stage one for Q1</answer>',
+        "<answer>Q1 done</answer>",
+        '{"bbox_2d": [500, 0, 510, 10]}',  # Q2: zooms, then the budget runs out
+        "still looking",
+    ])
+    first = agent.ask(scene_path, "Q1", thread="t-q")
+    assert first.stage_answers == ["stage one for Q1"] and len(first.zooms) == 1
+    second = agent.ask(None, "Q2", thread="t-q", max_steps=1)
+    assert second.answer_kind == "best_effort"
+    assert "stage one for Q1" not in second.answer
+    assert second.stage_answers == [] and [z.view_id for z in second.zooms] == [2]
+    assert all(s["question"] == 1 for s in second.steps)
+
+
+def test_thread_keeps_its_run_directory(settings, scene_path, tmp_path):
+    from zoomearth.api import ThreadError
+
+    agent, _ = make_agent(settings, ["<answer>a</answer>", "<answer>b</answer>"])
+    agent.ask(scene_path, "q", thread="t-dir", run_dir=tmp_path / "one")
+    with pytest.raises(ThreadError, match="one run directory"):
+        agent.ask(None, "q2", thread="t-dir", run_dir=tmp_path / "two")
+    assert agent.ask(None, "q2", thread="t-dir").run_dir == str(tmp_path / "one")
+
+
+def test_bad_tool_view_is_feedback(settings, scene_path):
+    agent, planner = make_agent(settings, [
+        '<tool_call>{"name": "region_stats", "arguments": {"bbox_2d": [0, 0, 9, 9], "view": 1.5}}'
+        "</tool_call>",
+        "<answer>ok</answer>",
+    ], StatsTool)
+    result = agent.ask(scene_path, "q")
+    assert result.artifacts == []
+    assert any(p["code"] == "bad_view" for p in result.problems)

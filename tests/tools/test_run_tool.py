@@ -358,3 +358,31 @@ def test_long_text_is_truncated(scene, run_dir):
 def test_tool_by_name_uses_registry(scene, run_dir):
     out = run_tool("export_region", make_ctx(scene, run_dir, SMALL), {"preview": False})
     assert out.tool == "export_region" and len(out.artifacts) == 1
+
+
+def test_export_keeps_a_source_mask(tmp_path):
+    """A source whose invalid pixels are marked by a mask band (no nodata value) exports them
+    as invalid too."""
+    import numpy as np
+    import rasterio
+
+    from zoomearth.scene import Scene
+    from zoomearth.tools.base import ToolContext, run_tool
+    from zoomearth.tools.export import ExportRegion
+
+    src = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+        src, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+        tiled=True, blockxsize=32, blockysize=32, crs="EPSG:32633",
+        transform=rasterio.Affine(1, 0, 500_000, 0, -1, 5_000_000),
+    ) as dst:
+        dst.write(np.full((3, 64, 64), 90, np.uint8))
+        mask = np.full((64, 64), 255, np.uint8)
+        mask[:, :16] = 0
+        dst.write_mask(mask)
+    ctx = ToolContext(scene=Scene.open(src), run_dir=tmp_path / "run")
+    outcome = run_tool(ExportRegion, ctx, {})
+    tif = next(a for a in outcome.artifacts if a.kind == "raster")
+    with rasterio.open(tif.path) as ds:
+        m = ds.read_masks(1)
+    assert (m[:, :16] == 0).all() and (m[:, 16:] == 255).all()

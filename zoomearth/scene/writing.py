@@ -728,7 +728,12 @@ class TiledRasterWriter:
             raise
         return self
 
-    def write(self, array: np.ndarray, window: Window | Sequence[int]) -> None:
+    def write(
+        self,
+        array: np.ndarray,
+        window: Window | Sequence[int],
+        valid: np.ndarray | None = None,
+    ) -> None:
         """Write one tile.
 
         Args:
@@ -736,6 +741,9 @@ class TiledRasterWriter:
                 rounded for integer outputs; values that do not fit raise ValueError).
             window: Integral window of the output (``Window`` or ``(col_off, row_off, width,
                 height)``), fully inside it.
+            valid: Optional ``(h, w)`` bool array; when given, it is written as the output's
+                per-dataset mask (GDAL mask band: 255 valid, 0 invalid), for sources whose
+                invalid pixels are marked by a mask or alpha band rather than a nodata value.
 
         Raises:
             ValueError: Shape, band count, window or dtype mismatch.
@@ -765,6 +773,14 @@ class TiledRasterWriter:
                 WINDOW_OUTSIDE_TEMPLATE.format(window=win, width=self.width, height=self.height)
             )
         self._ds.write(_cast_to(data, self.dtype, strict=False), window=win)
+        if valid is not None:
+            if np.shape(valid) != (win.height, win.width):
+                raise ValueError(
+                    WINDOW_SHAPE_TEMPLATE.format(
+                        shape=np.shape(valid), window=win, height=win.height, width=win.width
+                    )
+                )
+            self._ds.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=win)
         if self._bar is not None:
             self._bar.update(win.width * win.height)
 
