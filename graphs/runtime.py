@@ -48,6 +48,7 @@ class GraphRuntime:
         strict: Re-raise tool failures instead of recording them (tests, ``--strict``).
         on_event: Optional callback receiving progress events (CLI live display, server stream).
         max_cached_views: Size of the rendered-view LRU cache.
+        max_open_scenes: Scenes kept open (least recently used closed first).
     """
 
     settings: Settings
@@ -56,7 +57,10 @@ class GraphRuntime:
     strict: bool = False
     on_event: ProgressFn | None = None
     max_cached_views: int = 16
-    _scenes: dict[tuple[str, tuple[int, ...] | None], Scene] = field(default_factory=dict)
+    max_open_scenes: int = 32
+    _scenes: OrderedDict[tuple[str, tuple[int, ...] | None], Scene] = field(
+        default_factory=OrderedDict
+    )
     _views: OrderedDict[tuple[Any, ...], np.ndarray] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,6 +75,12 @@ class GraphRuntime:
             if scene is None:
                 scene = Scene.open(ref["path"], bands=key[1], settings=self.settings)
                 self._scenes[key] = scene
+                # A long-running server sees many uploads: keep a bounded set of open scenes.
+                while len(self._scenes) > self.max_open_scenes:
+                    _, old = self._scenes.popitem(last=False)
+                    old.close()
+            else:
+                self._scenes.move_to_end(key)
             return scene
 
     def scene_ref(self, path: str | Path, bands: list[int] | None = None) -> SceneRef:
