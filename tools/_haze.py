@@ -17,7 +17,9 @@ Remote-sensing choices:
 * the caller blends the result in only where the cloud mask finds haze (feathered): bright bare
   ground has a high dark channel too, and the prior would wrongly darken it.
 
-All arrays are float32 reflectance scaled to ``[0, 1]`` (pixel value / white level).
+All arrays are float32 reflectance scaled to ``[0, 1]`` (pixel value / white level). They must
+be finite: OpenCV's erosion and box filters spread NaN over whole windows, so nodata pixels are
+first given a neutral value with :func:`fill_invalid` (and restored by the caller afterwards).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["atmospheric_light", "dark_channel", "dehaze", "guided_filter"]
+__all__ = ["atmospheric_light", "dark_channel", "dehaze", "fill_invalid", "guided_filter"]
 
 #: Side of the dark-channel patch (pixels).
 DARK_PATCH: Final = 15
@@ -42,6 +44,32 @@ T_FLOOR: Final = 0.1
 TOP_FRACTION: Final = 0.001
 #: Pixels of context a tile needs for the dark channel and the guided filter.
 CONTEXT_PX: Final = DARK_PATCH // 2 + 2 * GUIDED_RADIUS
+
+
+def fill_invalid(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Give nodata and non-finite pixels a neutral value: the band's median of its valid pixels.
+
+    Args:
+        image: ``(bands, h, w)`` float array.
+        valid: ``(h, w)`` bool, True where the pixel has data.
+
+    Returns:
+        ``(bands, h, w)`` float32, finite everywhere (0 in a band with no valid pixel); ``image``
+        itself (not a copy) when nothing needs filling.
+    """
+    import numpy as np
+
+    x = np.asarray(image, dtype=np.float32)
+    good = np.isfinite(x) & np.asarray(valid, dtype=bool)[None]
+    if good.all():
+        return x
+    out = x.copy()
+    for b in range(out.shape[0]):
+        bad = ~good[b]
+        if bad.any():
+            vals = x[b][good[b]]
+            out[b][bad] = np.float32(np.median(vals)) if vals.size else np.float32(0.0)
+    return out
 
 
 def dark_channel(rgb: np.ndarray, patch: int = DARK_PATCH) -> np.ndarray:
@@ -114,8 +142,10 @@ def atmospheric_light(
     """
     import numpy as np
 
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(image).all(axis=0)
     if not valid.any():
         return None
+    image = fill_invalid(image, valid)  # NaN would spread through the dark channel's erosion
     dark = dark_channel(image[list(rgb_index)])
     values = dark[valid]
     n = max(1, int(round(values.size * top_fraction)))
@@ -136,7 +166,9 @@ def dehaze(
     """Remove haze from every band with the dark channel prior and a guided-filter transmission.
 
     Args:
-        image: ``(bands, h, w)`` float32 reflectance in ``[0, 1]``; not modified.
+        image: ``(bands, h, w)`` float32 reflectance in ``[0, 1]``; not modified. Non-finite
+            pixels are treated as the atmospheric light (fill nodata with :func:`fill_invalid`
+            first for a more neutral context).
         rgb_index: Positions of R, G, B among the bands (the dark channel and the guide use them).
         light: ``(bands,)`` atmospheric light (see :func:`atmospheric_light`).
         omega: Fraction of the haze removed.
@@ -149,10 +181,14 @@ def dehaze(
     import numpy as np
 
     a = np.asarray(light, dtype=np.float32).reshape(-1, 1, 1)
-    rgb = image[list(rgb_index)].astype(np.float32)
+    image = np.asarray(image, dtype=np.float32)
+    finite = np.isfinite(image)
+    if not finite.all():
+        image = np.where(finite, image, a)  # NaN would spread over the filters' windows
+    rgb = image[list(rgb_index)]
     a_rgb = a[list(rgb_index)]
     raw = np.float32(1.0) - np.float32(omega) * dark_channel(rgb / a_rgb)
     grey = rgb.mean(axis=0)
     t = np.clip(guided_filter(grey, raw), t_floor, 1.0).astype(np.float32)
-    out = (image.astype(np.float32) - a) / t[None] + a
+    out = (image - a) / t[None] + a
     return out, t

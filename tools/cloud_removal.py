@@ -760,14 +760,14 @@ class _Job:
     def prepare(self, region: PixelBox) -> None:
         """Atmospheric light and radiometric matching, once, from the region's overview."""
         import numpy as np
-        from zoomearth.tools._haze import atmospheric_light
+        from zoomearth.tools._haze import atmospheric_light, fill_invalid
 
         scene = self.ctx.scene
         ow, oh = scene.output_size(region, OVERVIEW_SIDE)
         data = self.ctx.read(region, out_size=(ow, oh))
         raw = np.ma.getdata(data)
         valid = _valid(data, self.layout.work)
-        x = self._scaled(raw)
+        x = fill_invalid(self._scaled(raw), valid)  # NaN nodata would spread through filters
         if valid.any():
             self.light = atmospheric_light(x, self.layout.rgb_w, valid)
         if not self.others or not self.args.normalize:
@@ -825,7 +825,7 @@ class _Job:
             ``(h, w)`` bool map of pixels whose values were changed.
         """
         import numpy as np
-        from zoomearth.tools._haze import dehaze
+        from zoomearth.tools._haze import dehaze, fill_invalid
 
         lay = self.layout
         box = tile.read_box
@@ -835,7 +835,9 @@ class _Job:
         nodata = np.ma.getmaskarray(data)
         valid = _valid(data, lay.work)
         h, w = valid.shape
-        x = self._scaled(raw)
+        # Nodata pixels get a neutral value (band median): NaN would spread through OpenCV's
+        # erosion and box filters over valid pixels. _to_source writes valid pixels only.
+        x = fill_invalid(self._scaled(raw), valid)
         mask = self._mask_of(x, valid, self._quality(raw, box, (h, w)))
         target = (mask == CLOUD) | (mask == HAZE)
         out = x.copy()
@@ -847,7 +849,7 @@ class _Job:
                 weight = _feather(sel)
                 weight[~(have & valid)] = 0.0
                 filled = np.where(have[None], fill, out)
-                out += (filled - out) * weight[None]
+                out = np.where(weight[None] > 0, out + (filled - out) * weight[None], out)
             remaining = target & ~have
         if self.args.dehaze != "off" and self.light is not None:
             hazy = (
@@ -860,7 +862,8 @@ class _Job:
                 if self.args.dehaze == "all":
                     weight[mask == CLOUD] = 1.0
                     weight[~valid] = 0.0
-                out += (np.clip(clear_j, 0.0, None) - out) * weight[None]
+                clear_j = np.clip(clear_j, 0.0, None)
+                out = np.where(weight[None] > 0, out + (clear_j - out) * weight[None], out)
                 self.last_dehazed = hazy
         thick = remaining & (mask == CLOUD)
         if thick.any():

@@ -638,6 +638,22 @@ class Denoise(Tool):
         fill = [float(np.median(v)) if v.size else 0.0 for v in valid_values]
         lo = [float(v.min()) if v.size else 0.0 for v in valid_values]
         hi = [float(v.max()) if v.size else 1.0 for v in valid_values]
+        if len(samples) > 1:
+            # The windows miss most of a large region: widen the value range with a cheap
+            # decimated read of the whole of it, so values outside the windows are not clipped.
+            ov = ctx.read(region, out_size=scene.output_size(region, ESTIMATE_WINDOW))
+            ov_valid = _valid_of(ov)
+            ov_data = np.ma.getdata(ov).astype(np.float64)
+            for b in range(scene.count):
+                v = ov_data[b][ov_valid]
+                v = v[np.isfinite(v)]
+                if v.size:
+                    if valid_values[b].size:
+                        lo[b], hi[b] = min(lo[b], float(v.min())), max(hi[b], float(v.max()))
+                    else:
+                        lo[b], hi[b] = float(v.min()), float(v.max())
+            del ov, ov_data
+            ctx.check_cancelled()
         for i, s in enumerate(samples):
             samples[i] = (_fill_for_stats(s[0], s[1], fill), s[1])
 
@@ -738,6 +754,12 @@ class Denoise(Tool):
                             for b in range(scene.count)
                         ]
                     )
+                    # Values outside the mapped range (missed by the statistics) keep their
+                    # source value rather than being clipped.
+                    for b in range(scene.count):
+                        outside = (work[b] < unit_lo[b]) | (work[b] > unit_lo[b] + unit_span[b])
+                        if outside.any():
+                            result[b][outside] = work[b][outside]
                 elif mode == "sar":
                     result = np.stack([lee_filter(work[b], cu2[b]) for b in range(scene.count)])
                 else:
@@ -749,6 +771,13 @@ class Denoise(Tool):
                         scales=scales,
                         strength=args.strength,
                     )
+                    if scene.dtype != "uint8":
+                        # Values outside the 16-bit mapping keep their source value (no clip).
+                        for b in range(scene.count):
+                            top = offsets[b] + 65535.0 / scales[b]
+                            outside = (work[b] < offsets[b]) | (work[b] > top)
+                            if outside.any():
+                                result[b][outside] = work[b][outside]
                 raw = tile.crop(np.ma.getdata(data))
                 result = tile.crop(result)
                 inner_valid = tile.crop(valid)

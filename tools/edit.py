@@ -235,7 +235,8 @@ def classical_inpaint(
         radius: Neighbourhood radius in pixels.
 
     Returns:
-        ``(bands, h, w)`` float32 with the ``fill`` pixels replaced; other pixels unchanged.
+        ``(bands, h, w)`` float32 with the ``fill`` pixels replaced (within the range of the
+        band's other pixels); other pixels unchanged.
     """
     import cv2
     import numpy as np
@@ -243,10 +244,48 @@ def classical_inpaint(
     flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
     mask = fill.astype(np.uint8)
     out = pixels.astype(np.float32)
+    known = ~fill
+    if not known.any():
+        return out
     for b in range(out.shape[0]):
-        res = cv2.inpaint(np.ascontiguousarray(out[b]), mask, float(radius), flag)
-        out[b][fill] = res[fill]
+        # OpenCV's inpainting is only reliable on 8/16-bit input (float32 gives garbage), so
+        # each band is mapped onto uint16 by the min/max of its known pixels and back.
+        lo = float(out[b][known].min())
+        hi = float(out[b][known].max())
+        if not hi > lo:
+            out[b][fill] = np.float32(lo)
+            continue
+        scale = 65535.0 / (hi - lo)
+        u16 = np.clip(np.rint((out[b].astype(np.float64) - lo) * scale), 0, 65535)
+        res = cv2.inpaint(u16.astype(np.uint16), mask, float(radius), flag)
+        vals = res[fill].astype(np.float64) / scale + lo
+        out[b][fill] = np.clip(vals, lo, hi).astype(np.float32)
     return out
+
+
+def _avoid_nodata(out: np.ndarray, fill: np.ndarray, nodata: float | None) -> None:
+    """In place: an invented pixel that equals ``nodata`` is bumped one step away from it."""
+    import math
+
+    import numpy as np
+
+    if nodata is None or math.isnan(nodata):
+        return
+    dt = out.dtype
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        if not info.min <= nodata <= info.max:
+            return
+        step, top = 1.0, float(info.max)
+    else:
+        step = float(np.finfo(dt).eps) * max(1.0, abs(nodata))
+        top = float(np.finfo(dt).max)
+    nd = np.asarray(nodata).astype(dt)
+    bumped = np.asarray(nodata + step if nodata < top else nodata - step).astype(dt)
+    for b in range(out.shape[0]):
+        hit = fill & (out[b] == nd)
+        if hit.any():
+            out[b][hit] = bumped
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,6 +578,7 @@ class Edit(Tool):
         ctx.check_cancelled()
 
         out = _to_dtype(edited, scene.dtype)
+        _avoid_nodata(out, fill, scene.nodata)  # an invented pixel must not read as missing
         keep = ~fill
         out[:, keep] = raw[:, keep]  # untouched pixels (and nodata) keep their exact values
 

@@ -544,3 +544,37 @@ def test_dehaze_all_reduces_uniform_haze(tmp_path: Path, shared_data: Path) -> N
     print(f"\nuniform haze: PSNR {psnr(hazy, clean):.2f} -> {psnr(result, clean):.2f} dB")
     assert psnr(result[:3], clean[:3]) > psnr(hazy[:3], clean[:3]) + 2.0
     assert out.data["synthetic_fraction"] == 0.0
+
+
+def test_nan_nodata_does_not_spread_over_valid_pixels(tmp_path: Path) -> None:
+    """Float raster with NaN nodata beside cloud and haze: the filters must not spread NaN."""
+    rng = np.random.default_rng(0)
+    h = w = 256
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = (0.15 + 0.05 * rng.random((3, h, w))).astype(np.float32)
+    img[0] += 0.05 * np.sin(xx / 9.0).astype(np.float32)
+    d = np.hypot(xx - 90, yy - 128)
+    img[:, d < 30] = 0.9  # bright cloud
+    haze = (d >= 30) & (d < 70)
+    a = (0.5 * (1 - (d[haze] - 30) / 40)).astype(np.float32)
+    img[:, haze] = img[:, haze] * (1 - a) + 0.85 * a
+    img[:, :, :40] = np.nan  # nodata strip next to the cloud
+    path = tmp_path / "nan.tif"
+    profile = dict(
+        driver="GTiff", width=w, height=h, count=3, dtype="float32", nodata=float("nan"),
+        crs="EPSG:32633", transform=Affine(1, 0, 500000, 0, -1, 5000000),
+    )  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(img)
+    settings = make_settings(tmp_path, [tmp_path])
+    scene = Scene.open(path, settings=settings, progress=False)
+    out = run(scene, tmp_path, settings, {"preview": False})
+    with rasterio.open(by_name(out, "cloudfree.tif")) as ds:
+        result = ds.read()
+    with rasterio.open(by_name(out, "cloudmask.tif")) as ds:
+        mask = ds.read(1)
+    assert (mask == CLOUD).any() and (mask == HAZE).any()
+    assert not np.isnan(result[:, :, 40:]).any()  # valid pixels stay valid
+    assert np.isnan(result[:, :, :40]).all()  # nodata stays nodata
+    assert np.array_equal(result[:, :, 200:], img[:, :, 200:])  # far from the cloud: untouched
+    assert float(result[:, :, 40:].max()) < 0.9  # the cloud was removed

@@ -259,3 +259,40 @@ def test_learned_without_model_or_missing_file_is_refused(tmp_path, settings):
         with pytest.raises(ToolInputError, match="strength"):
             _run(scene, tmp_path / "run", {"strength": 10})
     assert not list((tmp_path / "run").glob("*.tif"))
+
+
+def _strip_image(bands: int) -> np.ndarray:
+    """1100 x 1100 float32 at 0.3 (+ noise) with a bright 2.3 strip in columns 0-39.
+
+    Above 1024 px the statistics come from 512 px windows that all miss the strip.
+    """
+    rng = np.random.default_rng(4)
+    img = (0.3 + rng.normal(0, 0.01, (bands, 1100, 1100))).astype(np.float32)
+    img[:, :, :40] += 2.0
+    return img
+
+
+def test_values_outside_the_sample_windows_are_not_clipped(tmp_path, settings):
+    path = _write(tmp_path / "strip.tif", _strip_image(2))
+    with Scene.open(path, settings=settings, progress=False) as scene:
+        outcome = _run(scene, tmp_path / "run", {"mode": "optical", "preview": False})
+    out, _ = _read_artifact(outcome)
+    assert outcome.data["backend"] == "nlm" and outcome.data["rms_change"] > 0
+    strip = out[:, 5:-5, 5:35]
+    assert abs(float(np.median(strip)) - 2.3) < 0.05 and float(strip.min()) > 2.0
+    assert abs(float(np.median(out[:, :, 100:])) - 0.3) < 0.01
+
+
+def test_learned_values_outside_the_sample_windows_are_not_clipped(
+    tmp_path, settings, one_torch_thread
+):
+    ckpt = _tiny_dncnn(tmp_path / "tiny_dncnn.pth")
+    path = _write(tmp_path / "strip.tif", _strip_image(3))
+    s = settings.model_copy(update={"denoise_model": ckpt, "tool_device": "cpu"})
+    pool = ModelPool(budgets={"cpu": 2**30})
+    with Scene.open(path, settings=s, progress=False) as scene:
+        outcome = _run(scene, tmp_path / "run", {"preview": False}, pool=pool, settings=s)
+    out, _ = _read_artifact(outcome)
+    assert outcome.data["backend"] == "learned"
+    strip = out[:, 5:-5, 5:35]
+    assert abs(float(np.median(strip)) - 2.3) < 0.2

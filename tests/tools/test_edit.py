@@ -242,3 +242,44 @@ def test_instruct_pix2pix_edits_the_region(tmp_path, settings, naip_with_car, on
     np.testing.assert_array_equal(edited[3], before[3])  # NIR kept
     np.testing.assert_array_equal(edited, _read(again, "raster")[0])
     assert pool.stats().model(f"diffusers-instruct-pix2pix:{model}", "cpu").loads == 1
+
+
+def test_classical_removal_on_float_reflectance_stays_in_range(tmp_path, settings):
+    """Telea on float32 0-1 data gave garbage (-1.3..1.9 for ~0.3); the fill stays in range."""
+    rng = np.random.default_rng(0)
+    img = (0.3 + 0.02 * rng.standard_normal((2, 48, 64))).astype(np.float32)
+    img[:, 20:28, 28:36] = 0.9  # the object to remove
+    img[:, :4, :4] = -9999.0  # nodata corner
+    path = _write(tmp_path / "float.tif", img, nodata=-9999.0)
+    with Scene.open(path, settings=settings, progress=False) as scene:
+        outcome = _run(
+            scene, tmp_path / "run", {"instruction": "remove it", "target_box": [27, 19, 37, 29]}
+        )
+    edited, _ = _read(outcome, "raster")
+    flags, _ = _read(outcome, "mask")
+    fill = flags[0].astype(bool)
+    assert fill[20:28, 28:36].all()
+    valid = img[:, ~fill & (img[0] != -9999.0)]
+    lo, hi = float(valid.min()), float(valid.max())
+    assert edited[:, fill].min() >= lo and edited[:, fill].max() <= hi
+    assert abs(float(edited[:, fill].mean()) - 0.3) < 0.05
+    np.testing.assert_array_equal(edited[:, ~fill], img[:, ~fill])
+
+
+def test_invented_pixels_never_equal_nodata():
+    from zoomearth.tools.edit import _avoid_nodata, classical_inpaint
+
+    fill = np.zeros((8, 8), bool)
+    fill[3:5, 3:5] = True
+    out = np.full((2, 8, 8), 7, np.uint8)
+    out[1] = 255
+    _avoid_nodata(out, fill, 7.0)
+    assert (out[0][fill] == 8).all() and (out[0][~fill] == 7).all()
+    _avoid_nodata(out, fill, 255.0)
+    assert (out[1][fill] == 254).all()
+    flt = np.full((1, 8, 8), 0.5, np.float32)
+    _avoid_nodata(flt, fill, 0.5)
+    assert (flt[0][fill] != np.float32(0.5)).all()
+    # a constant band is filled with its value, without going through OpenCV
+    res = classical_inpaint(np.full((1, 8, 8), 0.25, np.float32), fill)
+    assert (res == np.float32(0.25)).all()
