@@ -488,9 +488,9 @@ def build_graph(
     graph = StateGraph(AgentState)
     graph.add_node("observe", observe)
     graph.add_node("plan", plan)
-    graph.add_node("zoom", zoom)
+    graph.add_node("zoom", zoom)  # type: ignore[arg-type]
     for name, entry in tools.items():
-        graph.add_node(name, make_tool_node(entry))
+        graph.add_node(name, make_tool_node(entry))  # type: ignore[arg-type]
     graph.add_node("answer", answer)
 
     graph.add_edge(START, "observe")

@@ -265,7 +265,7 @@ class Agent:
             raise ThreadError(PENDING_APPROVAL_TEMPLATE.format(thread=thread, tools=tools))
         if interrupts:
             value = {"approve": bool(approve)}
-            command = Command(resume={i.id: value for i in interrupts})
+            command: Command[Any] = Command(resume={i.id: value for i in interrupts})
             self._drive(command, config)
         else:
             self._drive(None, config)  # crashed run: continue from the last checkpoint
@@ -307,7 +307,7 @@ class Agent:
             for task in snapshot.tasks
             for i in task.interrupts
         ]
-        status = (
+        status: Literal["answered", "awaiting_approval", "running"] = (
             "answered"
             if values.get("status") == "answered" and not snapshot.next
             else ("awaiting_approval" if pending else "running")

@@ -128,7 +128,7 @@ class SceneCache:
 
     def entries(self) -> list[CacheEntry]:
         """All complete entries, most recently used first."""
-        out = []
+        out: list[CacheEntry] = []
         if not self.root.exists():
             return out
         for meta in self.root.glob("*.json"):

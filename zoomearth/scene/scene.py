@@ -113,7 +113,7 @@ class View:
 
 def _gdal_reason(exc: BaseException) -> str:
     """The most specific message in an exception chain (rasterio wraps GDAL's own text)."""
-    reasons = []
+    reasons: list[str] = []
     while exc is not None and len(reasons) < 5:
         text = str(exc).split("\n")[0].strip()
         if text and "See previous exception" not in text:
@@ -220,7 +220,7 @@ class Scene:
         self.descriptions: tuple[str | None, ...] = tuple(ds.descriptions)
         has_geo = not ds.transform.is_identity or ds.crs is not None
         self.georeferenced: bool = bool(has_geo)
-        self._colormap = None
+        self._colormap: np.ndarray | None = None
 
         pixels = self.width * self.height
         limit = settings.max_image_pixels
@@ -628,7 +628,7 @@ class Scene:
         rgb = np.ascontiguousarray(np.moveaxis(rgb, 0, -1))
         rgb[~valid] = 0
         spec = ViewSpec(view_id=view_id, region=region, width=ow, height=oh)
-        return View(spec=spec, rgb=rgb, valid=valid, warnings=notes)
+        return View(spec=spec, rgb=rgb, valid=np.asarray(valid, dtype=bool), warnings=notes)
 
     def _to_uint8(self, colour: np.ma.MaskedArray, mapping: BandMapping) -> np.ndarray:
         raw = np.ma.getdata(colour)
