@@ -375,6 +375,24 @@ class BackendStatus:
     available: bool
     detail: str = ""
 
+    @classmethod
+    def of_package(cls, name: str, package: str, label: str, uses: str = "") -> BackendStatus:
+        """Available when the distribution ``package`` is installed; detail names its version.
+
+        Args:
+            name: Backend name.
+            package: Distribution to look up (e.g. ``"opencv-python-headless"``).
+            label: Human name of the library in the detail (e.g. ``"OpenCV"``).
+            uses: Extra text after the version (e.g. ``"checkpoint from setting denoise_model"``).
+        """
+        from importlib import metadata
+
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return cls(name, False, f"install {package}")
+        return cls(name, True, f"{label} {version}" + (f"; {uses}" if uses else ""))
+
 
 class NoArgs(BaseModel):
     """Arguments of a tool that takes none."""

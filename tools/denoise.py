@@ -58,11 +58,11 @@ before | after.
 from __future__ import annotations
 
 import math
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from zoomearth.tools._outputs import before_after_preview, output_photometric
 from zoomearth.tools.base import (
     BackendStatus,
     Capabilities,
@@ -78,16 +78,13 @@ if TYPE_CHECKING:
     import numpy as np
 
     from zoomearth.geometry import PixelBox
-    from zoomearth.scene import Scene
 
 __all__ = [
     "Denoise",
-    "before_after_preview",
     "estimate_noise_sigma",
     "lee_filter",
     "load_restoration_model",
     "nlm_denoise",
-    "output_photometric",
 ]
 
 #: Immerkaer's noise-estimation kernel (its response to white noise of std s has std 6 s).
@@ -430,38 +427,6 @@ def _learned_denoise(descriptor: Any, unit: np.ndarray, device: str) -> np.ndarr
 # --------------------------------------------------------------------------------------------
 # Previews
 # --------------------------------------------------------------------------------------------
-def before_after_preview(
-    scene: Scene, region: PixelBox, output: Path, settings: Any, max_side: int = 512
-) -> np.ndarray:
-    """A ``before | after`` RGB preview of a region and the raster a tool wrote for it.
-
-    Args:
-        scene: The source scene.
-        region: Full-resolution region the output covers.
-        output: The output GeoTIFF (same size as ``region``).
-        settings: Settings used to open the output.
-        max_side: Long side of each half, pixels.
-
-    Returns:
-        ``(h, 2 w + 4, 3)`` uint8 image: the source view, a 4 px white gap, the output view.
-
-    Raises:
-        BandLayoutError: The band layout cannot be shown as RGB.
-    """
-    import numpy as np
-
-    from zoomearth.scene import Scene
-
-    before = scene.render(region, max_side=max_side).rgb
-    with Scene.open(output, settings=settings, progress=False, prepare=False) as out_scene:
-        if scene.band_mapping_override is not None:
-            out_scene.band_mapping_override = scene.band_mapping_override
-        after = out_scene.render(None, max_side=max_side).rgb
-    h = min(before.shape[0], after.shape[0])
-    gap = np.full((h, 4, 3), 255, np.uint8)
-    return np.concatenate([before[:h], gap, after[:h]], axis=1)
-
-
 # --------------------------------------------------------------------------------------------
 # The tool
 # --------------------------------------------------------------------------------------------
@@ -499,18 +464,6 @@ def _fill_invalid(data: np.ma.MaskedArray, fill: list[float]) -> tuple[np.ndarra
         for b in range(work.shape[0]):
             work[b][~valid] = fill[b]
     return work, valid
-
-
-def output_photometric(scene: Scene) -> str | None:
-    """Photometric tag for an output with the scene's bands.
-
-    GDAL would tag a 4-band ``uint8`` output RGBA, turning an NIR band into alpha; outputs of
-    scenes without an alpha band are written ``MINISBLACK`` unless they have exactly 3 bands
-    (RGB). None keeps the writer's default.
-    """
-    if "alpha" in scene.colorinterp or scene.count == 3:
-        return None
-    return "MINISBLACK"
 
 
 def _to_dtype(work: np.ndarray, dtype: str) -> np.ndarray:
@@ -575,23 +528,12 @@ class Denoise(Tool):
     @classmethod
     def backend_status(cls) -> list[BackendStatus]:
         """Non-local means / Lee through OpenCV; spandrel restoration models when configured."""
-        out = []
-        try:
-            cv_version = metadata.version("opencv-python-headless")
-            out.append(BackendStatus("nlm_lee", True, f"OpenCV {cv_version}"))
-        except metadata.PackageNotFoundError:
-            out.append(BackendStatus("nlm_lee", False, "install opencv-python-headless"))
-        try:
-            version = metadata.version("spandrel")
-        except metadata.PackageNotFoundError:
-            out.append(BackendStatus("spandrel", False, "install spandrel"))
-        else:
-            out.append(
-                BackendStatus(
-                    "spandrel", True, f"spandrel {version}; checkpoint from setting denoise_model"
-                )
-            )
-        return out
+        return [
+            BackendStatus.of_package("nlm_lee", "opencv-python-headless", "OpenCV"),
+            BackendStatus.of_package(
+                "spandrel", "spandrel", "spandrel", "checkpoint from setting denoise_model"
+            ),
+        ]
 
     # ------------------------------------------------------------------------------------------
     def run(self, ctx: ToolContext, args: Args) -> ToolResult:  # type: ignore[override]

@@ -50,7 +50,6 @@ The tool is marked ``needs_approval``: the graph asks the user before it runs.
 from __future__ import annotations
 
 import re
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -437,29 +436,15 @@ class Edit(Tool):
     @classmethod
     def backend_status(cls) -> list[BackendStatus]:
         """Telea/NS inpainting through OpenCV; diffusers pipelines when configured."""
-        out = []
-        try:
-            out.append(
-                BackendStatus(
-                    "telea_ns", True, f"OpenCV {metadata.version('opencv-python-headless')}"
-                )
-            )
-        except metadata.PackageNotFoundError:
-            out.append(BackendStatus("telea_ns", False, "install opencv-python-headless"))
-        try:
-            version = metadata.version("diffusers")
-        except metadata.PackageNotFoundError:
-            out.append(BackendStatus("diffusers", False, "install diffusers"))
-        else:
-            out.append(
-                BackendStatus(
-                    "diffusers",
-                    True,
-                    f"diffusers {version}; models from settings inpaint_model / "
-                    "instruct_edit_model",
-                )
-            )
-        return out
+        return [
+            BackendStatus.of_package("telea_ns", "opencv-python-headless", "OpenCV"),
+            BackendStatus.of_package(
+                "diffusers",
+                "diffusers",
+                "diffusers",
+                "models from settings inpaint_model / instruct_edit_model",
+            ),
+        ]
 
     # ------------------------------------------------------------------------------------------
     def _edit_mask(
@@ -495,7 +480,7 @@ class Edit(Tool):
         """Build the edit mask, inpaint or generate, write the edited raster, mask and preview."""
         import cv2
         import numpy as np
-        from zoomearth.tools.denoise import before_after_preview, output_photometric
+        from zoomearth.tools._outputs import before_after_preview, output_photometric
 
         from zoomearth.errors import BandLayoutError
         from zoomearth.scene.writing import SourceGeoref, write_png, write_window_array
