@@ -34,6 +34,7 @@ __all__ = [
     "PlanRequest",
     "Planner",
     "PlannerError",
+    "ProfileName",
     "TranscriptEntry",
 ]
 
@@ -46,13 +47,13 @@ CoordMode = Literal["pixels", "norm1000", "norm1"]
 * ``norm1``: 0-1 normalised coordinates.
 """
 
-Layout = Literal["zoomearth", "chat"]
-"""Where zoom crops go in the conversation.
+Layout = Literal["chat"]
+"""Where zoom crops go in an ``agent``-profile conversation: ``chat``, a plain user message
+carrying the crop. (ZoomEarth-3B's continuation of the assistant turn is the ``zoomearth`` profile,
+:mod:`zoomearth.agent.profiles`.)"""
 
-* ``zoomearth``: the layout ZoomEarth-3B was trained with -- the crop continues the assistant turn
-  right after the planner's text (cut before ``<answer>``), with no end-of-turn token between,
-* ``chat``: a plain user message carrying the crop (for general-purpose VLMs).
-"""
+ProfileName = Literal["agent", "zoomearth"]
+"""The protocol profile a planner speaks (see :mod:`zoomearth.agent.profiles`)."""
 
 EntryKind = Literal["question", "planner", "zoom", "tool_result", "feedback"]
 
@@ -162,6 +163,13 @@ class Planner(ABC):
     name: ClassVar[str] = "planner"
     coord_mode: CoordMode = "pixels"
     layout: Layout = "chat"
+    #: The protocol profile: ``agent`` (multi-step, chat layout) or ``zoomearth`` (the two-stage
+    #: reference protocol; the graph then runs exactly two stages).
+    profile: ProfileName = "agent"
+    #: Why this profile was chosen (shown in the run).
+    profile_reason: str = ""
+    #: zoomearth profile: False makes the graph ignore stage 1's box (the no-zoom baseline).
+    zoom_enabled: bool = True
     #: Why this backend was chosen (set by ``make_planner``; shown in the run).
     selection: str = ""
 

@@ -1,29 +1,17 @@
-"""Turn a :class:`~zoomearth.agent.base.PlanRequest` into chat messages for a layout.
+"""Turn a :class:`~zoomearth.agent.base.PlanRequest` into chat messages (the ``agent`` profile).
 
 The result is *neutral*: images are :class:`ImagePart` references to view ids, never pixels. Each
 backend materialises them (:func:`to_chat_dicts` with its own image part: a placeholder for the
 transformers processor, a base64 data URL for an OpenAI-compatible server).
 
-Two layouts (:data:`zoomearth.agent.base.Layout`):
+The layout is ``chat``, for general-purpose VLMs: each planner turn is an assistant message; zoom
+crops come as a following user message (caption + image); tool results as ``tool`` messages
+carrying text only, with a preview image, if any, in a following user message (OpenAI-compatible
+servers reject images in tool messages). Consecutive user-side items (several crops, feedback after
+a tool result ...) are merged into one user message.
 
-``zoomearth`` -- what ZoomEarth-3B was trained with::
-
-    user:      [overview image] instructions + question
-    assistant: <planner text cut before <answer>> [crop image] <next planner text> [crop] ...
-
-  A zoom crop continues the assistant turn right after the planner's text (cut before
-  ``<answer>``). When the conversation ends inside that turn, :attr:`Conversation.open_assistant`
-  is True: the transformers backend continues it with no end-of-turn token; an OpenAI server gets
-  it as a complete assistant message followed by a new completion (the reference's vLLM path).
-  Tool results, feedback and the best-effort request close the turn and come as a user message.
-
-``chat`` -- for general-purpose VLMs: each planner turn is an assistant message; zoom crops come as
-  a following user message (caption + image); tool results as ``tool`` messages carrying text only,
-  with a preview image, if any, in a following user message (OpenAI-compatible servers reject
-  images in tool messages).
-
-Consecutive user-side items (several crops, feedback after a tool result ...) are merged into one
-user message.
+ZoomEarth-3B's own input -- one raw string in which the crop continues the assistant turn -- is not
+a chat layout: it is the ``zoomearth`` profile (:mod:`zoomearth.agent.profiles`).
 """
 
 from __future__ import annotations
@@ -33,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from zoomearth.agent.base import CoordMode, Layout, PlanRequest, TranscriptEntry
-from zoomearth.agent.parsing import cut_before_answer
 from zoomearth.agent.prompting import PromptTemplate, load_template, render_tool_section
 
 __all__ = [
@@ -51,7 +38,8 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 
 UNKNOWN_LAYOUT_TEMPLATE: Final = (
-    "Unknown conversation layout {layout!r}; use 'zoomearth' or 'chat'."
+    "Unknown conversation layout {layout!r}; the only chat layout is 'chat'. ZoomEarth-3B's "
+    "assistant-turn continuation is the zoomearth profile (planner_profile=zoomearth)."
 )
 UNKNOWN_ENTRY_TEMPLATE: Final = (
     "Transcript entry {index} has unknown kind {kind!r}; kinds are planner, zoom, tool_result, "
@@ -133,7 +121,7 @@ class Conversation:
         messages: The messages, oldest first.
         layout: The layout they were built for.
         open_assistant: True when the last message is an assistant turn the model should continue
-            (``zoomearth`` layout after a crop).
+            (never for the ``chat`` layout; kept for backends that continue a turn).
         notes: Remarks for the run log (e.g. why the best-effort instruction was not added).
     """
 
@@ -252,7 +240,7 @@ def _tool_name(entry: TranscriptEntry) -> str:
 
 def build_conversation(
     request: PlanRequest,
-    layout: Layout,
+    layout: Layout = "chat",
     coord_mode: CoordMode = "pixels",
     template: PromptTemplate | None = None,
 ) -> Conversation:
@@ -260,8 +248,7 @@ def build_conversation(
 
     Args:
         request: The question, overview id, transcript, views and tools.
-        layout: ``zoomearth`` (crops continue the assistant turn) or ``chat`` (crops in user
-            messages).
+        layout: ``chat`` (the only chat layout; crops come in user messages).
         coord_mode: The frame the backend's model writes boxes in (worded in the instructions).
         template: Prompt sections (default: :func:`~zoomearth.agent.prompting.load_template`).
 
@@ -273,7 +260,7 @@ def build_conversation(
             ``request.views`` (our bug, not the model's).
         PromptError: A prompt section could not be rendered.
     """
-    if layout not in ("zoomearth", "chat"):
+    if layout != "chat":
         raise ValueError(UNKNOWN_LAYOUT_TEMPLATE.format(layout=layout))
     tpl = template if template is not None else load_template(None)
     common: dict[str, Any] = {"coord_mode": coord_mode, "layout": layout}
@@ -299,12 +286,8 @@ def build_conversation(
     entries = request.transcript
     calls = 0
     for index, entry in enumerate(entries):
-        nxt = entries[index + 1] if index + 1 < len(entries) else None
         if entry.kind == "planner":
             text = entry.text
-            if layout == "zoomearth" and nxt is not None and nxt.kind == "zoom":
-                # The reference continues stage 1's text, cut before <answer>, with the crop.
-                text = cut_before_answer(text)
             if text:
                 b.add_assistant(TextPart(text))
             else:
@@ -313,13 +296,10 @@ def build_conversation(
             if entry.view_id is None:
                 raise ValueError(ZOOM_WITHOUT_VIEW_TEMPLATE.format(index=index))
             _check_view(request, entry.view_id, index, entry.kind)
-            if layout == "zoomearth":
-                b.add_assistant(ImagePart(entry.view_id))
-            else:
-                caption = tpl.render(
-                    "zoom_caption", view_id=entry.view_id, caption=entry.text, **common
-                )
-                b.add_user(TextPart(caption + "\n"), ImagePart(entry.view_id))
+            caption = tpl.render(
+                "zoom_caption", view_id=entry.view_id, caption=entry.text, **common
+            )
+            b.add_user(TextPart(caption + "\n"), ImagePart(entry.view_id))
         elif entry.kind == "tool_result":
             if entry.view_id is not None:
                 _check_view(request, entry.view_id, index, entry.kind)
@@ -327,22 +307,19 @@ def build_conversation(
             text = tpl.render(
                 "tool_result", tool=name, result=entry.text, view_id=entry.view_id, **common
             )
-            placed = False
-            if layout == "chat":
-                calls += 1
-                arguments = (entry.data or {}).get("arguments")
-                call = ToolCallRef(
-                    f"call_{calls}", name, dict(arguments) if isinstance(arguments, Mapping) else {}
+            # A tool message answering the assistant's call; the preview image follows in a user
+            # message (OpenAI servers reject images in tool messages).
+            calls += 1
+            arguments = (entry.data or {}).get("arguments")
+            call = ToolCallRef(
+                f"call_{calls}", name, dict(arguments) if isinstance(arguments, Mapping) else {}
+            )
+            placed = b.add_tool(call, text)
+            if placed and entry.view_id is not None:
+                caption = tpl.render(
+                    "zoom_caption", view_id=entry.view_id, caption=f"preview of {name}", **common
                 )
-                placed = b.add_tool(call, text)
-                if placed and entry.view_id is not None:
-                    caption = tpl.render(
-                        "zoom_caption",
-                        view_id=entry.view_id,
-                        caption=f"preview of {name}",
-                        **common,
-                    )
-                    b.defer_user(TextPart(caption + "\n"), ImagePart(entry.view_id))
+                b.defer_user(TextPart(caption + "\n"), ImagePart(entry.view_id))
             if not placed:
                 parts: list[Part] = [TextPart(text)]
                 if entry.view_id is not None:
@@ -358,15 +335,7 @@ def build_conversation(
             raise ValueError(UNKNOWN_ENTRY_TEMPLATE.format(index=index, kind=entry.kind))
 
     if request.final:
-        if layout == "zoomearth" and b.assistant is not None:
-            # The model was trained to answer right after the crop; a user message here would
-            # break the layout it knows. The parser asks for an answer if it zooms again.
-            notes.append(
-                "final turn: best-effort instruction not added inside the open assistant turn "
-                "(zoomearth layout)"
-            )
-        else:
-            b.add_user(TextPart(tpl.render("final", **common)))
+        b.add_user(TextPart(tpl.render("final", **common)))
 
     messages, open_assistant = b.finish()
     return Conversation(messages, layout, open_assistant, tuple(notes))

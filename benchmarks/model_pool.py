@@ -14,6 +14,11 @@ Usage::
         # SAM vit_h (segmentation), SD-1.5 inpainting (cloud removal), InstructPix2Pix (edit)
     python benchmarks/model_pool.py --published --scale tiny --device cpu
         # the same builders with tiny dimensions: checks the code path on a CPU-only machine
+    python benchmarks/model_pool.py --published --zoomearth-stages --cycles 3
+        # the real-size Qwen2.5-VL-3B architecture (random weights, saved and loaded like the
+        # checkpoint) through the zoomearth profile's transformers path: time per stage on a
+        # 5000 x 3000 scene; stage 1's output is scripted for stage 2 (random weights write no
+        # box). With --scale tiny --device cpu it checks the same path on a CPU.
 """
 
 from __future__ import annotations
@@ -332,6 +337,107 @@ def cycle_plan(roles: list[Role], cycles: int) -> list[Role]:
     return plan
 
 
+# ---- the zoomearth profile's two stages at real size ------------------------------------------
+
+STAGE_PROMPT = (
+    "\n<|im_start|>system\nYou are a benchmark. <|im_end|>\n<|im_start|>user\n"
+    "<|vision_start|><|image_pad|><|vision_end|>{{question}}\nThink, crop, answer.\n"
+    "<|im_end|><|im_start|>assistant\n"
+)
+SCRIPTED_STAGE1 = (
+    '<think>A harbour. [{"bbox_2d": [300, 120, 340, 160], "label": "boat"}]</think>'
+    "<answer>yes</answer>"
+)
+
+
+def zoomearth_stages(device: str, scale: str, cycles: int, workdir: Path) -> int:
+    """Time stage 1 and stage 2 of the zoomearth profile through the transformers backend."""
+    import statistics
+
+    import numpy as np
+
+    from zoomearth.agent.backends.hf import TransformersPlanner
+    from zoomearth.agent.base import PlanRequest, TranscriptEntry
+    from zoomearth.agent.profiles import ZoomEarthProfile, reference_box_factor
+    from zoomearth.config import load_settings
+    from zoomearth.geometry import PixelBox, ViewSpec
+    from zoomearth.testing_models import build_tiny_qwen25vl
+
+    t0 = time.perf_counter()
+    checkpoint = build_tiny_qwen25vl(workdir / "qwen", size="3b" if scale == "full" else "tiny")
+    build_s = time.perf_counter() - t0
+    prompt = workdir / "prompt.txt"
+    prompt.write_bytes(STAGE_PROMPT.encode("utf-8"))
+    settings = load_settings(
+        flags={
+            "data_dir": workdir / "data",
+            "cache_dir": workdir / "cache",
+            "planner": "transformers",
+            "planner_model": str(checkpoint),
+            "planner_profile": "zoomearth",
+            "planner_prompt": str(prompt),
+            "planner_device": device,
+            "planner_seed": 0,
+        },
+        environ={},
+    )
+    pool = ModelPool(budgets={device: 80 * 2**30, "cpu": 64 * 2**30})
+    planner = TransformersPlanner(settings, pool=pool)
+    # The reference's sizes on a 5000 x 3000 scene: overview 512 x 307, crop 512 x 512.
+    profile = ZoomEarthProfile(STAGE_PROMPT)
+    width, height = 5000, 3000
+    box = [v * reference_box_factor(width, height) for v in (300, 120, 340, 160)]
+    crop = profile.crop_xyxy(box, width, height)
+    views = {
+        0: ViewSpec(0, PixelBox(0, 0, width, height), *profile.overview_size(width, height)),
+        1: ViewSpec(1, PixelBox(*map(float, crop)), 512, 512),
+    }
+    rng = np.random.default_rng(0)
+    pixels = {
+        v: rng.integers(0, 255, (spec.height, spec.width, 3), dtype=np.uint8)
+        for v, spec in views.items()
+    }
+
+    def request(*entries: TranscriptEntry) -> PlanRequest:
+        return PlanRequest("Is there a boat?", 0, list(entries), views, lambda v: pixels[v])
+
+    t0 = time.perf_counter()
+    with pool.use(planner.spec(), device):
+        pass
+    load_s = time.perf_counter() - t0
+    stage2_request = request(
+        TranscriptEntry("planner", SCRIPTED_STAGE1), TranscriptEntry("zoom", view_id=1)
+    )
+    times: dict[int, list[float]] = {1: [], 2: []}
+    tokens: dict[int, int] = {}
+    chars: dict[int, int] = {}
+    for _ in range(cycles):
+        for stage, req in ((1, request()), (2, stage2_request)):
+            t = time.perf_counter()
+            reply = planner.plan(req)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)
+            times[stage].append(time.perf_counter() - t)
+            tokens[stage] = reply.visual_tokens
+            chars[stage] = len(reply.text)
+    print(
+        f"zoomearth profile, {scale} Qwen2.5-VL ({'3B architecture' if scale == 'full' else 'tiny'},"
+        f" random weights) on {device}; build {build_s:.1f} s, load {load_s:.1f} s"
+    )
+    print(f"{'stage':<8}{'median s':>10}{'min s':>9}{'max s':>9}{'visual tokens':>15}{'chars':>8}")
+    for stage in (1, 2):
+        runs = times[stage]
+        print(
+            f"{stage:<8}{statistics.median(runs):>10.3f}{min(runs):>9.3f}{max(runs):>9.3f}"
+            f"{tokens[stage]:>15}{chars[stage]:>8}"
+        )
+    print(
+        f"({cycles} runs each; up to {profile.max_new_tokens} new tokens per stage, sampled at "
+        f"temperature {profile.temperature}; random weights rarely stop early)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=50, help="planner-tool-tool-planner cycles")
@@ -344,11 +450,19 @@ def main(argv: list[str] | None = None) -> int:
         "--scale", choices=["full", "tiny"], default="full", help="with --published"
     )
     parser.add_argument("--transfer-gbps", type=float, default=10.0, help="assumed GB/s to RAM")
+    parser.add_argument(
+        "--zoomearth-stages",
+        action="store_true",
+        help="with --published: time the zoomearth profile's two stages (see the usage above)",
+    )
     args = parser.parse_args(argv)
 
     pool_probe = ModelPool(budgets={"cpu": 1})
     device = pool_probe.resolve_device(args.device or ("auto" if args.published else "cpu"))
     torch.manual_seed(0)
+    if args.zoomearth_stages:
+        with tempfile.TemporaryDirectory(prefix="zoomearth-bench-") as tmp:
+            return zoomearth_stages(device, args.scale, args.cycles, Path(tmp))
 
     with tempfile.TemporaryDirectory(prefix="zoomearth-bench-") as tmp:
         t0 = time.perf_counter()

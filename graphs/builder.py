@@ -42,8 +42,10 @@ from zoomearth.agent.parsing import (
     parse_response,
     resolve_turn,
 )
+from zoomearth.agent.profiles import reference_resized_size
 from zoomearth.graphs.runtime import GraphRuntime, view_spec_of
 from zoomearth.graphs.state import ActionPayload, AgentState, ViewRecord
+from zoomearth.graphs.zoomearth_stages import plan_zoomearth, reference_view_size
 
 from zoomearth.errors import BoxError
 from zoomearth.geometry import PixelBox, min_crop_xyxy, validate_box
@@ -118,15 +120,22 @@ def build_graph(
     runtime: GraphRuntime,
     *,
     checkpointer: BaseCheckpointSaver | None = None,
+    tool_planner: Planner | None = None,
 ) -> CompiledStateGraph:
     """Build and compile the agent graph.
 
     Args:
-        planner: Any planner backend (:class:`zoomearth.agent.base.Planner`).
+        planner: Any planner backend (:class:`zoomearth.agent.base.Planner`). With
+            ``planner.profile == "zoomearth"`` the plan node runs the reference's two stages
+            (:mod:`zoomearth.graphs.zoomearth_stages`); otherwise the general multi-step loop.
         registry: The tool registry (:class:`zoomearth.tools.registry.ToolRegistry`); one node is
             added per tool it lists.
         runtime: Shared per-process resources (scenes, view cache, settings, pool).
         checkpointer: Checkpoint saver (SQLite by default in :mod:`zoomearth.graphs.persistence`).
+        tool_planner: ``zoomearth`` profile only: the planner that reads the question into tool
+            calls run on ZoomEarth's region (default: the rules planner when
+            ``zoomearth_tool_planner`` is ``rules``, none when it is ``none``). Any planner works,
+            e.g. an ``openai`` planner with other settings; only its tool calls are used.
 
     Returns:
         The compiled graph. Invoke with ``{"scene": ..., "question": ...}`` and a config holding
@@ -137,6 +146,11 @@ def build_graph(
     clash = sorted(set(tools) & set(CORE_NODES))
     if clash:
         raise ValueError(f"Tool names {clash} clash with core graph nodes {CORE_NODES}.")
+    zoomearth_profile = getattr(planner, "profile", "agent") == "zoomearth"
+    if zoomearth_profile and tool_planner is None and settings.zoomearth_tool_planner == "rules":
+        from zoomearth.agent.backends.rules import RulesPlanner
+
+        tool_planner = RulesPlanner(settings)
 
     # ---------------------------------------------------------------------------------------
     def observe(state: AgentState) -> dict[str, Any]:
@@ -161,20 +175,29 @@ def build_graph(
                 else settings.max_zooms,
                 "planner": planner.describe(),
                 "planner_selection": planner.selection,
+                "planner_profile": getattr(planner, "profile", "agent"),
+                "profile_reason": getattr(planner, "profile_reason", ""),
             }
         )
         if not state.get("views"):
             update["first_question"] = state["question"]
-            w, h = scene.output_size(scene.full_box, settings.overview_side)
             overview: ViewRecord = {
                 "view_id": 0,
                 "kind": "overview",
                 "region_xyxy": scene.full_box.as_list(),
-                "width": w,
-                "height": h,
                 "label": "overview",
                 "step": 0,
             }
+            if zoomearth_profile:
+                # The reference's overview: PIL bicubic to long side 512, int() sizes.
+                overview["width"], overview["height"] = reference_resized_size(
+                    scene.width, scene.height
+                )
+                overview["render"] = "reference"
+            else:
+                overview["width"], overview["height"] = scene.output_size(
+                    scene.full_box, settings.overview_side
+                )
             update.update(views={"0": overview}, next_view_id=1, question_index=0)
         else:
             # A follow-up question in the same thread: same views and artifacts, new question.
@@ -186,6 +209,8 @@ def build_graph(
                 "scene": ref["path"],
                 "planner": planner.describe(),
                 "selection": planner.selection,
+                "profile": getattr(planner, "profile", "agent"),
+                "profile_reason": getattr(planner, "profile_reason", ""),
             }
         )
         return update
@@ -216,6 +241,16 @@ def build_graph(
             if state.get("first_question") != state["question"]
             else None,
         )
+        if zoomearth_profile:
+            return plan_zoomearth(
+                state,
+                planner,
+                request,
+                tools,
+                tool_planner.plan if tool_planner is not None else None,
+                _current(state),
+                _emit,
+            )
         t0 = time.perf_counter()
         reply = planner.plan(request)
         elapsed = time.perf_counter() - t0
@@ -358,7 +393,11 @@ def build_graph(
         ref_scene = runtime.scene(payload["scene"])  # type: ignore[typeddict-item]
         x1, y1, x2, y2 = payload["region_xyxy"] or ref_scene.full_box.as_list()
         region = PixelBox(x1, y1, x2, y2)
-        w, h = ref_scene.output_size(region, settings.view_side)
+        reference = payload.get("render") == "reference"
+        if reference:
+            w, h = reference_view_size(region.as_list())
+        else:
+            w, h = ref_scene.output_size(region, settings.view_side)
         vid = payload["view_id"]
         rec: ViewRecord = {
             "view_id": vid,
@@ -370,6 +409,8 @@ def build_graph(
             "step": payload["step"],
             "question": int(payload.get("question", 0)),  # type: ignore[typeddict-item]
         }
+        if reference:
+            rec["render"] = "reference"
         caption = (
             f"View {vid}: full-resolution region {region} "
             f"({region.width:.0f}x{region.height:.0f} px) shown at {w}x{h}"
@@ -455,7 +496,10 @@ def build_graph(
         kind = state.get("answer_kind") or "answer"
         if not text:
             kind = "best_effort"
-            reason = f"{state.get('step', 0)} of {state.get('max_steps')} steps used"
+            if zoomearth_profile:
+                reason = "the model wrote no answer the reference reader accepts"
+            else:
+                reason = f"{state.get('step', 0)} of {state.get('max_steps')} steps used"
             parts = [BEST_EFFORT_TEMPLATE.format(reason=reason)]
             qi = int(state.get("question_index", 0))
             stage = [

@@ -125,6 +125,8 @@ class GraphRuntime:
 
             with Image.open(rec["path"]) as im:
                 rgb = np.asarray(im.convert("RGB"))
+        elif rec.get("render") == "reference":
+            rgb = self._render_reference(ref, rec)
         else:
             spec = view_spec_of(rec)
             view = self.scene(ref).render(spec.region, max_side=max(spec.width, spec.height))
@@ -134,6 +136,32 @@ class GraphRuntime:
             while len(self._views) > self.max_cached_views:
                 self._views.popitem(last=False)
         return rgb
+
+    def _render_reference(self, ref: SceneRef, rec: ViewRecord) -> np.ndarray:
+        """A view rendered as the ZoomEarth reference renders it (``zoomearth`` profile).
+
+        The overview is PIL bicubic to long side 512 over every pixel (streamed) when the image has
+        at most ``zoomearth_exact_overview_max_pixels`` pixels, else from an internal overview
+        level; a zoom is the exact window (zero-padded outside the image) resized the same way.
+        """
+        from zoomearth.scene.reference import render_reference_crop, render_reference_overview
+
+        scene = self.scene(ref)
+        if rec.get("kind") == "overview":
+            rgb, exact = render_reference_overview(
+                scene, exact_max_pixels=self.settings.zoomearth_exact_overview_max_pixels
+            )
+            if not exact:
+                self.emit(
+                    {
+                        "event": "note",
+                        "text": "overview resampled from an internal overview level (the image "
+                        "is above zoomearth_exact_overview_max_pixels); see docs/reproduce.md",
+                    }
+                )
+            return rgb
+        x1, y1, x2, y2 = (int(v) for v in rec["region_xyxy"])
+        return render_reference_crop(scene, (x1, y1, x2, y2))
 
     # -- runs -----------------------------------------------------------------------------------
     def run_dir(self, thread_id: str, override: str | Path | None = None) -> Path:

@@ -51,6 +51,9 @@ class ViewRecord(TypedDict, total=False):
         label: The planner's label for a zoom, or the tool name for a preview.
         step: The step that produced it.
         question: Index of the thread's question that produced it (0 = the first).
+        render: ``reference`` for views rendered as the ZoomEarth reference renders them (PIL
+            bicubic to long side 512 of the exact window, zero-padded outside the image:
+            :mod:`zoomearth.scene.reference`); absent for the engine's own rendering.
     """
 
     view_id: int
@@ -63,6 +66,7 @@ class ViewRecord(TypedDict, total=False):
     label: str | None
     step: int
     question: int
+    render: Literal["reference"]
 
 
 def merge_views(
@@ -93,6 +97,7 @@ class ActionPayload(TypedDict, total=False):
         label: Zoom label.
         tool: Tool name.
         arguments: Tool arguments (JSON), box keys removed.
+        render: For zooms: ``reference`` to render the view as the ZoomEarth reference does.
     """
 
     action_id: str
@@ -104,6 +109,7 @@ class ActionPayload(TypedDict, total=False):
     tool: str
     arguments: dict[str, Any]
     question: int
+    render: Literal["reference"]
 
 
 class AgentState(TypedDict, total=False):
@@ -142,4 +148,6 @@ class AgentState(TypedDict, total=False):
     answer_kind: Literal["answer", "best_effort"] | None
     planner: str
     planner_selection: str
+    planner_profile: Literal["agent", "zoomearth"]
+    profile_reason: str
     status: Literal["running", "answered"]

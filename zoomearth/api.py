@@ -74,6 +74,11 @@ class AskResult(BaseModel):
     scene: dict[str, Any] = Field(default_factory=dict)
     planner: str = ""
     planner_selection: str = Field("", description="Why this planner backend was chosen")
+    profile: Literal["agent", "zoomearth"] = Field(
+        "agent",
+        description="Protocol profile that ran: zoomearth (the reference's two stages) or agent",
+    )
+    profile_reason: str = Field("", description="Why this profile was chosen")
     steps: list[dict[str, Any]] = Field(default_factory=list)
     zooms: list[ZoomRecord] = Field(default_factory=list)
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
@@ -350,6 +355,8 @@ class Agent:
             scene=scene,
             planner=values.get("planner", ""),
             planner_selection=values.get("planner_selection", ""),
+            profile=values.get("planner_profile") or "agent",
+            profile_reason=values.get("profile_reason", ""),
             steps=steps,
             zooms=zooms,
             tool_calls=[t for s in steps for t in s.get("tools", [])],

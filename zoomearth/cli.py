@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zoomearth.train.cli import add_train_command
 
     add_train_command(sub)
+    from zoomearth.cli_planner import add_planner_command
+
+    add_planner_command(sub)
     from zoomearth.server.cli import add_serve_command
 
     add_serve_command(sub)

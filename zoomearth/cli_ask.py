@@ -54,6 +54,10 @@ class LiveDisplay:
             w(f"planner: {event.get('planner')}\n")
             if event.get("selection"):
                 w(f"  ({event['selection']})\n")
+            if event.get("profile"):
+                w(f"profile: {event['profile']}\n")
+                if event.get("profile_reason"):
+                    w(f"  ({event['profile_reason']})\n")
         elif kind == "note":
             w(f"note: {event.get('text')}\n")
         elif kind == "plan":
@@ -69,8 +73,9 @@ class LiveDisplay:
                     f"{len(event['problems'])} problem(s): "
                     + "; ".join(p["message"][:100] for p in event["problems"])
                 )
+            stage = f" (stage {event['stage']})" if event.get("stage") else ""
             w(
-                f"step {event.get('step')}: {', '.join(parts) or 'no action'}"
+                f"step {event.get('step')}{stage}: {', '.join(parts) or 'no action'}"
                 f" ({event.get('seconds', 0):.1f} s, "
                 f"{event.get('visual_tokens', 0)} visual tokens)\n"
             )

@@ -123,17 +123,44 @@ class Settings(BaseModel):
     planner_coord_mode: Literal["pixels", "norm1000", "norm1"] | None = Field(
         None, description="Box frame the model emits (default: the backend's)"
     )
-    planner_layout: Literal["zoomearth", "chat"] | None = Field(
-        None, description="Where crops go in the conversation (default: the backend's)"
+    planner_profile: Literal["auto", "agent", "zoomearth"] = Field(
+        "auto",
+        description="Protocol profile: zoomearth = ZoomEarth-3B as its paper evaluated it (two "
+        "stages, raw prompt, 512-frame boxes); agent = the general multi-step agent; auto = "
+        "zoomearth when planner_model names ZoomEarth",
     )
     planner_prompt: Path | None = Field(
-        None, description="Replacement prompt template file (e.g. a checkpoint's training prompt)"
+        None,
+        description="agent profile: a YAML/jinja prompt file over the packaged sections; "
+        "zoomearth profile: the checkpoint's whole stage-1 text with {{question}} (plain text)",
     )
     planner_device: str = Field("auto", description="Device for local planners: auto, cpu, cuda:N")
     planner_dtype: str = Field(
         "auto", description="Weights dtype: auto, bfloat16, float16, float32"
     )
-    planner_max_new_tokens: int = Field(512, gt=0, description="Generation length per turn")
+    planner_max_new_tokens: int | None = Field(
+        None, gt=0, description="Generation length per turn (default: the profile's, agent 512, "
+        "zoomearth 1024)"
+    )
+    planner_temperature: float | None = Field(
+        None,
+        ge=0,
+        description="Sampling temperature (default: the profile's: agent 0 = greedy, zoomearth "
+        "0.01 as the reference)",
+    )
+    planner_seed: int | None = Field(None, description="Seed for sampled generation")
+    zoomearth_exact_overview_max_pixels: int = Field(
+        400_000_000,
+        ge=0,
+        description="zoomearth profile: overviews of images up to this many pixels are resampled "
+        "exactly as the reference (PIL bicubic over every pixel, streamed in strips); larger "
+        "ones from an internal overview level (see docs/reproduce.md for the difference)",
+    )
+    zoomearth_tool_planner: Literal["rules", "none"] = Field(
+        "rules",
+        description="zoomearth profile: what decides the tool to run on ZoomEarth's region "
+        "(rules = the rules planner's intent table; none = no tools)",
+    )
     planner_timeout_s: float = Field(120.0, gt=0, description="HTTP timeout per planner call")
     planner_max_retries: int = Field(3, ge=0, description="Retries of failed planner HTTP calls")
     plan_file: Path | None = Field(None, description="Script planner: JSON/YAML plan file")
@@ -259,9 +286,21 @@ def _file_layer(path: Path | None, environ: dict[str, str]) -> tuple[dict[str, A
     if unknown:
         raise ConfigError(
             f"Unknown setting(s) {', '.join(unknown)} in {path}; "
-            "run 'zoomearth config' to list valid keys."
+            f"{_renamed_hint(unknown)}run 'zoomearth config' to list valid keys."
         )
     return data, path
+
+
+#: Settings that were removed, with what replaces them.
+RENAMED_SETTINGS: dict[str, str] = {
+    "planner_layout": "planner_layout was replaced by planner_profile (zoomearth = ZoomEarth-3B's "
+    "two-stage continuation; agent = the chat layout)",
+}
+
+
+def _renamed_hint(keys: list[str]) -> str:
+    hints = [RENAMED_SETTINGS[k] for k in keys if k in RENAMED_SETTINGS]
+    return "".join(h + "; " for h in hints)
 
 
 def parse_set_flags(pairs: list[str]) -> dict[str, Any]:
@@ -274,7 +313,8 @@ def parse_set_flags(pairs: list[str]) -> dict[str, Any]:
         key = key.strip().replace("-", "_")
         if key not in Settings.model_fields:
             raise ConfigError(
-                f"Unknown setting {key!r}; run 'zoomearth config' to list valid keys."
+                f"Unknown setting {key!r}; {_renamed_hint([key])}run 'zoomearth config' to list "
+                "valid keys."
             )
         try:
             out[key] = json.loads(value)

@@ -48,12 +48,38 @@ QWEN_SPECIAL_TOKENS: Final = (
 )
 
 
-def build_tiny_qwen25vl(path: str | Path, seed: int = 0) -> Path:
-    """Build and save a tiny random Qwen2.5-VL checkpoint with its processor.
+#: Text and vision dimensions of Qwen2.5-VL-3B-Instruct's ``config.json`` (and ZoomEarth-3B's).
+QWEN25_VL_3B_TEXT: Final = {
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128000,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0,
+                        "mrope_section": [16, 24, 24]},
+}
+QWEN25_VL_3B_VISION: Final = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "out_hidden_size": 2048,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+}
+
+
+def build_tiny_qwen25vl(path: str | Path, seed: int = 0, *, size: str = "tiny") -> Path:
+    """Build and save a random Qwen2.5-VL checkpoint with its processor (offline).
 
     Args:
         path: Directory to write (created if needed; existing files are overwritten).
         seed: Seed of the random weights (same seed, same weights, same greedy output).
+        size: ``tiny`` (2 text layers, hidden 64: milliseconds on a CPU) or ``3b`` (the real
+            Qwen2.5-VL-3B architecture and vocabulary size, random weights saved in float16,
+            about 7.5 GB: for timing the real-size path on a GPU). The tokenizer is the same
+            byte-level one in both (no merges), so prompts cost more tokens than with Qwen's.
 
     Returns:
         The directory, ready for ``from_pretrained`` (``config.json``, ``model.safetensors``,
@@ -93,32 +119,45 @@ def build_tiny_qwen25vl(path: str | Path, seed: int = 0) -> Path:
         assert isinstance(token_id, int), token  # one token in, one id out
         ids[token] = token_id
 
+    if size not in ("tiny", "3b"):
+        raise ValueError(f"size must be 'tiny' or '3b'; got {size!r}")
+    text: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 8192,
+        # head_dim = 64 / 4 = 16; the three mrope sections must sum to head_dim / 2.
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1_000_000.0,
+            "mrope_section": [2, 3, 3],
+        },
+    }
+    vision: dict[str, Any] = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "fullatt_block_indexes": [1],
+    }
+    dtype = torch.float32
+    if size == "3b":
+        text.update(QWEN25_VL_3B_TEXT)
+        vision.update(QWEN25_VL_3B_VISION)
+        dtype = torch.float16
     config = Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 8192,
-            # head_dim = 64 / 4 = 16; the three mrope sections must sum to head_dim / 2.
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1_000_000.0,
-                "mrope_section": [2, 3, 3],
-            },
+            **text,
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-            "fullatt_block_indexes": [1],
+            **vision,
             "window_size": 112,
             "patch_size": 14,
             "spatial_merge_size": 2,
@@ -128,9 +167,15 @@ def build_tiny_qwen25vl(path: str | Path, seed: int = 0) -> Path:
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=size == "3b",
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # a 3B model built in float32 would need twice the memory
+    try:
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False

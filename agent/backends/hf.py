@@ -3,14 +3,20 @@
 ZoomEarth-3B (hub id ``HappyBug/ZoomEarth-3B``) or any Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint
 (hub id or local directory) is loaded lazily *through the model pool* on the first
 :meth:`TransformersPlanner.plan`, on ``planner_device`` (``auto``: CUDA when available, else the
-CPU) in ``planner_dtype`` (``auto``: bfloat16 on CUDA, float32 on the CPU), and generates greedily.
+CPU).
 
-Conversation (``layout``, default ``zoomearth``): see :mod:`zoomearth.agent.conversation`. With the
-``zoomearth`` layout, a crop continues the assistant turn: the input is the chat template's
-rendering of the messages before that turn (with the generation prompt), then the planner's text
-cut before ``<answer>``, then ``<|vision_start|><|image_pad|><|vision_end|>`` -- no end-of-turn
-token between, as ZoomEarth-3B was trained. The processor expands each ``<|image_pad|>`` to the
-image's token count.
+Two protocol profiles (:mod:`zoomearth.agent.profiles`, setting ``planner_profile``):
+
+* ``zoomearth`` -- the reference evaluation's inputs, byte for byte: the raw stage text of
+  :func:`~zoomearth.agent.profiles.stage_inputs` (no chat template, no cleaning, no tools section)
+  with the overview (and, in stage 2, the crop) as PIL images in placeholder order; 1024 new
+  tokens sampled at temperature 0.01 with top-p/top-k off; decoded with special tokens skipped,
+  then stripped. ``planner_dtype=auto`` loads float16 weights and generates under bfloat16
+  autocast on CUDA, as the reference (``from_pretrained(torch_dtype=float16)`` +
+  ``Accelerator(mixed_precision="bf16")``); float32 on the CPU.
+* ``agent`` -- the chat layout of :mod:`zoomearth.agent.conversation` rendered with the
+  checkpoint's chat template; greedy (``planner_temperature`` 0), 512 new tokens by default,
+  ``planner_dtype=auto``: bfloat16 on CUDA, float32 on the CPU.
 
 The reply reports, for each image, the size at which the model saw it (from the processor's
 ``image_grid_thw``: height = grid_h x 14, width = grid_w x 14) and the visual tokens (sum of the
@@ -27,11 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from zoomearth.agent.base import Planner, PlannerError, PlanReply, PlanRequest
-from zoomearth.agent.conversation import (
-    Conversation,
-    ImagePart,
-    build_conversation,
-    to_chat_dicts,
+from zoomearth.agent.conversation import Conversation, build_conversation, to_chat_dicts
+from zoomearth.agent.profiles import (
+    StageInputs,
+    ZoomEarthProfile,
+    load_zoomearth_prompt,
+    resolve_profile,
+    stage_inputs,
 )
 from zoomearth.agent.prompting import PromptTemplate, load_template, qwen2_vl_chat_template
 
@@ -39,12 +47,13 @@ if TYPE_CHECKING:
     from zoomearth.config import Settings
     from zoomearth.models.pool import ModelPool, ModelSpec
 
-__all__ = ["DEFAULT_MODEL", "TransformersPlanner", "resolve_dtype"]
+__all__ = ["AGENT_MAX_NEW_TOKENS", "DEFAULT_MODEL", "TransformersPlanner", "resolve_dtype"]
 
 #: The ZoomEarth-3B checkpoint on the Hugging Face hub.
 DEFAULT_MODEL: Final = "HappyBug/ZoomEarth-3B"
 
-VISION_PLACEHOLDER_TEMPLATE: Final = "<|vision_start|>{image_token}<|vision_end|>"
+#: Generation length of the agent profile when planner_max_new_tokens is not set.
+AGENT_MAX_NEW_TOKENS: Final = 512
 
 LOAD_FAILED_TEMPLATE: Final = (
     "Cannot load the planner model '{model}' ({error}). Set planner_model to a local checkpoint "
@@ -104,11 +113,19 @@ class _LoadedVLM:
     """What the pool holds for a planner checkpoint: the model and its processor.
 
     The pool measures ``model`` (it looks through ``.model``) and moves the pair with :meth:`to`.
+
+    Attributes:
+        model: The model.
+        processor: Its processor.
+        dtype: The weights' dtype name.
+        autocast: The dtype name generation runs under ``torch.autocast`` in (the reference's
+            bf16 mixed precision over float16 weights), or None.
     """
 
     model: Any
     processor: Any
     dtype: str
+    autocast: str | None = None
 
     def to(self, device: str) -> _LoadedVLM:
         self.model.to(device)
@@ -140,9 +157,10 @@ class TransformersPlanner(Planner):
 
     Args:
         settings: Uses ``planner_model`` (default ``HappyBug/ZoomEarth-3B``),
-            ``planner_device``, ``planner_dtype``, ``planner_max_new_tokens``,
-            ``planner_coord_mode`` (default ``pixels``), ``planner_layout`` (default
-            ``zoomearth``) and ``planner_prompt``.
+            ``planner_profile``, ``planner_device``, ``planner_dtype``,
+            ``planner_max_new_tokens``, ``planner_temperature``, ``planner_seed``,
+            ``planner_coord_mode`` (agent profile; default ``pixels``) and ``planner_prompt``
+            (agent profile: a template file; zoomearth profile: the stage-1 text).
         pool: The model pool (default: :func:`zoomearth.models.get_default_pool` at first use).
     """
 
@@ -153,8 +171,9 @@ class TransformersPlanner(Planner):
         self._pool = pool
         self.model_id = str(settings.planner_model or DEFAULT_MODEL)
         self.coord_mode = settings.planner_coord_mode or "pixels"
-        self.layout = settings.planner_layout or "zoomearth"
+        self.profile, self.profile_reason = resolve_profile(settings.planner_profile, self.model_id)
         self._template: PromptTemplate | None = None
+        self._zoomearth: ZoomEarthProfile | None = None
         self._device: str | None = None
 
     # ---- resources ---------------------------------------------------------------------------
@@ -170,10 +189,17 @@ class TransformersPlanner(Planner):
 
     @property
     def template(self) -> PromptTemplate:
-        """The prompt sections (``planner_prompt`` over the packaged default)."""
+        """The agent profile's prompt sections (``planner_prompt`` over the packaged default)."""
         if self._template is None:
             self._template = load_template(self.settings.planner_prompt)
         return self._template
+
+    @property
+    def zoomearth(self) -> ZoomEarthProfile:
+        """The zoomearth profile with the checkpoint's prompt text (``planner_prompt``)."""
+        if self._zoomearth is None:
+            self._zoomearth = ZoomEarthProfile(load_zoomearth_prompt(self.settings.planner_prompt))
+        return self._zoomearth
 
     @property
     def device(self) -> str:
@@ -182,75 +208,108 @@ class TransformersPlanner(Planner):
             self._device = self.pool.resolve_device(self.settings.planner_device)
         return self._device
 
+    def _dtypes(self, device: str) -> tuple[str, str | None]:
+        """``(weights dtype, autocast dtype)`` for a device under this profile."""
+        setting = self.settings.planner_dtype
+        if self.profile == "zoomearth" and setting.strip().lower() == "auto":
+            if device.startswith("cuda"):
+                return "float16", "bfloat16"  # the reference's float16 weights + bf16 autocast
+            return "float32", None
+        return resolve_dtype(setting, device), None
+
     def spec(self) -> ModelSpec:
         """The pool's description of the checkpoint (key ``planner:transformers:<model>``)."""
         from zoomearth.models.pool import ModelSpec
 
         model_id = self.model_id
-        dtype_setting = self.settings.planner_dtype
+        dtypes = self._dtypes
+        reference = self.profile == "zoomearth"
 
         def load(device: str) -> _LoadedVLM:
             # dtype follows the device: a CPU fallback of a CUDA model loads in float32.
-            dtype = resolve_dtype(dtype_setting, device)
-            return _load_vlm(model_id, device, dtype)
+            dtype, autocast = dtypes(device)
+            loaded = _load_vlm(model_id, device, dtype, pil_image_processor=reference)
+            loaded.autocast = autocast
+            return loaded
 
+        weights, autocast = dtypes(self.device)
         return ModelSpec(
-            key=f"planner:transformers:{model_id}:{dtype_setting}",
+            key=f"planner:transformers:{model_id}:{weights}:{autocast or '-'}:{self.profile}",
             load=load,
-            size_bytes=_estimate_bytes(model_id, resolve_dtype(dtype_setting, self.device)),
+            size_bytes=_estimate_bytes(model_id, weights),
             description=f"planner {model_id}",
         )
 
     def describe(self) -> str:
-        """Backend, checkpoint, device and dtype."""
+        """Backend, checkpoint, device, dtype and profile."""
         settings = self.settings
+        frame = "512-frame boxes" if self.profile == "zoomearth" else f"boxes {self.coord_mode}"
         return (
             f"transformers: {self.model_id} ({settings.planner_device}, {settings.planner_dtype}, "
-            f"layout {self.layout}, boxes {self.coord_mode})"
+            f"profile {self.profile}, {frame})"
         )
 
     # ---- planning ------------------------------------------------------------------------------
 
     def build(self, request: PlanRequest) -> Conversation:
-        """The neutral conversation for a request (for inspection and tests)."""
-        return build_conversation(request, self.layout, self.coord_mode, self.template)
+        """The agent profile's neutral conversation for a request (for inspection and tests)."""
+        return build_conversation(request, "chat", self.coord_mode, self.template)
 
     def plan(self, request: PlanRequest) -> PlanReply:
-        """Generate the model's reply for one turn (greedy, ``planner_max_new_tokens``).
+        """Generate the model's reply for one turn (or one stage, in the zoomearth profile).
 
         Raises:
-            PlannerError: The checkpoint cannot be loaded or is not a Qwen2-VL-family model.
+            PlannerError: The checkpoint cannot be loaded or is not a Qwen2-VL-family model, or
+                (zoomearth profile) no prompt file is configured.
         """
+        if self.profile == "zoomearth":
+            inputs = stage_inputs(self.zoomearth, request)
+            images = [_to_pil(request.render(v)) for v in inputs.image_view_ids]
+            result: PlanReply = self.pool.run(
+                self.spec(),
+                lambda loaded, device: self._generate_raw(loaded, device, inputs, images),
+                device=self.device,
+            )
+            return result
         conversation = self.build(request)
         # Render (read rasters) before taking the device, so I/O does not hold the GPU gate.
         images = [_to_pil(request.render(v)) for v in conversation.image_view_ids]
-        result: PlanReply = self.pool.run(
+        result = self.pool.run(
             self.spec(),
             lambda loaded, device: self._generate(loaded, device, conversation, images),
             device=self.device,
         )
         return result
 
-    def _generate(
-        self, loaded: _LoadedVLM, device: str, conversation: Conversation, images: list[Any]
-    ) -> PlanReply:
+    def _run_model(
+        self,
+        loaded: _LoadedVLM,
+        device: str,
+        prompt: str,
+        images: list[Any],
+        image_view_ids: tuple[int, ...],
+        generation: Any,
+    ) -> tuple[Any, Any, dict[int, tuple[int, int]], int]:
+        """Tokenise, generate; return ``(new_token_ids, processor, seen_sizes, visual_tokens)``."""
+        import contextlib
+
         import torch
 
         processor = loaded.processor
-        prompt = build_prompt_text(processor, conversation)
         inputs = processor(text=[prompt], images=images or None, return_tensors="pt").to(device)
         grids = inputs.get("image_grid_thw")
         if images and grids is None:
             raise PlannerError(
                 NO_IMAGE_GRID_TEMPLATE.format(model=self.model_id, count=len(images))
             )
-        generation = _greedy_config(loaded.model, self.settings.planner_max_new_tokens)
-        with torch.inference_mode():
+        if self.settings.planner_seed is not None:
+            torch.manual_seed(int(self.settings.planner_seed))
+        autocast: Any = contextlib.nullcontext()
+        if loaded.autocast and device.startswith("cuda"):
+            autocast = torch.autocast("cuda", dtype=getattr(torch, loaded.autocast))
+        with torch.inference_mode(), autocast:
             output = loaded.model.generate(**inputs, generation_config=generation)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        text = processor.batch_decode(
-            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )[0]
 
         image_processor = processor.image_processor
         patch = int(getattr(image_processor, "patch_size", 14))
@@ -258,9 +317,58 @@ class TransformersPlanner(Planner):
         seen: dict[int, tuple[int, int]] = {}
         tokens = 0
         rows = grids.tolist() if grids is not None else []
-        for view_id, (t, gh, gw) in zip(conversation.image_view_ids, rows, strict=True):
+        for view_id, (t, gh, gw) in zip(image_view_ids, rows, strict=True):
             seen[view_id] = (int(gw) * patch, int(gh) * patch)
             tokens += int(t) * int(gh) * int(gw) // (merge * merge)
+        return new_tokens, processor, seen, tokens
+
+    def _generate_raw(
+        self, loaded: _LoadedVLM, device: str, inputs: StageInputs, images: list[Any]
+    ) -> PlanReply:
+        """One stage of the zoomearth profile: the raw text, sampled as the reference."""
+        profile = self.zoomearth
+        temperature = self.settings.planner_temperature
+        generation = _generation_config(
+            loaded.model,
+            self.settings.planner_max_new_tokens or profile.max_new_tokens,
+            profile.temperature if temperature is None else temperature,
+        )
+        new_tokens, processor, seen, tokens = self._run_model(
+            loaded, device, inputs.text, images, inputs.image_view_ids, generation
+        )
+        tokenizer = getattr(processor, "tokenizer", processor)
+        # The reference: tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = str(tokenizer.decode(new_tokens[0], skip_special_tokens=True)).strip()
+        return PlanReply(
+            text=text,
+            seen_sizes=seen,
+            visual_tokens=tokens,
+            backend=self.name,
+            model=self.model_id,
+            notes=[
+                f"zoomearth profile, stage {inputs.stage}",
+                f"device {device}, dtype {loaded.dtype}"
+                + (f" with {loaded.autocast} autocast" if loaded.autocast else ""),
+            ],
+        )
+
+    def _generate(
+        self, loaded: _LoadedVLM, device: str, conversation: Conversation, images: list[Any]
+    ) -> PlanReply:
+        processor = loaded.processor
+        prompt = build_prompt_text(processor, conversation)
+        temperature = self.settings.planner_temperature
+        generation = _generation_config(
+            loaded.model,
+            self.settings.planner_max_new_tokens or AGENT_MAX_NEW_TOKENS,
+            0.0 if temperature is None else temperature,
+        )
+        new_tokens, processor, seen, tokens = self._run_model(
+            loaded, device, prompt, images, conversation.image_view_ids, generation
+        )
+        text = processor.batch_decode(
+            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )[0]
         return PlanReply(
             text=text,
             seen_sizes=seen,
@@ -282,12 +390,26 @@ def _to_pil(rgb: Any) -> Any:
     return Image.fromarray(np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False), "RGB")
 
 
-def _load_vlm(model_id: str, device: str, dtype: str) -> _LoadedVLM:
+def _load_vlm(
+    model_id: str, device: str, dtype: str, *, pil_image_processor: bool = False
+) -> _LoadedVLM:
+    """Load a checkpoint's processor and model (the same code for real and tiny weights).
+
+    Args:
+        model_id: Local directory or hub id.
+        device: Where the weights go.
+        dtype: Weights dtype name.
+        pil_image_processor: Resize images with the image processor's PIL backend, as the
+            reference's transformers 4.49 did (newer transformers default to a torchvision
+            backend whose bicubic differs slightly; the zoomearth profile sets this).
+    """
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(model_id)
+        if pil_image_processor:
+            processor.image_processor = AutoImageProcessor.from_pretrained(model_id, backend="pil")
         model = AutoModelForImageTextToText.from_pretrained(
             model_id, dtype=getattr(torch, dtype), device_map=device
         )
@@ -297,16 +419,23 @@ def _load_vlm(model_id: str, device: str, dtype: str) -> _LoadedVLM:
     return _LoadedVLM(model, processor, dtype)
 
 
-def _greedy_config(model: Any, max_new_tokens: int) -> Any:
-    """The checkpoint's generation config, made greedy (sampling settings cleared)."""
+def _generation_config(model: Any, max_new_tokens: int, temperature: float) -> Any:
+    """The checkpoint's generation config, greedy at temperature 0, else sampled at it.
+
+    Sampling keeps top-p and top-k off (the reference sets both to None at temperature 0.01).
+    """
     import copy
 
     config = copy.deepcopy(model.generation_config)
-    config.do_sample = False
     config.num_beams = 1
-    config.temperature = None
     config.top_p = None
     config.top_k = None
+    if temperature > 0:
+        config.do_sample = True
+        config.temperature = float(temperature)
+    else:
+        config.do_sample = False
+        config.temperature = None
     config.max_new_tokens = int(max_new_tokens)
     config.max_length = None
     return config
@@ -321,13 +450,12 @@ def _special_token_strings(tokenizer: Any) -> list[str]:
 
 
 def build_prompt_text(processor: Any, conversation: Conversation) -> str:
-    """The model input text of a conversation, with one image placeholder per image.
+    """The agent profile's model input text, with one image placeholder per image.
 
-    Closed messages go through the checkpoint's chat template (``processor.apply_chat_template``;
-    the packaged Qwen2-VL template when the processor has none). An open assistant turn
-    (``zoomearth`` layout) is appended after the generation prompt as raw text and image
-    placeholders, without an end-of-turn token. Special-token strings in text parts (a question
-    containing ``<|im_end|>``) are removed so text cannot forge the chat structure or images.
+    The messages go through the checkpoint's chat template (``processor.apply_chat_template``; the
+    packaged Qwen2-VL template when the processor has none) with the generation prompt.
+    Special-token strings in text parts (a question containing ``<|im_end|>``) are removed so text
+    cannot forge the chat structure or images.
 
     Args:
         processor: A Qwen2-VL-family processor.
@@ -346,17 +474,8 @@ def build_prompt_text(processor: Any, conversation: Conversation) -> str:
                 text = text.replace(token, "")
         return text
 
-    image_token = str(getattr(processor, "image_token", "<|image_pad|>"))
-    placeholder = VISION_PLACEHOLDER_TEMPLATE.format(image_token=image_token)
-    messages = list(conversation.messages)
-    tail = messages.pop() if conversation.open_assistant else None
-    chat = to_chat_dicts(messages, lambda _view: {"type": "image"}, text=clean)
+    chat = to_chat_dicts(conversation, lambda _view: {"type": "image"}, text=clean)
     kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
     if not getattr(processor, "chat_template", None):
         kwargs["chat_template"] = qwen2_vl_chat_template()
-    prompt = str(processor.apply_chat_template(chat, **kwargs))
-    if tail is not None:
-        prompt += "".join(
-            placeholder if isinstance(part, ImagePart) else clean(part.text) for part in tail.parts
-        )
-    return prompt
+    return str(processor.apply_chat_template(chat, **kwargs))

@@ -54,7 +54,6 @@ meanings as :meth:`zoomearth.scene.Scene.info`):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -62,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from zoomearth.agent.base import CoordMode, Layout, Planner, PlanReply, PlanRequest
+from zoomearth.agent.protocol import clean_text, format_turn, format_zoom
 
 from zoomearth.errors import BoxError
 from zoomearth.geometry import PixelBox, ViewSpec, full_to_view, min_crop_xyxy, validate_box
@@ -1053,28 +1053,12 @@ def _is_box_key(key: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Protocol text
+# Protocol text (written through zoomearth.agent.protocol)
 # ---------------------------------------------------------------------------------------------
-
-_TAG_RE: Final = re.compile(r"</?\s*(?:think|answer|tool_call)\s*>|<\|[a-z_]+\|>", re.I)
-
-
-def _clean(text: str) -> str:
-    """Remove protocol tags from quoted text so it cannot break the reply's structure."""
-    return _TAG_RE.sub("", text).strip()
-
-
-def _num(v: float) -> float | int:
-    r = round(v, 4)
-    return int(r) if float(r).is_integer() else r
 
 
 def _box_text(box: PixelBox) -> str:
     return "[" + ", ".join(str(int(round(v))) for v in box.as_list()) + "]"
-
-
-def _answer(think: str, answer: str) -> str:
-    return f"<think>{_clean(think)}</think>\n<answer>{_clean(answer)}</answer>"
 
 
 class RulesPlanner(Planner):
@@ -1125,12 +1109,14 @@ class RulesPlanner(Planner):
     def _first_turn(self, request: PlanRequest, a: _Analysis) -> str:
         overview = request.views.get(request.overview_id)
         if a.errors and not a.targets:
-            return _answer("The question's coordinates cannot be used.", " ".join(a.errors))
+            return format_turn(
+                "The question's coordinates cannot be used.", answer=" ".join(a.errors)
+            )
         if (not a.targets or overview is None) and not a.tool_calls:
             reasons = " ".join(a.skipped) if a.skipped else NOTHING_TO_DO_TEMPLATE
             if not a.skipped:
                 reasons = NOTHING_TO_DO_TEMPLATE + " " + VLM_NEEDED_TEMPLATE.format(where="")
-            return _answer("Rules planner: nothing I can act on.", reasons)
+            return format_turn("Rules planner: nothing I can act on.", answer=reasons)
         lines: list[str] = ["Rules planner (no vision-language model)."]
         zooms: list[str] = []
         if overview is not None:
@@ -1139,23 +1125,14 @@ class RulesPlanner(Planner):
                     f"The question points to {t.label}: full-resolution pixels {_box_text(t.zoom)}."
                 )
                 vb = full_to_view(t.zoom, overview)
-                zoom = {
-                    "bbox_2d": [_num(v) for v in vb.as_list()],
-                    "label": t.label,
-                    "view": request.overview_id,
-                }
-                zooms.append(json.dumps(zoom))
+                zooms.append(format_zoom(vb.as_list(), t.label, request.overview_id))
         for name, _ in a.tool_calls:
             where = " on that region" if a.targets else ""
             lines.append(f"Calling {name}{where}.")
         lines.extend(a.skipped)
         lines.extend(a.errors)
-        think = " ".join(_clean(line) for line in lines)
-        parts = [f"<think>{think}\n" + "\n".join(zooms) + "\n</think>"]
-        for name, args in a.tool_calls:
-            call = json.dumps({"name": name, "arguments": args})
-            parts.append(f"<tool_call>\n{call}\n</tool_call>")
-        return "\n".join(parts)
+        think = " ".join(clean_text(line) for line in lines)
+        return format_turn(think, zooms, a.tool_calls)
 
     # -- turn 2+ --------------------------------------------------------------------------------
 
@@ -1167,7 +1144,7 @@ class RulesPlanner(Planner):
             if entry.kind == "zoom":
                 view = request.views.get(entry.view_id) if entry.view_id is not None else None
                 label = entry.data.get("label") if isinstance(entry.data, Mapping) else None
-                label = str(label) if label else (_clean(entry.text) or "a region")
+                label = str(label) if label else (clean_text(entry.text) or "a region")
                 if view is not None:
                     zoomed.append(
                         f"{label} (full-resolution pixels {_box_text(view.region)}, "
@@ -1178,9 +1155,9 @@ class RulesPlanner(Planner):
             elif entry.kind == "tool_result":
                 tool = entry.data.get("tool") if isinstance(entry.data, Mapping) else None
                 prefix = f"{tool}: " if tool else ""
-                results.append(f"- {prefix}{_clean(entry.text)}")
+                results.append(f"- {prefix}{clean_text(entry.text)}")
             elif entry.kind == "feedback" and entry.text.strip():
-                feedback.append(FEEDBACK_TEMPLATE.format(text=_clean(entry.text)))
+                feedback.append(FEEDBACK_TEMPLATE.format(text=clean_text(entry.text)))
         where = ZOOMED_TEMPLATE.format(regions="; ".join(zoomed)) if zoomed else ""
         pieces: list[str] = []
         if request.final and not request.current:
@@ -1198,4 +1175,4 @@ class RulesPlanner(Planner):
         pieces.extend(a.skipped)
         pieces.extend(a.errors)
         pieces.extend(feedback[-3:])
-        return _answer("Rules planner: summarising what was done.", "\n".join(pieces))
+        return format_turn("Rules planner: summarising what was done.", answer="\n".join(pieces))

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from zoomearth.agent.base import CoordMode, Layout, Planner, PlannerError, PlanReply, PlanRequest
 from zoomearth.agent.parsing import ParsedResponse, ToolCallRequest, ZoomRequest, parse_response
+from zoomearth.agent.protocol import clean_text, format_turn
 
 if TYPE_CHECKING:
     from zoomearth.config import Settings
@@ -456,19 +456,22 @@ def load_plan(path: str | Path) -> Any:
 # The planner
 # ---------------------------------------------------------------------------------------------
 
-_TAG_RE: Final = re.compile(r"</?\s*(?:think|answer|tool_call)\s*>|<\|[a-z_]+\|>", re.I)
-
-
-def _clean(text: str) -> str:
-    return _TAG_RE.sub("", text).strip()
-
 
 def _parsed_turn(actions: Sequence[Mapping[str, Any]], turn: int) -> tuple[str, ParsedResponse]:
-    """Convert a structured turn to protocol text (for the log) and a ParsedResponse."""
+    """Convert a structured turn to a ParsedResponse and its protocol text (for the log).
+
+    Args:
+        actions: The turn's validated actions.
+        turn: The turn's number (from 1), named in the reasoning.
+
+    Returns:
+        ``(text, parsed)``: the text is written by :func:`format_turn` from ``parsed``, so it
+        parses back to the same zooms (boxes rounded to 4 decimals in the text), tool calls and
+        answer, with protocol tags removed from the free text.
+    """
     zooms: list[ZoomRequest] = []
     calls: list[ToolCallRequest] = []
     answer: str | None = None
-    lines: list[str] = []
     for action in actions:
         source = json.dumps(action, ensure_ascii=False)
         if "zoom" in action:
@@ -477,26 +480,13 @@ def _parsed_turn(actions: Sequence[Mapping[str, Any]], turn: int) -> tuple[str, 
             view = int(action["view"]) if frame == "view" and "view" in action else None
             label = action.get("label")
             zooms.append(ZoomRequest(box, label, view, source, frame))  # type: ignore[arg-type]
-            shown: dict[str, Any] = {"bbox_2d": list(action["zoom"])}
-            if label is not None:
-                shown["label"] = label
-            if view is not None:
-                shown["view"] = view
-            if frame == "full":
-                shown["frame"] = "full"
-            lines.append(json.dumps(shown, ensure_ascii=False))
         elif "tool" in action:
             args = dict(action.get("args") or {})
             raw = json.dumps(args, ensure_ascii=False)
             calls.append(ToolCallRequest(str(action["tool"]), args, raw, source))
-            call = json.dumps({"name": action["tool"], "arguments": args}, ensure_ascii=False)
-            lines.append(f"<tool_call>{call}</tool_call>")
         else:
             answer = str(action["answer"]).strip()
     think = f"script turn {turn}"
-    text = f"<think>{think}</think>" + "".join("\n" + line for line in lines)
-    if answer is not None:
-        text += f"\n<answer>{_clean(answer)}</answer>"
     parsed = ParsedResponse(
         think=think,
         zooms=tuple(zooms),
@@ -505,7 +495,7 @@ def _parsed_turn(actions: Sequence[Mapping[str, Any]], turn: int) -> tuple[str, 
         answer_closed=answer is not None,
         problems=(),
     )
-    return text, parsed
+    return format_turn(think, parsed.zooms, parsed.tool_calls, answer), parsed
 
 
 class ScriptPlanner(Planner):
@@ -635,9 +625,9 @@ class ScriptPlanner(Planner):
                 if isinstance(e.data, Mapping) and e.data.get("tool")
                 else ""
             )
-            + _clean(e.text)
+            + clean_text(e.text)
             for e in request.transcript
             if e.kind == "tool_result"
         ]
         body = head + (RESULTS_TEMPLATE.format(results="; ".join(results)) if results else "")
-        return f"<answer>{_clean(body)}</answer>"
+        return format_turn(answer=body)

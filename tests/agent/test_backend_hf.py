@@ -84,7 +84,7 @@ def _request(*entries: TranscriptEntry, question: str = "What colour is the roof
 
 def test_plan_with_overview_and_zoom(make) -> None:
     planner, pool = make()
-    assert (planner.coord_mode, planner.layout) == ("pixels", "zoomearth")
+    assert (planner.coord_mode, planner.layout, planner.profile) == ("pixels", "chat", "agent")
     request = _request(TranscriptEntry("planner", STAGE1), TranscriptEntry("zoom", view_id=1))
     reply = planner.plan(request)
     assert isinstance(reply, PlanReply) and isinstance(reply.text, str)
@@ -108,22 +108,80 @@ def test_plan_with_overview_and_zoom(make) -> None:
     assert stats.model(planner.spec().key).hits == 1 and stats.misses == 1
 
 
-def test_zoomearth_prompt_continues_the_assistant_turn(make) -> None:
-    planner, pool = make()
-    request = _request(TranscriptEntry("planner", STAGE1), TranscriptEntry("zoom", view_id=1))
-    conv = planner.build(request)
+# A made-up stage-1 text with the reference's whitespace quirks: a leading newline, a space
+# before the system turn's end, no newline between the user's end of turn and the assistant start.
+QUIRKY_PROMPT = (
+    "\n<|im_start|>system\nYou are a test assistant. <|im_end|>\n<|im_start|>user\n"
+    "<|vision_start|><|image_pad|><|vision_end|>{{question}}\nSay {\"bbox_2d\": [x1, y1, x2, y2]}"
+    " when needed.\n  Rules: \n<|im_end|><|im_start|>assistant\n"
+)
+
+
+class _Recorder:
+    """Wraps a processor; records the text and images of every call."""
+
+    def __init__(self, processor):
+        self._processor = processor
+        self.calls = []
+
+    def __call__(self, *, text, images=None, **kwargs):
+        self.calls.append((list(text), list(images or [])))
+        return self._processor(text=text, images=images, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._processor, name)
+
+
+def test_zoomearth_profile_feeds_the_raw_text_byte_for_byte(make, tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(QUIRKY_PROMPT.encode("utf-8"))
+    planner, pool = make(planner_profile="zoomearth", planner_prompt=str(prompt), planner_seed=3)
+    assert planner.profile == "zoomearth" and "explicitly" in planner.profile_reason
     with pool.use(planner.spec(), "cpu") as loaded:
-        prompt = build_prompt_text(loaded.processor, conv)
-    head, tail = prompt.rsplit("<|im_start|>assistant\n", 1)
-    assert tail == STAGE1.split("<answer>")[0] + "<|vision_start|><|image_pad|><|vision_end|>"
-    assert "<|im_end|>" not in tail  # no end-of-turn between the stage-1 text and the crop
-    assert head.startswith("<|im_start|>system\n")
-    assert "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What colour" in head
-    assert prompt.count("<|image_pad|>") == 2
+        recorder = _Recorder(loaded.processor)
+        loaded.processor = recorder
+    question = "What colour is the roof?"
+    stage1 = planner.plan(_request(question=question))
+    stage2 = planner.plan(
+        _request(TranscriptEntry("planner", STAGE1), TranscriptEntry("zoom", view_id=1),
+                 question=question)
+    )
+    (text1, images1), (text2, images2) = recorder.calls
+    # An independent construction, as the reference builds it.
+    expected1 = QUIRKY_PROMPT.split("{{question}}")[0] + question + QUIRKY_PROMPT.split(
+        "{{question}}"
+    )[1]
+    assert text1 == [expected1]
+    assert text2 == [
+        expected1 + STAGE1.split("<answer>")[0] + "<|vision_start|><|image_pad|><|vision_end|>"
+    ]
+    assert [im.size for im in images1] == [(512, 384)]
+    assert [im.size for im in images2] == [(512, 384), (512, 512)]
+    assert np.array_equal(np.asarray(images2[1]), _render(1))
+    assert "stage 1" in " ".join(stage1.notes) and "stage 2" in " ".join(stage2.notes)
+    # Images are resized by the PIL backend of the image processor, as transformers 4.49 did.
+    assert type(recorder.image_processor).__name__.endswith("Pil")
+    assert stage1.text == stage1.text.strip()
+    # Sampled at temperature 0.01 like the reference; a seed makes it repeatable.
+    assert planner.plan(_request(question=question)).text == stage1.text
+
+
+def test_zoomearth_profile_needs_a_prompt_file(make) -> None:
+    planner, _pool = make(planner_profile="zoomearth")
+    with pytest.raises(PlannerError, match="planner_prompt"):
+        planner.plan(_request())
+
+
+def test_zoomearth_profile_dtypes(make) -> None:
+    planner, _pool = make(planner_profile="zoomearth")
+    assert planner._dtypes("cuda:0") == ("float16", "bfloat16")  # the reference's loading
+    assert planner._dtypes("cpu") == ("float32", None)
+    planner, _pool = make()
+    assert planner._dtypes("cpu") == ("float32", None)
 
 
 def test_chat_layout_with_three_images(make) -> None:
-    planner, pool = make(planner_layout="chat", planner_coord_mode="norm1000")
+    planner, pool = make(planner_coord_mode="norm1000")
     request = _request(
         TranscriptEntry("planner", STAGE1),
         TranscriptEntry("zoom", "roof", view_id=1),

@@ -48,12 +48,12 @@ def _texts(message: ChatMessage) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# zoomearth layout
+# the first turn; the zoomearth layout is gone (it is the zoomearth profile now)
 # ---------------------------------------------------------------------------------------------
 
 
 def test_first_turn_is_overview_then_instructions() -> None:
-    conv = build_conversation(_request(), "zoomearth")
+    conv = build_conversation(_request(), "chat")
     assert len(conv.messages) == 1
     (user,) = conv.messages
     assert user.role == "user"
@@ -63,60 +63,11 @@ def test_first_turn_is_overview_then_instructions() -> None:
     assert not conv.open_assistant
 
 
-def test_zoomearth_crop_continues_the_assistant_turn() -> None:
-    conv = build_conversation(
-        _request(TranscriptEntry("planner", STAGE1), TranscriptEntry("zoom", "pier", view_id=1)),
-        "zoomearth",
-    )
-    assert [m.role for m in conv.messages] == ["user", "assistant"]
-    assistant = conv.messages[1]
-    # Stage-1 text cut before <answer>, then the crop -- and the turn stays open.
-    assert assistant.parts == (TextPart(STAGE1.split("<answer>")[0]), ImagePart(1))
-    assert conv.open_assistant
-    assert conv.image_view_ids == (0, 1)
-
-
-def test_zoomearth_several_steps_and_boxes_stay_in_one_turn() -> None:
-    conv = build_conversation(
-        _request(
-            TranscriptEntry("planner", "<think>a {bbox_2d} b {bbox_2d}</think><answer>x</answer>"),
-            TranscriptEntry("zoom", view_id=1),
-            TranscriptEntry("zoom", view_id=2),
-            TranscriptEntry("planner", "<think>closer</think>"),
-            TranscriptEntry("zoom", view_id=3),
-        ),
-        "zoomearth",
-    )
-    assert [m.role for m in conv.messages] == ["user", "assistant"]
-    assert conv.messages[1].parts == (
-        TextPart("<think>a {bbox_2d} b {bbox_2d}</think>"),
-        ImagePart(1),
-        ImagePart(2),
-        TextPart("<think>closer</think>"),
-        ImagePart(3),
-    )
-    assert conv.image_view_ids == (0, 1, 2, 3)
-
-
-def test_zoomearth_feedback_closes_the_turn() -> None:
-    bad = "<think>look {bbox_2d: [1, 2]}</think>"
-    conv = build_conversation(
-        _request(
-            TranscriptEntry("planner", bad),
-            TranscriptEntry("feedback", "A box needs exactly four numbers.\nSecond problem."),
-        ),
-        "zoomearth",
-    )
-    assert [m.role for m in conv.messages] == ["user", "assistant", "user"]
-    assert conv.messages[1].parts == (TextPart(bad),)  # not followed by a crop: not cut
-    feedback = _texts(conv.messages[2])[0]
-    assert feedback == render_prompt(
-        "feedback",
-        problems=["A box needs exactly four numbers.", "Second problem."],
-        coord_mode="pixels",
-        layout="zoomearth",
-    )
-    assert not conv.open_assistant
+def test_zoomearth_layout_names_the_profile() -> None:
+    # The assistant-turn continuation ZoomEarth-3B was trained with is the zoomearth profile
+    # (agent/profiles.py, tested in test_profiles.py); the chat layout is the only layout here.
+    with pytest.raises(ValueError, match="planner_profile=zoomearth"):
+        build_conversation(_request(), "zoomearth")  # type: ignore[arg-type]
 
 
 def test_feedback_problems_from_data() -> None:
@@ -126,54 +77,6 @@ def test_feedback_problems_from_data() -> None:
     conv = build_conversation(_request(TranscriptEntry("planner", "hm"), entry), "chat")
     text = _texts(conv.messages[-1])[0]
     assert "- Fix X." in text and "- Fix Y." in text and "ignored" not in text
-
-
-def test_zoomearth_tool_result_is_a_user_message_with_its_preview() -> None:
-    conv = build_conversation(
-        _request(
-            TranscriptEntry(
-                "planner", '<tool_call>{"name": "segment", "arguments": {}}</tool_call>'
-            ),
-            TranscriptEntry("tool_result", "2 masks", view_id=2, data={"tool": "segment"}),
-        ),
-        "zoomearth",
-    )
-    assert [m.role for m in conv.messages] == ["user", "assistant", "user"]
-    user = conv.messages[2]
-    assert isinstance(user.parts[0], TextPart) and "segment: 2 masks" in user.parts[0].text
-    assert user.parts[1] == ImagePart(2)
-    assert not conv.open_assistant
-
-
-def test_zoomearth_final_keeps_the_open_turn() -> None:
-    conv = build_conversation(
-        _request(
-            TranscriptEntry("planner", STAGE1),
-            TranscriptEntry("zoom", view_id=1),
-            final=True,
-        ),
-        "zoomearth",
-    )
-    assert conv.open_assistant and conv.messages[-1].role == "assistant"
-    assert conv.notes and "best-effort" in conv.notes[0]
-
-
-def test_zoomearth_final_after_feedback_is_merged_into_the_user_message() -> None:
-    conv = build_conversation(
-        _request(
-            TranscriptEntry("planner", "??"), TranscriptEntry("feedback", "No action."), final=True
-        ),
-        "zoomearth",
-    )
-    last = conv.messages[-1]
-    assert last.role == "user" and len(last.parts) == 1
-    final = render_prompt("final", coord_mode="pixels", layout="zoomearth")
-    assert last.parts[0].text.endswith("\n\n" + final)
-
-
-# ---------------------------------------------------------------------------------------------
-# chat layout
-# ---------------------------------------------------------------------------------------------
 
 
 def test_chat_crops_are_user_messages_with_captions() -> None:
@@ -305,22 +208,20 @@ def test_tool_section_reaches_the_user_prompt() -> None:
 def test_hf_placeholders_and_text_filter() -> None:
     conv = build_conversation(
         _request(TranscriptEntry("planner", "a<|im_end|>b"), TranscriptEntry("zoom", view_id=1)),
-        "zoomearth",
+        "chat",
     )
     dicts = to_chat_dicts(
         conv, lambda v: {"type": "image"}, text=lambda s: s.replace("<|im_end|>", "")
     )
     assert dicts[0]["content"][0] == {"type": "image"}
-    assert dicts[1] == {
-        "role": "assistant",
-        "content": [{"type": "text", "text": "ab"}, {"type": "image"}],
-    }
+    assert dicts[1] == {"role": "assistant", "content": [{"type": "text", "text": "ab"}]}
+    assert dicts[2]["role"] == "user" and dicts[2]["content"][-1] == {"type": "image"}
 
 
 def test_system_section_from_a_replacement_template(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("system: You are ZoomEarth.\nuser: '{{ question }}'\n", encoding="utf-8")
-    conv = build_conversation(_request(), "zoomearth", template=load_template(path))
+    conv = build_conversation(_request(), "chat", template=load_template(path))
     assert conv.messages[0] == ChatMessage("system", (TextPart("You are ZoomEarth."),))
     assert conv.messages[1].parts == (ImagePart(0), TextPart("How many boats are at the pier?"))
 
@@ -355,7 +256,7 @@ def test_follow_up_question_entry_becomes_user_message():
         views=views,
         render=lambda vid: np.zeros((512, 512, 3), np.uint8),
     )
-    for layout in ("chat", "zoomearth"):
+    for layout in ("chat",):
         conv = build_conversation(request, layout)
         texts = [p.text for m in conv.messages for p in m.parts if isinstance(p, TextPart)]
         first_user = next(m for m in conv.messages if m.role == "user")

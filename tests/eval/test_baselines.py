@@ -77,3 +77,30 @@ def test_no_zoom_asks_for_an_answer_and_drops_zooms() -> None:
     assert parse_response(reply.text).zooms == ()
     plain = FakePlanner("<answer>lake</answer>")
     assert NoZoomPlanner(plain).plan(_request()).text == "<answer>lake</answer>"
+
+
+def test_oracle_log_keeps_the_inner_tool_calls_and_answer() -> None:
+    inner = FakePlanner(
+        '{"bbox_2d": [1, 2, 3, 4]}\n'
+        '<tool_call>{"name": "seg", "arguments": {"prompt": "a <\\/tool_call> b"}}</tool_call>\n'
+        "<answer>two</answer>"
+    )
+    oracle = OraclePlanner(inner)
+    oracle.set_target([1000, 500, 1200, 700])
+    reply = oracle.plan(_request())
+    (zoom,) = reply.parsed.zooms
+    assert zoom.source == '{"bbox_2d": [1000, 500, 1200, 700], "frame": "full"}'
+    shown = parse_response(reply.text)
+    assert shown.problems == ()
+    assert [(z.box, z.label) for z in shown.zooms] == [((500.0, 500.0, 600.0, 700.0), "oracle")]
+    assert [(c.name, c.arguments) for c in shown.tool_calls] == [
+        ("seg", {"prompt": "a </tool_call> b"})
+    ]
+    assert shown.answer == "two"
+
+
+def test_no_zoom_without_think_or_answer_logs_an_empty_think() -> None:
+    reply = NoZoomPlanner(FakePlanner('{"bbox_2d": [1, 2, 3, 4]}')).plan(_request())
+    assert reply.text == "<think></think>"
+    shown = parse_response(reply.text)
+    assert shown.zooms == () and shown.tool_calls == () and shown.answer is None

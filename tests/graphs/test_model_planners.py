@@ -9,11 +9,11 @@ import io
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
+from zoomearth.tools.registry import ToolRegistry
 
 from tests.agent.test_backend_openai import FakeServer, Scripted, completion
 from tests.scene.rasters import write_raster
 from zoomearth.api import Agent
-from zoomearth.tools.registry import ToolRegistry
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +36,71 @@ def _image_sizes(request_json):
     return sizes
 
 
-def test_openai_backend_drives_the_graph(settings, scene_path):
+def test_openai_backend_drives_the_zoomearth_profile(settings, scene_path, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(
+        b"\n<|im_start|>system\nTest. <|im_end|>\n<|im_start|>user\n"
+        b"<|vision_start|><|image_pad|><|vision_end|>{{question}}\nGo.\n<|im_end|>"
+        b"<|im_start|>assistant\n"
+    )
+    stage1 = (
+        '<think>The ship is near the right edge. '
+        '{"bbox_2d": [441, 168, 462, 189], "label": "ship"}</think><answer>maybe</answer>'
+    )
     server = FakeServer()
     try:
         server.script.extend([
-            Scripted(200, completion(
-                '<think>The ship is near the right edge. '
-                '{"bbox_2d": [441, 168, 462, 189], "label": "ship"}</think><answer>maybe</answer>')),
+            Scripted(200, completion(stage1)),
             Scripted(200, completion("<think>Clearly a ship.</think><answer>yes</answer>")),
         ])
         cfg = settings.model_copy(update={
             "planner": "openai", "planner_base_url": server.base_url,
             "planner_model": "HappyBug/ZoomEarth-3B", "planner_max_retries": 0,
+            "planner_prompt": prompt,
         })
         agent = Agent(cfg, registry=ToolRegistry(builtins={}, entry_point_group=None),
                       checkpointer=InMemorySaver(), strict=True)
         result = agent.ask(scene_path, "Is there a ship on the right?")
     finally:
         server.close()
+    assert result.profile == "zoomearth" and "names a ZoomEarth checkpoint" in result.profile_reason
+    assert result.answer == "yes" and result.stage_answers == ["maybe"]
+    posts = [r for r in server.requests if r["method"] == "POST"]
+    assert len(posts) == 2
+    # The reference's images: the 512 x 341 overview (int(4000 * 512 / 6000)) and the 512 crop,
+    # sent as rendered; the server's processor resizes them as the reference's did.
+    assert _image_sizes(posts[0]["json"]) == [(512, 341)]
+    assert _image_sizes(posts[1]["json"]) == [(512, 341), (512, 512)]
+    text2 = posts[1]["json"]["messages"][0]["content"][0]["text"]
+    placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert text2.endswith(stage1.split("<answer>")[0] + placeholder)
+    # The box is in the 512 frame on both axes: x and y scale 6000 / 512 = 11.71875 ->
+    # [5167, 1968, 5414, 2214] (int) -> a 512 square centred at (5290, 2091).
+    (zoom,) = result.zooms
+    assert zoom.box_xyxy == [5034, 1835, 5546, 2347]
+    assert result.visual_tokens == 216 + (216 + 324)  # the processor's 504 x 336 and 504 x 504
+
+
+def test_openai_backend_drives_the_agent_profile(settings, scene_path):
+    server = FakeServer()
+    try:
+        server.script.extend([
+            Scripted(200, completion(
+                '<think>The ship is near the right edge. '
+                '{"bbox_2d": [441, 168, 462, 189], "label": "ship"}</think>'
+                '<answer>maybe</answer>')),
+            Scripted(200, completion("<think>Clearly a ship.</think><answer>yes</answer>")),
+        ])
+        cfg = settings.model_copy(update={
+            "planner": "openai", "planner_base_url": server.base_url,
+            "planner_model": "Qwen/Qwen2.5-VL-7B-Instruct", "planner_max_retries": 0,
+        })
+        agent = Agent(cfg, registry=ToolRegistry(builtins={}, entry_point_group=None),
+                      checkpointer=InMemorySaver(), strict=True)
+        result = agent.ask(scene_path, "Is there a ship on the right?")
+    finally:
+        server.close()
+    assert result.profile == "agent"
     assert result.answer == "yes" and result.stage_answers == ["maybe"]
     posts = [r for r in server.requests if r["method"] == "POST"]
     assert len(posts) == 2

@@ -1,5 +1,10 @@
 """Shared training fixtures: synthetic scenes with planted objects, LRS-GRO-format records whose
-boxes come from those objects, prepared data, and a tiny random Qwen2.5-VL built offline."""
+boxes come from those objects, prepared data (agent and zoomearth profiles), and a tiny random
+Qwen2.5-VL built offline.
+
+The zoomearth profile's prompt file here is made up for the tests (the checkpoint's own text is
+never used in tests): a chat-shaped raw text with the overview placeholder and ``{{question}}``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,14 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 #: Small rendered sides keep the tiny model's sequences short (the frames logic is the same).
 SIDES = {"overview_side": 224, "view_side": 224, "min_crop": 512}
+
+#: A made-up zoomearth-profile prompt (not the checkpoint's text).
+TEST_PROMPT = (
+    "<|im_start|>system\nTest helper.<|im_end|>\n<|im_start|>user\n"
+    "<|vision_start|><|image_pad|><|vision_end|>Q: {{question}}\n"
+    'Think in <think> </think>; to look closer write {"bbox_2d": [x1, y1, x2, y2]}; '
+    "answer in <answer> </answer>.<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 def make_settings(root: Path, **flags: Any) -> Any:
@@ -85,6 +98,23 @@ def prepared(train_root: Path, scenes: dict[str, Any]) -> Path:
 
     out = train_root / "prepared"
     prepare(scenes["records"], scenes["folder"], out, settings=make_settings(train_root))
+    return out
+
+
+@pytest.fixture(scope="session")
+def prompt_file(train_root: Path) -> Path:
+    path = train_root / "test_prompt.txt"
+    path.write_bytes(TEST_PROMPT.encode("utf-8"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared_zoomearth(train_root: Path, scenes: dict[str, Any], prompt_file: Path) -> Path:
+    from zoomearth.train.data import prepare
+
+    out = train_root / "prepared-zoomearth"
+    settings = make_settings(train_root, planner_prompt=prompt_file)
+    prepare(scenes["records"], scenes["folder"], out, settings=settings, profile="zoomearth")
     return out
 
 

@@ -25,6 +25,56 @@ def test_example_configs_validate() -> None:
     assert grpo.rewards.region_guided_scale == 200
 
 
+def test_reference_example_config_loads_with_the_reference_values() -> None:
+    path = REPO / "examples" / "train" / "grpo_reference.yaml"
+    config = load_train_config(path)
+    config.check_grpo()
+    t, g, r = config.training, config.grpo, config.rewards
+    assert (g.beta, t.learning_rate, g.num_generations) == (0.04, 1e-7, 4)
+    assert (t.batch_size, t.grad_accum, t.epochs, t.max_steps) == (4, 2, 1.0, -1)
+    assert (t.precision, t.gradient_checkpointing, t.attn_implementation) == ("bf16", True, "sdpa")
+    assert (t.save_steps, t.data_seed, t.seed, t.logging_steps) == (50, 42, 42, 1)
+    assert config.data.limit == 2400 and not config.lora.enabled
+    stage1, stage2 = g.stages()
+    assert (stage1.temperature, stage1.max_new_tokens, stage1.top_p, stage1.top_k) == (
+        1.0, 2048, 1.0, 50
+    )
+    assert (stage2.temperature, stage2.max_new_tokens, stage2.top_p, stage2.top_k) == (
+        0.7, 800, None, None
+    )
+    assert (g.scale_rewards, g.loss_type, g.epsilon) == ("none", "grpo", 0.2)
+    assert (r.box_frame, r.exact_match_frame) == ("reference", "reference")
+    assert r.region_guided_scale == 200
+    assert r.weight_list() == [1.0, 1.0, 1.0] and (r.min_crop, r.answer_threshold) == (512, 0.8)
+    # Every value says where it comes from.
+    for line in path.read_text().splitlines():
+        code = line.split("#", 1)[0]
+        if ":" in code and code.split(":", 1)[1].strip():
+            assert "#" in line, f"no origin noted for: {line.strip()}"
+
+
+def test_grpo_stage_defaults_and_older_keys(tmp_path: Path) -> None:
+    from zoomearth.train.config import GRPOSection
+
+    stage1, stage2 = GRPOSection().stages()
+    assert (stage1.temperature, stage1.max_new_tokens) == (1.0, 2048)
+    assert (stage2.temperature, stage2.max_new_tokens) == (0.7, 800)
+    assert GRPOSection().scale_rewards == "none" and GRPOSection().loss_type == "grpo"
+    # The older both-stage keys still load (examples/train/grpo.yaml uses them).
+    older = GRPOSection.model_validate({"max_stage_tokens": 8, "temperature": 0.9})
+    assert [(s.max_new_tokens, s.temperature) for s in older.stages()] == [(8, 0.9), (8, 0.9)]
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model: m\noutput_dir: o\ndata: {path: x}\n"
+        "grpo: {max_stage_tokens: 8, stage2: {temperature: 0.7, max_new_tokens: 9}}\n"
+    )
+    with pytest.raises(TrainConfigError, match="cannot be combined with grpo.stage2"):
+        load_train_config(path)
+    path.write_text("model: m\noutput_dir: o\ndata: {path: x}\ngrpo: {scale_rewards: std}\n")
+    with pytest.raises(TrainConfigError, match="grpo.scale_rewards"):
+        load_train_config(path)
+
+
 def test_config_paths_overrides_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("model: m\noutput_dir: out\ndata: {path: d/sft.jsonl}\n")
@@ -91,6 +141,22 @@ def test_cli_prepare(tmp_path: Path, scenes: dict, capsys: pytest.CaptureFixture
     )
     assert cmd_train(args, make_settings(tmp_path)) == 0
     assert "skipped 3 already written" in capsys.readouterr().out
+
+
+def test_cli_prepare_zoomearth_profile(
+    tmp_path: Path, scenes: dict, prompt_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zoomearth.train.cli import cmd_train
+
+    records = tmp_path / "r.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in scenes["records"][2:3]))
+    args = _parser().parse_args(
+        ["train", "prepare", str(records), "--images", str(scenes["folder"]), "-o",
+         str(tmp_path / "o"), "--profile", "zoomearth", "--json"]
+    )
+    assert cmd_train(args, make_settings(tmp_path, planner_prompt=prompt_file)) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["profile"], stats["written"], stats["inexact_overviews"]) == ("zoomearth", 1, 0)
 
 
 def test_cli_sft_parses_config_flag() -> None:

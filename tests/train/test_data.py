@@ -1,24 +1,33 @@
-"""``zoomearth train prepare``: frames, layout, crops, resumability, errors."""
+"""``zoomearth train prepare``: frames, layout, crops, resumability, errors; both profiles."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from zoomearth.agent.frames import planner_box_to_full, seen_size, zoom_region
+from zoomearth.agent.protocol import (
+    VISION_PLACEHOLDER,
+    format_turn,
+    reference_answer,
+    reference_bboxes,
+    stage2_prefix,
+)
 
 from zoomearth.geometry import PixelBox, ViewSpec
 from zoomearth.train.data import (
     PrepareError,
     bbox_to_full,
+    full_to_reference_box,
     full_to_seen_box,
     load_jsonl,
     prepare,
+    stage_texts,
 )
 
-from .conftest import make_settings
+from .conftest import TEST_PROMPT, make_settings
 
 
 def test_bbox_frame_is_long_side_1024() -> None:
@@ -55,14 +64,13 @@ def test_prepare_layout_frames_and_crops(prepared: Path, scenes: dict) -> None:
     # Ground truth back in full resolution = the planted object (bbox rounded to 0.01 in 1024).
     assert g["gt_box_full"] == pytest.approx(list(obj.box_xyxy), abs=0.02)
     # The box written in stage 1 is the ground truth in the seen frame.
-    written = json.loads(row["stage1"].split("look closer at ", 1)[1].split(".</think>")[0])
-    assert written["bbox_2d"] == g["gt_box_view"]
+    assert row["profile"] == g["profile"] == "agent"
+    (written,) = reference_bboxes(row["stage1"])
+    assert written == g["gt_box_view"]
     ov = ViewSpec(0, PixelBox(0, 0, 1536, 1024), 224, 149)
     assert tuple(g["gt_box_view"]) == full_to_seen_box(PixelBox(*obj.box_xyxy), ov, (224, 140))
     # The crop is what the agent would read for that box.
-    region, _ = zoom_region(
-        planner_box_to_full(written["bbox_2d"], "pixels", ov, (224, 140)), 1536, 1024
-    )
+    region, _ = zoom_region(planner_box_to_full(written, "pixels", ov, (224, 140)), 1536, 1024)
     assert row["crop_spec"]["region_xyxy"] == pytest.approx(region.snap_out().as_list())
     with Image.open(prepared / row["crop"]) as crop:
         assert max(crop.size) == 224
@@ -93,6 +101,95 @@ def test_prepare_layout_frames_and_crops(prepared: Path, scenes: dict) -> None:
     ]
 
 
+def test_stage_texts_are_format_turn() -> None:
+    record = {"ground_truth": "ship ", "type": "object"}
+    stage1, stage2 = stage_texts(record, (10, 20, 30, 40))
+    assert stage1 == format_turn(
+        "The object in question is too small to judge in the overview; I will look closer at it.",
+        [{"bbox_2d": [10, 20, 30, 40], "label": "object"}],
+    )
+    assert reference_bboxes(stage1) == [[10, 20, 30, 40]] and "<answer>" not in stage1
+    assert reference_answer(stage2) == "ship" and stage2.startswith("<think>")
+    glob, empty = stage_texts({"ground_truth": "rural", "type": "global"}, None)
+    assert empty == "" and reference_answer(glob) == "rural"
+
+
+def test_full_to_reference_box() -> None:
+    # 1536 x 1024: the overview is 512 x 341, one unit = 3 px; rounded, inside, at least 1 px.
+    assert full_to_reference_box(PixelBox(300, 600, 331, 631), 1536, 1024) == (100, 200, 110, 210)
+    assert full_to_reference_box(PixelBox(1535, 1023, 1536, 1024), 1536, 1024) == (
+        511, 340, 512, 341
+    )
+    # Under 512 px the overview is the image (factor 1).
+    assert full_to_reference_box(PixelBox(10, 10, 20, 20), 400, 300) == (10, 10, 20, 20)
+
+
+def test_prepare_zoomearth_profile(
+    prepared_zoomearth: Path, scenes: dict, prompt_file: Path
+) -> None:
+    from PIL import Image
+    from zoomearth.agent.profiles import (
+        ZoomEarthProfile,
+        load_zoomearth_prompt,
+        reference_crop_xyxy,
+        reference_resized_size,
+    )
+
+    from zoomearth.scene import Scene
+
+    profile = ZoomEarthProfile(load_zoomearth_prompt(prompt_file))
+    sft = {r["question_id"]: r for r in load_jsonl(prepared_zoomearth / "sft.jsonl")}
+    grpo = {r["question_id"]: r for r in load_jsonl(prepared_zoomearth / "grpo.jsonl")}
+    row, g = sft["A-0"], grpo["A-0"]
+    assert row["profile"] == g["profile"] == "zoomearth"
+    # Stage-1 input: the profile's raw text (the made-up prompt, question substituted).
+    question = scenes["records"][0]["question"]
+    assert row["prompt_text"] == g["prompt_text"] == profile.stage1_text(question)
+    assert row["prompt_text"] == TEST_PROMPT.replace("{{question}}", question)
+    # Overview: the reference's 512-long-side bicubic resize, pixel for pixel.
+    with Scene.open(scenes["a"].image_path) as scene:
+        full = Image.fromarray(scene.render(None, max_side=None).rgb)
+    with Image.open(prepared_zoomearth / row["overview"]) as overview:
+        spec = row["overview_spec"]
+        assert overview.size == (512, 341) == (spec["width"], spec["height"])
+        expected = full.resize((512, 341), Image.Resampling.BICUBIC)
+        assert np.array_equal(np.asarray(overview.convert("RGB")), np.asarray(expected))
+    assert row["overview_seen"] == [504, 336] and row["overview_exact"] is True
+    # The written box: the ground truth in the 512 frame (1536 / 512 = 3 px per unit).
+    (written,) = reference_bboxes(row["stage1"])
+    assert written == g["gt_box_view"]
+    assert tuple(written) == full_to_reference_box(PixelBox(*g["gt_box_full"]), 1536, 1024)
+    # The crop: the reference's window for that box, resized to long side 512.
+    window = reference_crop_xyxy([v * 3 for v in written], 1536, 1024)
+    assert row["crop_spec"]["region_xyxy"] == list(window)
+    with Image.open(prepared_zoomearth / row["crop"]) as crop:
+        expected = full.crop(window)
+        size = reference_resized_size(*expected.size)
+        if size != expected.size:
+            expected = expected.resize(size, Image.Resampling.BICUBIC)
+        assert crop.size == expected.size
+        assert np.array_equal(np.asarray(crop.convert("RGB")), np.asarray(expected))
+    # The SFT sequence: the reference's stage-2 input continued by the stage-2 output.
+    assert row["target_text"] == stage2_prefix(row["stage1"]) + VISION_PLACEHOLDER + row["stage2"]
+    assert row["prompt_text"] + row["target_text"] == (
+        profile.stage2_text(question, row["stage1"]) + row["stage2"]
+    )
+    assert row["images"] == [row["overview"], row["crop"]] and "messages" not in row
+    glob = sft["A-g"]
+    assert glob["target_text"] == glob["stage1"] and glob["images"] == [glob["overview"]]
+
+
+def test_prepare_zoomearth_needs_the_prompt_file(tmp_path: Path, scenes: dict) -> None:
+    with pytest.raises(PrepareError, match="planner_prompt"):
+        prepare(
+            scenes["records"][:1],
+            scenes["folder"],
+            tmp_path / "o",
+            settings=make_settings(tmp_path),
+            profile="zoomearth",
+        )
+
+
 def test_prepare_resumes_and_repairs_a_torn_line(tmp_path: Path, scenes: dict) -> None:
     settings = make_settings(tmp_path)
     records = scenes["records"][:3]
@@ -117,6 +214,9 @@ def test_prepare_counts_missing_images_and_bad_boxes(tmp_path: Path, scenes: dic
     assert (stats.missing_images, stats.bad_boxes, stats.written) == (1, 1, 1)
     row = load_jsonl(tmp_path / "o" / "sft.jsonl")[0]
     assert row["question_id"] == "bad" and row["crop"] is None
+    # The reward still scores against the LRS-GRO box, as the reference does.
+    g = load_jsonl(tmp_path / "o" / "grpo.jsonl")[0]
+    assert g["gt_box_full"] == pytest.approx([7500, 7500, 7501.5, 7501.5])
 
 
 def test_prepare_errors(tmp_path: Path, scenes: dict) -> None:

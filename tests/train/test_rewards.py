@@ -1,7 +1,8 @@
 """Hand-worked cases for the format, box (IoU + Region-Guided) and answer rewards.
 
-Frame used by the box cases: a 5120 x 5120 image, an overview of 512 x 512 that the model sees
-unresized (seen = 512 x 512), so one overview pixel is 10 full-resolution pixels.
+Frame used by the box cases: a 5120 x 5120 image and the reference's 512 x 512 overview, so one
+overview pixel is 10 full-resolution pixels (``ReferenceFrame``). The parity with the reference's
+reward code on generated cases is in ``test_reward_parity.py``.
 """
 
 from __future__ import annotations
@@ -11,46 +12,48 @@ import math
 import pytest
 
 from zoomearth.geometry import PixelBox, ViewSpec
+from zoomearth.train import rewards
 from zoomearth.train.rewards import (
     BoxTarget,
+    ProcessorFrame,
+    ReferenceFrame,
     answer_reward,
     box_reward,
     crop_area_iou,
-    extract_bboxes,
-    extract_tag,
     format_reward,
+    frame_from_row,
     make_reward_funcs,
     reference_crop_area,
+    reference_training_box_factor,
     region_guided_term,
 )
 
 OVERVIEW = ViewSpec(0, PixelBox(0, 0, 5120, 5120), 512, 512)
+FRAME = ReferenceFrame(5120, 5120)
 # Ground truth: full-resolution (1000, 1000, 1100, 1100); LRS-GRO frame (x 1024/5120): 200..220.
-TARGET = BoxTarget(
-    (1000.0, 1000.0, 1100.0, 1100.0), (200.0, 200.0, 220.0, 220.0), OVERVIEW, (512, 512)
-)
+TARGET = BoxTarget((1000.0, 1000.0, 1100.0, 1100.0), (200.0, 200.0, 220.0, 220.0), FRAME)
 
 
 def stage1(box: str) -> str:
     return f'<think>look at {{"bbox_2d": {box}, "label": "ship"}}</think>'
 
 
-# ---- tags and boxes ----------------------------------------------------------------------------
+# ---- readers ------------------------------------------------------------------------------------
 
 
-def test_extract_tag_reference_pattern() -> None:
-    assert extract_tag("<think>  a b \n</think>", "think") == "a b"
-    assert extract_tag("<answer >x</answer >", "answer") == "x"
-    assert extract_tag("<answer></answer>", "answer") == ""
-    assert extract_tag("<answer>x", "answer") is None
-    assert extract_tag(None, "answer") is None
-    assert extract_tag("<answer>a</answer><answer>b</answer>", "answer") == "a"  # first one
+def test_rewards_read_with_the_protocol_readers() -> None:
+    from zoomearth.agent import protocol
 
-
-def test_extract_bboxes_keeps_wrong_lengths_and_skips_non_numbers() -> None:
+    # One source for the reference's patterns: the protocol module.
+    assert rewards.reference_tag is protocol.reference_tag
+    assert rewards.reference_bboxes is protocol.reference_bboxes
+    assert not [name for name in vars(rewards) if name.endswith("_RE") or name == "_tag_re"]
+    # The readers' semantics the rewards rely on (first block, stripped; lists of numbers).
+    assert protocol.reference_tag("<think>  a b \n</think>", "think") == "a b"
+    assert protocol.reference_tag("<answer></answer>", "answer") == ""
+    assert protocol.reference_tag("<answer>a</answer><answer>b</answer>", "answer") == "a"
     text = '"bbox_2d": [1, 2, 3, 4] "bbox_2d": [1,2,3] "bbox_2d": [] "bbox_2d": ["a", 1]'
-    assert extract_bboxes(text) == [[1, 2, 3, 4], [1, 2, 3]]
-    assert extract_bboxes("no box") == []
+    assert protocol.reference_bboxes(text) == [[1, 2, 3, 4], [1, 2, 3]]
 
 
 # ---- format ------------------------------------------------------------------------------------
@@ -146,16 +149,70 @@ def test_box_reward_degenerate_is_zero(text: str) -> None:
 
 
 def test_box_reward_without_ground_truth_is_zero() -> None:
-    target = BoxTarget(None, None, OVERVIEW, (512, 512))
+    target = BoxTarget(None, None, FRAME)
     assert box_reward(stage1("[100, 100, 110, 110]"), target) == 0.0
 
 
-def test_box_reward_uses_first_box_and_seen_frame() -> None:
+@pytest.mark.parametrize(
+    "box", ["[nan, 1, 2, 3]", "[1, inf, 2, 3]", "[1e308, 1e308, 1e308, 1e308]"]
+)
+def test_box_reward_non_finite_is_zero(box: str) -> None:
+    # The reference raises in int(); here such a box is worth nothing.
+    assert box_reward(stage1(box), TARGET) == 0.0
+
+
+def test_box_reward_uses_first_box() -> None:
     text = stage1("[150, 100, 160, 110]") + stage1("[100, 100, 110, 110]")
     assert box_reward(text, TARGET) == pytest.approx(0.391807, abs=1e-6)
-    # Seen at 256 x 256: [50, 50, 55, 55] -> x 20 -> (1000, 1000, 1100, 1100): exact centre.
-    half = BoxTarget(TARGET.gt_full, TARGET.exact, OVERVIEW, (256, 256))
+
+
+def test_reference_frame_is_the_512_overview() -> None:
+    # 5000 x 3000: the overview is 512 x 307 and one unit is 5000 / 512 px on *both* axes.
+    frame = ReferenceFrame(5000, 3000)
+    assert frame.overview_size() == (512, 307)
+    assert frame.factor == 5000 / 512
+    assert frame.to_full([512, 307, 0, 0]) == [5000.0, 307 * 5000 / 512, 0.0, 0.0]
+    assert frame.whole() == [0.0, 0.0, 512.0, 307.0]
+    # Images under 512 px are not resized, and the trainer does not scale their boxes.
+    assert reference_training_box_factor(400, 300) == 1.0
+    assert ReferenceFrame(400, 300).overview_size() == (400, 300)
+
+
+def test_training_factor_is_the_trainers_expression() -> None:
+    from zoomearth.agent.profiles import reference_box_factor
+
+    # The trainer's max(W, H) / 512 is exact; the evaluation's 1 / (512 / W) is one unit in the
+    # last place off for some sizes -- enough to move an int()-truncated crop by a pixel.
+    assert reference_training_box_factor(737, 600) == 737 / 512 == 1.439453125
+    assert reference_box_factor(737, 600) != reference_training_box_factor(737, 600)
+    assert reference_box_factor(5120, 100) == reference_training_box_factor(5120, 100) == 10.0
+    # 782 x 782: the box [246, 246, 256, 256] ends at x = 391 exactly with the trainer's factor,
+    # at 390.99... with the evaluation's -- and the reward's crop area moves by one pixel.
+    box = [246, 246, 256, 256]
+    trainer = reference_crop_area(ReferenceFrame(782, 782).to_full(box))
+    evaluation = reference_crop_area([v * reference_box_factor(782, 782) for v in box])
+    assert (trainer, evaluation) == ([127, 127, 639, 639], [126, 126, 638, 638])
+
+
+def test_processor_frame_is_the_seen_overview() -> None:
+    # A general model that saw the 512 x 512 overview at 256 x 256: [50, 50, 55, 55] -> x 20.
+    half = BoxTarget(TARGET.gt_full, TARGET.exact, ProcessorFrame(OVERVIEW, (256, 256)))
     assert box_reward(stage1("[50, 50, 55, 55]"), half) == pytest.approx(2.0)
+    # Seen at 504 x 504 (Qwen2.5-VL): the same numbers land ~1.6 % further out than in the
+    # reference frame, and the reward differs.
+    seen504 = BoxTarget(TARGET.gt_full, TARGET.exact, ProcessorFrame(OVERVIEW, (504, 504)))
+    text = stage1("[150, 100, 160, 110]")
+    assert box_reward(text, seen504) != pytest.approx(box_reward(text, TARGET), abs=1e-3)
+
+
+def test_frame_from_row() -> None:
+    assert frame_from_row({"scene_size": [5120, 5120]}, "reference") == FRAME
+    row = {"overview_spec": OVERVIEW.to_dict(), "overview_seen": [504, 504]}
+    assert frame_from_row(row, "processor") == ProcessorFrame(OVERVIEW, (504, 504))
+    with pytest.raises(KeyError, match="scene_size"):
+        frame_from_row(row, "reference")
+    with pytest.raises(ValueError, match="Unknown box frame"):
+        frame_from_row(row, "seen")
 
 
 # ---- answer ------------------------------------------------------------------------------------
@@ -211,18 +268,28 @@ def test_trl_reward_functions_read_rollout_fields_and_columns() -> None:
         "gt_box_full": [[1000, 1000, 1100, 1100], []],
         "bbox": [[200, 200, 220, 220], []],
         "gt_box_view": [[100, 100, 110, 110], []],
+        "scene_size": [[5120, 5120], [5120, 5120]],
         "overview_spec": [OVERVIEW.to_dict(), OVERVIEW.to_dict()],
-        "overview_seen": [[512, 512], [512, 512]],
+        "overview_seen": [[504, 504], [504, 504]],
         "ground_truth": ["car", "car"],
     }
     fmt, box, ans = (f(prompts=["q1", "q2"], completions=["", ""], **columns) for f in funcs)
     assert fmt == [1.0, 1.0]
+    # The default frame is the reference's 512 overview: [100 ...] is exactly the ground truth.
     assert box[0] == pytest.approx(2.0) and box[1] == 0.0
     assert ans == [1.0, 0.5]
     # exact_match_frame=view: the numbers of the SFT target count as exact.
     view_box = make_reward_funcs(exact_match_frame="view", similarity=None)[1]
-    columns["stage1"][0] = stage1("[100, 100, 110, 110]")
     assert view_box(completions=["", ""], **columns)[0] == 2.0
+    # The processor frame (general models): the same numbers in the 504 x 504 seen overview.
+    processor_box = make_reward_funcs(box_frame="processor", similarity=None)[1]
+    shifted = processor_box(completions=["", ""], **columns)[0]
+    assert 0.0 < shifted < 2.0
+    with pytest.raises(ValueError, match="Unknown box frame"):
+        make_reward_funcs(box_frame="seen")  # type: ignore[arg-type]
+    del columns["scene_size"]
+    with pytest.raises(KeyError, match="scene_size"):
+        funcs[1](completions=["", ""], **columns)
 
 
 def test_default_similarity_is_the_projects_wordnet() -> None:

@@ -63,6 +63,35 @@ def test_sft_collator_trains_on_assistant_text_only(prepared: Path, tiny_model: 
     assert pads == int(grids.prod(dim=-1).sum()) // 4
 
 
+def test_sft_collator_zoomearth_profile_is_the_raw_reference_sequence(
+    prepared_zoomearth: Path, tiny_model: Path
+) -> None:
+    import re
+
+    from transformers import AutoProcessor
+
+    from zoomearth.train.data import load_jsonl
+    from zoomearth.train.sft import IGNORE_INDEX, ZoomSFTCollator
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    rows = {r["question_id"]: r for r in load_jsonl(prepared_zoomearth / "sft.jsonl")}
+    batch = ZoomSFTCollator(processor, prepared_zoomearth)(
+        [{"row": json.dumps(rows["A-0"])}, {"row": json.dumps(rows["A-g"])}]
+    )
+    tok = processor.tokenizer
+    row = rows["A-0"]
+    ids = batch["input_ids"][0][batch["attention_mask"][0] == 1]
+    text = re.sub(r"(<\|image_pad\|>)+", "<|image_pad|>", tok.decode(ids))
+    # No chat template: the raw profile text, then the stage-2 continuation and <eos>.
+    assert text == row["prompt_text"] + row["target_text"] + tok.eos_token
+    labels = batch["labels"][0]
+    learned = tok.decode(labels[labels != IGNORE_INDEX])
+    assert learned == row["stage1"] + row["stage2"] + tok.eos_token  # the crop is masked
+    glob = batch["labels"][1]
+    assert tok.decode(glob[glob != IGNORE_INDEX]) == rows["A-g"]["stage1"] + tok.eos_token
+    assert batch["image_grid_thw"].shape[0] == 3
+
+
 @pytest.fixture(scope="module")
 def sft_result(prepared: Path, tiny_model: Path, train_root: Path) -> Any:
     from zoomearth.train.sft import train_sft
@@ -171,17 +200,142 @@ def test_grpo_two_steps_with_two_stage_rollouts(grpo_run: dict) -> None:
     assert all(r["reward_std"] > 0 for r in logs)
     assert all(r["rewards/format_reward/std"] > 0 and r["rewards/box_reward/std"] > 0 for r in logs)
     assert all(r["frac_reward_zero_std"] == 0 for r in logs)
-    # Two of four generations zoomed: crops from the full-resolution scene, at least 512 px.
-    regions = grpo_run["rollout"].last_regions
-    assert [r is not None for r in regions] == [True, False, True, False]
-    for region in filter(None, regions):
+    # Every generation of a question with a box has a stage 2 (the reference's rule): the two
+    # that zoomed get their crop, the two without a box the whole image.
+    rollout = grpo_run["rollout"]
+    regions = rollout.last_regions
+    assert all(r is not None for r in regions) and len(regions) == 4
+    assert [r.as_list() == [0, 0, 1536, 1024] for r in regions] == [False, True, False, True]
+    assert rollout.last_notes[1] == "no usable bbox_2d: the whole image"
+    for region in regions:
         assert region.width >= 512 and region.height >= 512
     # Stage 2 continued the assistant turn: stage-1 text (cut), then the crop, no end-of-turn.
     for text in grpo_run["seen"]:
         tail = text.rsplit("<|im_start|>assistant\n", 1)[1]
-        assert tail.startswith("<think>zoom {") and "<|im_end|>" not in tail
+        assert tail.startswith(("<think>zoom {", "noise")) and "<|im_end|>" not in tail
         assert tail.endswith("<|vision_end|>") and text.count("<|vision_start|>") == 2
     assert (result.output_dir / "curves.png").exists()
+
+
+def zoomearth_sampler(processor: Any, seen: list[tuple[int, int, str]]) -> Any:
+    """Stage 1: even generations zoom on the ground truth (512 frame), odd ones answer without a
+    box; stage 2 answers. Records ``(stage, max_new_tokens, decoded input)``."""
+    import torch
+
+    tok = processor.tokenizer
+
+    def sample(model: Any, inputs: Any, n: int, max_new: int, stage: int, row: Any) -> Any:
+        seen.append((stage, max_new, tok.decode(inputs["input_ids"][0])))
+        if stage == 2:
+            texts = [f"<think>seen</think><answer>{row['ground_truth']}</answer><|im_end|>"] * n
+        else:
+            box = ", ".join(str(int(v)) for v in row["gt_box_view"])
+            texts = [
+                f'<think>zoom {{"bbox_2d": [{box}]}}</think><|im_end|>'
+                if k % 2 == 0
+                else "<think>whole</think><answer>no idea</answer><|im_end|>"
+                for k in range(n)
+            ]
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(len(i) for i in ids)
+        return torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
+
+    return sample
+
+
+def test_grpo_zoomearth_profile_rollout(
+    prepared_zoomearth: Path, tiny_model: Path, train_root: Path, prompt_file: Path
+) -> None:
+    import re
+
+    from transformers import AutoProcessor
+    from zoomearth.agent.profiles import ZoomEarthProfile, load_zoomearth_prompt
+
+    from zoomearth.train.grpo import make_grpo_trainer
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    seen: list[tuple[int, int, str]] = []
+    config = _config(
+        tiny_model,
+        prepared_zoomearth / "grpo.jsonl",
+        train_root / "grpo-zoomearth",
+        training={"batch_size": 4, "max_steps": 1},
+        data={"limit": 1},
+    )
+    trainer, _proc, rollout = make_grpo_trainer(
+        config,
+        settings=make_settings(train_root),
+        sample=zoomearth_sampler(processor, seen),
+        similarity=None,
+    )
+    # Advantages are reward minus the group mean (no std scaling); log-probs untempered.
+    assert (trainer.args.scale_rewards, trainer.args.loss_type) == ("none", "grpo")
+    assert trainer.args.temperature == 1.0 and rollout.box_frame == "reference"
+    trainer.train()
+    # Per-stage sampling: the reference's budgets (temperatures are checked in the unit test).
+    assert {(stage, n) for stage, n, _ in seen} == {(1, 2048), (2, 800)}
+    # Stage 1 is the raw profile text; stage 2 is ZoomEarthProfile.stage2_text exactly.
+    profile = ZoomEarthProfile(load_zoomearth_prompt(prompt_file))
+    row = rollout.rows["A-0"]
+
+    def collapse(text: str) -> str:
+        return re.sub(r"(<\|image_pad\|>)+", "<|image_pad|>", text)
+
+    stage1_inputs = [collapse(t) for stage, _, t in seen if stage == 1]
+    assert set(stage1_inputs) == {profile.stage1_text(row["question"])}
+    numbers = ", ".join(str(int(v)) for v in row["gt_box_view"])
+    zoom_text = f'<think>zoom {{"bbox_2d": [{numbers}]}}</think>'
+    stage2_inputs = {collapse(t) for stage, _, t in seen if stage == 2}
+    assert stage2_inputs == {
+        profile.stage2_text(row["question"], zoom_text),
+        profile.stage2_text(row["question"], "<think>whole</think><answer>no idea</answer>"),
+    }
+    # Crops: the reference window of the 512-frame box (x 3 on both axes for 1536 x 1024), and
+    # without a box the whole overview mapped back: (0, 0, 512 x 3, 341 x 3).
+    from zoomearth.agent.profiles import reference_crop_xyxy
+
+    box = [v * 3 for v in row["gt_box_view"]]
+    expected = list(reference_crop_xyxy(box, 1536, 1024))
+    regions = [r.as_list() for r in rollout.last_regions]
+    assert regions == [expected, [0, 0, 1536, 1023], expected, [0, 0, 1536, 1023]]
+    assert all(max(imgs[1].size) == 512 for imgs in rollout.last_images)
+    # Advantages = summed reward - group mean, not divided by the group's std.
+    names = ("format_reward", "box_reward", "answer_reward")
+    per_func = [trainer._logs["rewards"][n] for n in names]
+    rewards = [sum(vals) for vals in zip(*per_func, strict=True)]
+    mean = sum(rewards) / len(rewards)
+    assert list(trainer._logs["advantages"]) == pytest.approx([r - mean for r in rewards])
+    assert max(abs(a) for a in trainer._logs["advantages"]) > 1.0  # not unit-std scaled
+
+
+def test_default_sampler_uses_each_stages_settings(tmp_path: Path) -> None:
+    import torch
+
+    from zoomearth.train.config import StageSampling
+    from zoomearth.train.grpo import TwoStageRollout
+
+    calls: list[dict[str, Any]] = []
+
+    class FakeModel:
+        def generate(self, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return torch.zeros((kwargs["num_return_sequences"], 5), dtype=torch.long)
+
+    rollout = TwoStageRollout({}, tmp_path)
+    sample = rollout._default_sample(None, {7}, 0)
+    inputs = {"input_ids": torch.zeros((1, 3), dtype=torch.long)}
+    assert sample(FakeModel(), inputs, 4, 2048, 1, {}).shape == (4, 2)
+    sample(FakeModel(), inputs, 1, 800, 2, {})
+    first, second = calls
+    assert (first["temperature"], first["top_k"], first["top_p"]) == (1.0, 50, 1.0)
+    assert first["max_new_tokens"] == 2048 and first["suppress_tokens"] == [7]
+    # Stage 2: temperature 0.7; top-p / top-k left to the checkpoint's generation_config.
+    assert second["temperature"] == 0.7 and "top_k" not in second and "top_p" not in second
+    custom = TwoStageRollout(
+        {}, tmp_path, stage2=StageSampling(temperature=0.5, max_new_tokens=9, top_k=0)
+    )
+    custom._default_sample(None, set(), 0)(FakeModel(), inputs, 1, 9, 2, {})
+    assert (calls[-1]["temperature"], calls[-1]["top_k"]) == (0.5, 0)
 
 
 @pytest.mark.slow
@@ -221,3 +375,25 @@ def test_grpo_checkpoint_completes_an_ask(grpo_run: dict, scenes: dict, train_ro
     result = agent.ask(scenes["a"].image_path, "What kind of object is in the middle?")
     assert result.status == "answered"
     assert result.answer is not None and result.planner.startswith("transformers")
+
+
+def test_stage2_inputs_appending_equals_whole_text_tokenisation(tiny_model: Path) -> None:
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor
+    from zoomearth.agent.protocol import VISION_PLACEHOLDER
+
+    from zoomearth.train.grpo import stage2_inputs
+
+    from .conftest import TEST_PROMPT
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    images = [Image.new("RGB", (112, 84), (9, 80, 200)), Image.new("RGB", (56, 56), (250, 3, 7))]
+    prompt = TEST_PROMPT.replace("{{question}}", "Where?")
+    stage1 = processor(text=[prompt], images=images[:1], return_tensors="pt")
+    continuation = '<think>look {"bbox_2d": [1, 2, 30, 40]}</think>' + VISION_PLACEHOLDER
+    whole = stage2_inputs(processor, stage1, prompt, continuation, images)
+    appended = stage2_inputs(processor, stage1, prompt, continuation, images, exact=False)
+    assert set(whole.keys()) == set(appended.keys())
+    for key in whole:
+        assert torch.equal(whole[key], appended[key]), key

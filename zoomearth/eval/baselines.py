@@ -21,11 +21,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from zoomearth.agent.base import Planner, PlanReply, PlanRequest
+from zoomearth.agent.protocol import THINK_CLOSE, THINK_OPEN, format_turn, format_zoom
 
 if TYPE_CHECKING:
     from zoomearth.config import Settings
@@ -99,6 +99,8 @@ class OraclePlanner(Planner):
         self.inner = inner
         self.coord_mode = inner.coord_mode
         self.layout = inner.layout
+        self.profile = inner.profile
+        self.profile_reason = inner.profile_reason
         self.selection = f"oracle baseline (zooms to the ground-truth box) over {inner.name}"
         self._box: list[float] | None = None
 
@@ -115,39 +117,29 @@ class OraclePlanner(Planner):
         from zoomearth.agent.parsing import ParsedResponse, ZoomRequest
 
         reply = self.inner.plan(request)
-        first = not any(e.kind == "planner" for e in request.transcript)
+        first = not any(e.kind == "planner" for e in request.current)
         if not first or self._box is None or request.final:
             return reply
+        if self.profile == "zoomearth":
+            return self._zoomearth_stage1(reply, request)
         parsed = _parsed(reply)
-        shown = {
-            "bbox_2d": _box_in_view(
+        shown = format_zoom(
+            _box_in_view(
                 self._box,
                 request,
                 self.coord_mode,
                 reply.seen_sizes.get(request.overview_id) or _own_size(request),
             ),
-            "label": "oracle",
-        }
+            "oracle",
+        )
         zoom = ZoomRequest(
             tuple(self._box),
             "oracle",
             None,  # type: ignore[arg-type]
-            json.dumps({"bbox_2d": self._box, "frame": "full"}),
+            format_zoom(self._box, frame="full"),
             "full",
         )
-        lines = [
-            f"<think>{parsed.think}</think>" if parsed.think else "<think></think>",
-            json.dumps(shown),
-        ]
-        for call in parsed.tool_calls:
-            lines.append(
-                "<tool_call>"
-                + json.dumps({"name": call.name, "arguments": call.arguments})
-                + "</tool_call>"
-            )
-        if parsed.answer is not None:
-            lines.append(f"<answer>{parsed.answer}</answer>")
-        reply.text = "\n".join(lines)
+        reply.text = format_turn(parsed.think, [shown], parsed.tool_calls, parsed.answer)
         reply.parsed = ParsedResponse(
             think=parsed.think,
             zooms=(zoom,),
@@ -157,6 +149,33 @@ class OraclePlanner(Planner):
             problems=(),
         )
         reply.notes.append("oracle: zoom replaced by the ground-truth box")
+        return reply
+
+    def _zoomearth_stage1(self, reply: PlanReply, request: PlanRequest) -> PlanReply:
+        """Stage 1 of the zoomearth profile: the first ``bbox_2d`` becomes the oracle box.
+
+        The graph reads the first ``bbox_2d`` of the text in the 512-long-side frame, so the
+        ground truth is written there (``box / factor``); the rest of the text -- which stage 2
+        continues -- is the model's. Without a box in the text, the oracle object is put first.
+        """
+        from zoomearth.agent.profiles import reference_box_factor
+
+        assert self._box is not None
+        region = request.views[request.overview_id].region
+        factor = reference_box_factor(int(region.width), int(region.height))
+        box512 = [round(v / factor, 3) for v in self._box]
+        oracle = format_zoom(box512, "oracle")
+        key = '"bbox_2d"'
+        start = reply.text.find(key)
+        bracket = reply.text.find("[", start) if start >= 0 else -1
+        close = reply.text.find("]", bracket) if bracket >= 0 else -1
+        if close >= 0:
+            numbers = ", ".join(f"{v:g}" for v in box512)
+            reply.text = reply.text[: bracket + 1] + numbers + reply.text[close:]
+        else:
+            reply.text = oracle + "\n" + reply.text
+        reply.parsed = None
+        reply.notes.append("oracle: stage 1's first bbox_2d replaced by the ground-truth box")
         return reply
 
     def close(self) -> None:
@@ -182,6 +201,10 @@ class NoZoomPlanner(Planner):
         self.inner = inner
         self.coord_mode = inner.coord_mode
         self.layout = inner.layout
+        self.profile = inner.profile
+        self.profile_reason = inner.profile_reason
+        # zoomearth profile: the graph follows no stage-1 box (stage 1's answer stands).
+        self.zoom_enabled = False
         self.selection = f"no-zoom baseline (overview only) over {inner.name}"
 
     def describe(self) -> str:
@@ -196,10 +219,9 @@ class NoZoomPlanner(Planner):
         parsed = _parsed(reply)
         if not parsed.zooms and not parsed.tool_calls:
             return reply
-        text = (f"<think>{parsed.think}</think>" if parsed.think else "") + (
-            f"\n<answer>{parsed.answer}</answer>" if parsed.answer is not None else ""
-        )
-        reply.text = text.strip() or "<think></think>"
+        # An empty think block when there is nothing to show keeps the logged turn non-empty.
+        text = format_turn(parsed.think, answer=parsed.answer)
+        reply.text = text or f"{THINK_OPEN}{THINK_CLOSE}"
         reply.parsed = ParsedResponse(
             think=parsed.think,
             zooms=(),

@@ -265,12 +265,15 @@ class ProgressText:
         """The line for an event, or None when it is not shown."""
         kind = event.get("event")
         if kind == "observe":
+            profile = f", profile {event['profile']}" if event.get("profile") else ""
             return f"Looking at {Path(str(event.get('scene', ''))).name} " \
-                   f"(planner: {event.get('planner')})."
+                   f"(planner: {event.get('planner')}{profile})."
         if kind == "note":
             return f"Note: {event.get('text')}"
         if kind == "plan":
             problems = event.get("problems") or []
+            if event.get("stage") and not problems:
+                return f"Stage {event['stage']} done."
             if problems:
                 return f"Step {event.get('step')}: " + "; ".join(
                     str(p.get("message", ""))[:160] for p in problems)

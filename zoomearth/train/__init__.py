@@ -3,11 +3,13 @@
 Modules:
 
 * :mod:`zoomearth.train.rewards` -- format, box (IoU + Region-Guided) and answer rewards, with the
-  reference method's semantics by default;
+  reference method's semantics by default (boxes in its 512-long-side overview frame);
 * :mod:`zoomearth.train.data` -- ``zoomearth train prepare``: LRS-GRO records + images to SFT
-  conversations and GRPO prompts (streamed, resumable);
+  sequences and GRPO prompts in one protocol profile (streamed, resumable);
 * :mod:`zoomearth.train.config` -- the YAML configuration (pydantic);
 * :mod:`zoomearth.train.sft` / :mod:`zoomearth.train.grpo` -- the TRL trainers (extra ``rl``);
+  GRPO's two-stage rollout follows the reference's (stage 2 whenever the ground truth has a box,
+  per-stage sampling, advantages without std scaling);
 * :mod:`zoomearth.train.plots` -- loss and reward curves as PNG;
 * :mod:`zoomearth.train.cli` -- the ``zoomearth train`` command.
 

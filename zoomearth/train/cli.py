@@ -1,8 +1,9 @@
 """``zoomearth train prepare|sft|grpo``.
 
-``prepare RECORDS --images DIR -o OUT`` writes ``OUT/sft.jsonl``, ``OUT/grpo.jsonl`` and
-``OUT/images/`` (resumable); ``sft --config FILE`` and ``grpo --config FILE`` train as the YAML
-says (``docs/train.md``) and save a checkpoint the ``transformers`` planner loads as it is.
+``prepare RECORDS --images DIR -o OUT [--profile P]`` writes ``OUT/sft.jsonl``,
+``OUT/grpo.jsonl`` and ``OUT/images/`` (resumable) for one protocol profile; ``sft --config FILE``
+and ``grpo --config FILE`` train as the YAML says (``docs/train.md``) and save a checkpoint the
+``transformers`` planner loads as it is.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def add_train_command(sub: Any) -> None:
     p.add_argument("--images", required=True, help="folder of the images named by image_name")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--limit", type=int, help="stop after N newly written questions")
+    p.add_argument(
+        "--profile",
+        choices=("auto", "agent", "zoomearth"),
+        help="protocol profile the data follows (default: the setting planner_profile; "
+        "zoomearth needs planner_prompt, the checkpoint's prompt file)",
+    )
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
 
     for name, text in (("sft", "supervised fine-tuning"), ("grpo", "GRPO with zoom rollouts")):
@@ -76,6 +83,7 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
             args.images,
             args.output,
             settings=settings,
+            profile=args.profile,
             limit=args.limit,
             progress=not args.json and sys.stderr.isatty(),
         )
@@ -85,7 +93,8 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
         else:
             d = stats.to_dict()
             print(
-                f"wrote {d['written']} questions ({d['with_crop']} with a crop), skipped "
+                f"wrote {d['written']} {d['profile']}-profile questions ({d['with_crop']} with a "
+                f"crop), skipped "
                 f"{d['skipped_existing']} already written, {d['missing_images']} without image, "
                 f"{d['bad_boxes']} with unusable boxes -> {args.output}"
             )

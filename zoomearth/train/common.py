@@ -121,7 +121,10 @@ def load_model_and_processor(config: TrainConfig) -> tuple[Any, Any, str, str]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision]
     try:
         processor = AutoProcessor.from_pretrained(config.model)
-        model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype)
+        extra: dict[str, Any] = {}
+        if config.training.attn_implementation:
+            extra["attn_implementation"] = config.training.attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise TrainError(LOAD_MODEL_TEMPLATE.format(model=config.model, error=exc)) from exc
     return model, processor, device, precision
@@ -157,6 +160,7 @@ def build_args_common(config: TrainConfig, device: str, precision: str) -> dict[
         "gradient_accumulation_steps": t.grad_accum,
         "learning_rate": t.learning_rate,
         "seed": t.seed,
+        "data_seed": t.data_seed,
         "logging_steps": t.logging_steps,
         "save_strategy": "steps" if t.save_steps else "no",
         "save_steps": t.save_steps or 500,

@@ -16,6 +16,8 @@ default). The reference is ``docs/train.md``; examples are in ``examples/train/`
       batch_size: 4                     # per device; a multiple of grpo.num_generations for GRPO
     grpo:
       num_generations: 4
+      stage1: {temperature: 1.0, max_new_tokens: 2048}
+      stage2: {temperature: 0.7, max_new_tokens: 800}
     rewards:
       weights: {format: 1.0, box: 1.0, answer: 1.0}
       region_guided_scale: 200
@@ -28,7 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zoomearth.errors import ZoomEarthError
 
@@ -37,6 +39,7 @@ __all__ = [
     "GRPOSection",
     "LoraConfig",
     "RewardConfig",
+    "StageSampling",
     "TrainConfig",
     "TrainConfigError",
     "TrainingConfig",
@@ -46,6 +49,10 @@ __all__ = [
 CONFIG_NOT_FOUND_TEMPLATE: Final = "Training config {path} does not exist."
 CONFIG_INVALID_TEMPLATE: Final = "Training config {path} is invalid:\n{errors}"
 CONFIG_NOT_MAPPING_TEMPLATE: Final = "Training config {path} must be a YAML mapping (key: value)."
+LEGACY_STAGE_TEMPLATE: Final = (
+    "grpo.{legacy} sets both stages and cannot be combined with grpo.{stage}; remove "
+    "grpo.{legacy} and set grpo.stage1.{field} and grpo.stage2.{field}."
+)
 BATCH_GENERATIONS_TEMPLATE: Final = (
     "training.batch_size x training.grad_accum ({total}) must be a multiple of "
     "grpo.num_generations ({generations}): each prompt's generations form one group."
@@ -110,6 +117,9 @@ class TrainingConfig(_Section):
         precision: ``auto`` (bf16 on CUDA when supported, else fp32), ``bf16``, ``fp16``, ``fp32``.
         gradient_checkpointing: Trade compute for memory.
         max_length: SFT only: drop (with a warning) examples longer than this many tokens.
+        data_seed: Seed of the data sampler (None: ``seed``).
+        attn_implementation: Attention kernel of the loaded model (``sdpa``, ``eager``,
+            ``flash_attention_2`` ...; None: the transformers default).
     """
 
     max_steps: int = -1
@@ -124,27 +134,100 @@ class TrainingConfig(_Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     max_length: int | None = Field(None, gt=0)
+    data_seed: int | None = None
+    attn_implementation: str | None = None
+
+
+class StageSampling(_Section):
+    """How one rollout stage is sampled.
+
+    Attributes:
+        temperature: Sampling temperature.
+        max_new_tokens: New tokens at most.
+        top_p: Nucleus sampling; None: the checkpoint's ``generation_config``.
+        top_k: Top-k sampling (0: off); None: the checkpoint's ``generation_config``.
+    """
+
+    temperature: float = Field(gt=0)
+    max_new_tokens: int = Field(gt=0)
+    top_p: float | None = Field(None, gt=0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+
+
+def _stage1_default() -> StageSampling:
+    # The reference's stage 1: GenerationConfig(max_new_tokens=max_completion_length (2048),
+    # do_sample=True, temperature=1) -- top-k 50 and top-p 1.0 are GenerationConfig's defaults
+    # in transformers 4.49, the reference's pin.
+    return StageSampling.model_validate(
+        {"temperature": 1.0, "max_new_tokens": 2048, "top_p": 1.0, "top_k": 50}
+    )
+
+
+def _stage2_default() -> StageSampling:
+    # The reference's stage 2 (customized_funcs.chat): generate(max_new_tokens=800,
+    # do_sample=True, temperature=0.7), the rest from the checkpoint's generation_config.
+    return StageSampling.model_validate({"temperature": 0.7, "max_new_tokens": 800})
 
 
 class GRPOSection(_Section):
-    """GRPO rollouts.
+    """GRPO rollouts and the policy loss (defaults: the reference's, except ``beta``).
 
     Attributes:
         num_generations: Completions sampled per prompt (the group size G).
-        max_stage_tokens: New tokens per stage (stage 1 and stage 2 each).
-        temperature: Sampling temperature.
-        top_p: Nucleus sampling.
+        stage1: Sampling of stage 1 (overview): temperature 1.0, 2048 new tokens, top-p 1.0,
+            top-k 50.
+        stage2: Sampling of stage 2 (after the crop): temperature 0.7, 800 new tokens, top-p and
+            top-k from the checkpoint's ``generation_config``.
+        max_stage_tokens: Older form: new tokens of *both* stages (None: ``stage1``/``stage2``).
+        temperature: Older form: temperature of both stages.
+        top_p: Older form: top-p of both stages.
         beta: KL coefficient against the reference model (0: no reference model, as in TRL's
-            default).
+            default; the reference run used 0.04).
         epsilon: PPO clipping range.
+        scale_rewards: ``none`` (advantage = reward - group mean, the reference's), ``group``
+            (divided by the group's standard deviation, TRL's default) or ``batch``.
+        loss_type: TRL's loss aggregation; ``grpo`` (each sequence's token mean, then the batch
+            mean) is the reference's.
     """
 
     num_generations: int = Field(4, ge=2)
-    max_stage_tokens: int = Field(256, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1.0)
+    stage1: StageSampling = Field(default_factory=_stage1_default)
+    stage2: StageSampling = Field(default_factory=_stage2_default)
+    max_stage_tokens: int | None = Field(None, gt=0)
+    temperature: float | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1.0)
     beta: float = Field(0.0, ge=0)
     epsilon: float = Field(0.2, gt=0)
+    scale_rewards: Literal["none", "group", "batch"] = "none"
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+
+    @model_validator(mode="after")
+    def _legacy_keys(self) -> GRPOSection:
+        legacy = {
+            "max_stage_tokens": "max_new_tokens",
+            "temperature": "temperature",
+            "top_p": "top_p",
+        }
+        for key, field in legacy.items():
+            if getattr(self, key) is None:
+                continue
+            for stage in ("stage1", "stage2"):
+                if stage in self.model_fields_set:
+                    raise ValueError(
+                        LEGACY_STAGE_TEMPLATE.format(legacy=key, stage=stage, field=field)
+                    )
+        return self
+
+    def stages(self) -> tuple[StageSampling, StageSampling]:
+        """The sampling of stage 1 and stage 2, the older both-stage keys applied."""
+        update: dict[str, Any] = {}
+        if self.max_stage_tokens is not None:
+            update["max_new_tokens"] = self.max_stage_tokens
+        if self.temperature is not None:
+            update["temperature"] = self.temperature
+        if self.top_p is not None:
+            update["top_p"] = self.top_p
+        return self.stage1.model_copy(update=update), self.stage2.model_copy(update=update)
 
 
 class RewardConfig(_Section):
@@ -158,6 +241,11 @@ class RewardConfig(_Section):
         exact_match_frame: ``reference`` (a box scores 2 when its numbers equal the LRS-GRO
             ``bbox``, as the reference compares them) or ``view`` (when they equal the ground
             truth in the model's overview frame, the numbers of the SFT targets).
+        box_frame: The frame of the model's boxes, for the box reward and the rollout's crop:
+            ``reference`` (the reference's 512-long-side overview, ZoomEarth-3B), ``processor``
+            (the overview as the processor resized it, general Qwen2.5-VL models) or ``auto``
+            (``reference`` for data prepared with the ``zoomearth`` profile, else
+            ``processor``).
     """
 
     weights: dict[Literal["format", "box", "answer"], float] = Field(
@@ -167,6 +255,7 @@ class RewardConfig(_Section):
     min_crop: int = Field(512, gt=0)
     answer_threshold: float = Field(0.8, gt=0, le=1.0)
     exact_match_frame: Literal["reference", "view"] = "reference"
+    box_frame: Literal["auto", "reference", "processor"] = "auto"
 
     def weight_list(self) -> list[float]:
         """Weights in the order of :func:`zoomearth.train.rewards.make_reward_funcs`."""
@@ -185,8 +274,10 @@ class TrainConfig(_Section):
         training: Optimisation settings.
         grpo: GRPO rollout settings (ignored by SFT).
         rewards: Reward weights and parameters (ignored by SFT).
-        view_side: Long side of rendered crops in GRPO stage 2.
-        min_crop: Minimum crop side in full-resolution pixels of GRPO stage-2 crops.
+        view_side: Long side of rendered crops in GRPO stage 2 (``agent``-profile data; the
+            ``zoomearth`` profile's crops are the reference's, long side 512).
+        min_crop: Minimum crop side in full-resolution pixels of GRPO stage-2 crops
+            (``agent``-profile data; the ``zoomearth`` profile's rule is the reference's, 512).
     """
 
     model: str

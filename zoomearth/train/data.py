@@ -1,27 +1,45 @@
-"""``zoomearth train prepare``: LRS-GRO records + images -> SFT conversations and GRPO prompts.
+"""``zoomearth train prepare``: LRS-GRO records + images -> SFT sequences and GRPO prompts.
 
 Input: LRS-GRO-format JSONL (``question_id``, ``image_name``, ``question``, ``ground_truth``,
 ``bbox`` (``[]`` or ``[x1, y1, x2, y2]`` in the frame whose long side is 1024 pixels of the
 original), ``type``, ``category`` ...) and the folder holding the images (any raster the scene
 engine opens: GeoTIFF, PNG, JPEG; large ones are read with bounded memory).
 
-Per question (output folder ``OUT``):
+The data follows one protocol profile (:mod:`zoomearth.agent.profiles`; ``profile`` argument,
+default the setting ``planner_profile`` resolved against ``planner_model``), recorded in every row
+as ``profile``, because the model learns the inputs it will be given:
 
-* the overview: the whole scene rendered with long side ``overview_side`` (512), written once per
-  scene as ``OUT/images/<scene>.overview.png``;
-* the ground-truth box in full-resolution pixels, ``bbox * max(W, H) / 1024``, and in the frame
-  the model sees: pixels of the *seen* overview (for Qwen2.5-VL the processor's multiple-of-28
-  size: 512 x 512 is seen as 504 x 504), rounded to integers -- the box the SFT target writes;
-* for questions with a box, the crop exactly as the agent would read it for that written box
-  (mapped back to full resolution, minimum ``min_crop`` square, shifted inside the image), rendered
-  with long side ``view_side`` (512) as ``OUT/images/<question_id>.crop.png``;
-* one line in ``OUT/sft.jsonl``: the two-stage conversation (``messages``) -- user: overview +
-  instructions and question (the agent's own prompt template); assistant: stage-1 reasoning with
-  the box, the crop, stage-2 reasoning and the answer (no crop and a stage-1 answer for questions
-  without a box) -- plus the pieces (``stage1``, ``stage2``, image paths, frames);
-* one line in ``OUT/grpo.jsonl``: the prompt (``prompt`` is the question id, the rollout looks the
-  row up), the ground truth (``ground_truth``, ``bbox``, ``gt_box_full``, ``gt_box_view``), the
-  overview and its frames, and the source scene path for stage-2 crops.
+``zoomearth`` (ZoomEarth-3B and checkpoints trained like it):
+
+* the overview: the reference's -- the whole image resized with PIL bicubic to long side 512
+  (:func:`zoomearth.scene.reference.render_reference_overview`), once per scene, as
+  ``OUT/images/<scene>.overview.png``;
+* the stage-1 input: the raw text of the profile (the prompt file ``planner_prompt`` with the
+  question substituted, :meth:`ZoomEarthProfile.stage1_text`), stored as ``prompt_text``;
+* the box written in stage 1 (``gt_box_view``): the ground truth in the 512 overview's frame,
+  ``full / max(max(W, H) / 512, 1)`` rounded to integers (the frame the reference's trainer and
+  evaluation scale back with);
+* the crop: the reference's crop window for that written box
+  (:func:`~zoomearth.agent.profiles.reference_crop_xyxy`) resized with PIL bicubic to long side 512
+  (:func:`zoomearth.scene.reference.render_reference_crop`);
+* the SFT sequence: ``prompt_text`` then ``target_text`` = the stage-1 text cut before
+  ``<answer>`` (:func:`~zoomearth.agent.protocol.stage2_prefix`) + the crop's image placeholder +
+  the stage-2 text -- exactly the reference's stage-2 input followed by its output.
+
+``agent`` (general VLMs with the project's chat template): the overview rendered with long side
+``overview_side``; the box in pixels of the overview as the processor sees it (for Qwen2.5-VL the
+multiple-of-28 size: 512 x 512 is seen as 504 x 504); the crop the agent's minimum-crop rule reads
+for that box, rendered with long side ``view_side``; ``messages``: user = overview + the agent
+template's text (``planner_prompt``), assistant = stage-1 text cut before ``<answer>``, the crop,
+stage-2 text.
+
+Both: the ground truth in full-resolution pixels, ``bbox * max(W, H) / 1024`` (``gt_box_full``,
+kept as LRS-GRO gives it: the box reward's reference box); the target texts are written with
+:func:`zoomearth.agent.protocol.format_turn` (stage 1: reasoning + the zoom; stage 2: reasoning +
+answer; questions without a box: reasoning + answer in stage 1, no crop). One line per question
+in ``OUT/sft.jsonl`` and in ``OUT/grpo.jsonl`` (``prompt`` is the question id, the rollout looks
+the row up; the ground truth ``ground_truth``, ``bbox``, ``gt_box_full``, ``gt_box_view``; the
+overview and its frames; the source scene path for stage-2 crops).
 
 Image paths in the JSONL files are relative to ``OUT``. Lines are appended and flushed one by one;
 running again skips question ids already written (a torn last line is dropped first), so an
@@ -46,9 +64,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LRS_GRO_FRAME",
+    "PrepareError",
     "PrepareStats",
     "PreparedQuestion",
     "bbox_to_full",
+    "full_to_reference_box",
     "full_to_seen_box",
     "iter_records",
     "load_jsonl",
@@ -64,18 +84,13 @@ SFT_FILE: Final = "sft.jsonl"
 GRPO_FILE: Final = "grpo.jsonl"
 IMAGES_DIR: Final = "images"
 
-#: Stage texts of the SFT targets (LRS-GRO has answers and boxes, no reasoning text).
-STAGE1_ZOOM_TEMPLATE: Final = (
-    "<think>The {kind} in question is too small to judge in the overview; I will look closer at "
-    '{{"bbox_2d": [{x1}, {y1}, {x2}, {y2}], "label": "{label}"}}.</think>'
+#: Reasoning of the SFT targets (LRS-GRO has answers and boxes, no reasoning text); the turns are
+#: written with :func:`zoomearth.agent.protocol.format_turn`.
+STAGE1_ZOOM_THINK: Final = (
+    "The {kind} in question is too small to judge in the overview; I will look closer at it."
 )
-STAGE2_TEMPLATE: Final = (
-    "<think>The closer view shows the {kind} clearly.</think><answer>{answer}</answer>"
-)
-GLOBAL_TEMPLATE: Final = (
-    "<think>The overview shows the whole scene, which is enough to answer.</think>"
-    "<answer>{answer}</answer>"
-)
+STAGE2_THINK: Final = "The closer view shows the {kind} clearly."
+GLOBAL_THINK: Final = "The overview shows the whole scene, which is enough to answer."
 
 BAD_RECORD_TEMPLATE: Final = (
     "Line {line} of {path} is not an LRS-GRO record ({error}); every line needs question_id, "
@@ -83,6 +98,7 @@ BAD_RECORD_TEMPLATE: Final = (
 )
 NO_INPUT_TEMPLATE: Final = "The records file {path} does not exist; give an LRS-GRO JSONL file."
 NO_IMAGES_TEMPLATE: Final = "The image folder {path} does not exist; give the folder of the images."
+PROFILE_TEMPLATE: Final = "Cannot prepare data for the {profile} profile: {error}"
 
 
 class PrepareError(ZoomEarthError, ValueError):
@@ -100,6 +116,9 @@ class PrepareStats:
         missing_images: Questions skipped because their image was not found.
         bad_boxes: Questions whose box was unusable (empty, outside); written without a crop.
         scenes: Distinct scenes opened.
+        profile: The protocol profile the data follows.
+        inexact_overviews: Scenes whose ``zoomearth`` overview is approximate (larger than
+            ``zoomearth_exact_overview_max_pixels``).
     """
 
     written: int = 0
@@ -108,6 +127,8 @@ class PrepareStats:
     missing_images: int = 0
     bad_boxes: int = 0
     scenes: int = 0
+    profile: str = "agent"
+    inexact_overviews: int = 0
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +140,8 @@ class PrepareStats:
             "missing_images": self.missing_images,
             "bad_boxes": self.bad_boxes,
             "scenes": self.scenes,
+            "profile": self.profile,
+            "inexact_overviews": self.inexact_overviews,
         }
 
 
@@ -128,77 +151,100 @@ class PreparedQuestion:
 
     Attributes:
         record: The LRS-GRO record as read.
+        profile: ``zoomearth`` or ``agent``.
         scene_path: Absolute path of the source image.
         scene_size: ``(W, H)`` full-resolution pixels.
         overview: The overview view (region = the whole image).
-        seen: ``(width, height)`` at which the model sees the overview.
+        seen: ``(width, height)`` at which the processor shows the overview to the model.
         overview_png: Overview image path relative to the output folder.
+        overview_exact: Whether the overview has the reference's exact pixels (``zoomearth``).
         gt_full: Ground-truth box in full-resolution pixels, or None.
-        gt_view: Ground-truth box in the seen-overview frame (integers), or None.
-        crop: The crop view, or None.
+        gt_view: Ground-truth box as the SFT target writes it (integers): the 512 overview's frame
+            (``zoomearth``) or the seen overview's (``agent``); None without a usable box.
+        crop: The crop view (its region is the crop window), or None.
         crop_png: Crop image path relative to the output folder, or None.
-        user_text: The first user message's text (after the overview image).
+        prompt_text: The stage-1 input: the raw profile text (``zoomearth``) or the user
+            message's text after the overview image (``agent``).
         stage1: Stage-1 target text.
         stage2: Stage-2 target text (``""`` without a crop).
     """
 
     record: Mapping[str, Any]
+    profile: str
     scene_path: str
     scene_size: tuple[int, int]
     overview: ViewSpec
     seen: tuple[int, int]
     overview_png: str
+    overview_exact: bool
     gt_full: PixelBox | None
     gt_view: tuple[int, int, int, int] | None
     crop: ViewSpec | None
     crop_png: str | None
-    user_text: str
+    prompt_text: str
     stage1: str
     stage2: str
 
+    def target_text(self) -> str:
+        """What the model writes after the stage-1 input, the crop's placeholder included."""
+        from zoomearth.agent.protocol import VISION_PLACEHOLDER, stage2_prefix
+
+        if self.crop_png is None:
+            return self.stage1
+        return stage2_prefix(self.stage1) + VISION_PLACEHOLDER + self.stage2
+
     def sft_row(self) -> dict[str, Any]:
         """The ``sft.jsonl`` line."""
-        from zoomearth.agent.parsing import cut_before_answer
+        from zoomearth.agent.protocol import stage2_prefix
 
-        user = {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": self.overview_png},
-                {"type": "text", "text": self.user_text},
-            ],
-        }
-        if self.crop_png is not None:
-            assistant = [
-                {"type": "text", "text": cut_before_answer(self.stage1)},
-                {"type": "image", "image": self.crop_png},
-                {"type": "text", "text": self.stage2},
-            ]
-        else:
-            assistant = [{"type": "text", "text": self.stage1}]
-        return {
+        images = [self.overview_png] + ([self.crop_png] if self.crop_png is not None else [])
+        row: dict[str, Any] = {
             **self._common(),
             "crop": self.crop_png,
             "crop_spec": self.crop.to_dict() if self.crop is not None else None,
             "stage1": self.stage1,
             "stage2": self.stage2,
-            "messages": [user, {"role": "assistant", "content": assistant}],
+            "images": images,
         }
+        if self.profile == "zoomearth":
+            row["prompt_text"] = self.prompt_text
+            row["target_text"] = self.target_text()
+            return row
+        user = {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": self.overview_png},
+                {"type": "text", "text": self.prompt_text},
+            ],
+        }
+        if self.crop_png is not None:
+            assistant = [
+                {"type": "text", "text": stage2_prefix(self.stage1)},
+                {"type": "image", "image": self.crop_png},
+                {"type": "text", "text": self.stage2},
+            ]
+        else:
+            assistant = [{"type": "text", "text": self.stage1}]
+        row["messages"] = [user, {"role": "assistant", "content": assistant}]
+        return row
 
     def grpo_row(self) -> dict[str, Any]:
         """The ``grpo.jsonl`` line."""
-        return {
+        row = {
             "prompt": str(self.record["question_id"]),
             **self._common(),
             "bbox": [float(v) for v in self.record.get("bbox") or []],
             "gt_box_full": self.gt_full.as_list() if self.gt_full is not None else [],
             "gt_box_view": [float(v) for v in self.gt_view] if self.gt_view is not None else [],
-            "user_text": self.user_text,
         }
+        row["prompt_text" if self.profile == "zoomearth" else "user_text"] = self.prompt_text
+        return row
 
     def _common(self) -> dict[str, Any]:
         r = self.record
         return {
             "question_id": str(r["question_id"]),
+            "profile": self.profile,
             "image_path": self.scene_path,
             "question": str(r["question"]),
             "ground_truth": str(r["ground_truth"]),
@@ -208,6 +254,7 @@ class PreparedQuestion:
             "overview": self.overview_png,
             "overview_spec": self.overview.to_dict(),
             "overview_seen": list(self.seen),
+            "overview_exact": self.overview_exact,
         }
 
 
@@ -220,7 +267,8 @@ def bbox_to_full(bbox: Iterable[float], width: int, height: int) -> PixelBox:
         height: Original image height in pixels.
 
     Returns:
-        ``bbox * max(width, height) / 1024`` (xyxy, floats).
+        ``bbox * max(width, height) / 1024`` (xyxy, floats) -- for images of at least 512 px the
+        same floats as the reference trainer's ``bbox * scale / 2``.
     """
     x1, y1, x2, y2 = (float(v) for v in bbox)
     s = max(width, height) / LRS_GRO_FRAME
@@ -245,36 +293,68 @@ def full_to_seen_box(
     """
     region = overview.region
     sx, sy = seen[0] / region.width, seen[1] / region.height
+    return _to_grid(box, sx, sy, region.x1, region.y1, seen)
 
-    def axis(lo: float, hi: float, scale: float, origin: float, size: int) -> tuple[int, int]:
-        a = min(max(round((lo - origin) * scale), 0), size - 1)
-        b = min(max(round((hi - origin) * scale), a + 1), size)
+
+def full_to_reference_box(
+    box: PixelBox, width: int, height: int, side: int = 512
+) -> tuple[int, int, int, int]:
+    """A full-resolution box in integer pixels of the reference's 512-long-side overview.
+
+    The inverse of :class:`zoomearth.train.rewards.ReferenceFrame` (``full = box * factor``),
+    rounded to whole pixels, at least one pixel wide and high, inside the overview.
+
+    Args:
+        box: Full-resolution box.
+        width: Image width.
+        height: Image height.
+        side: The overview's long side.
+
+    Returns:
+        ``(x1, y1, x2, y2)`` integers in the overview frame.
+    """
+    from zoomearth.train.rewards import ReferenceFrame
+
+    frame = ReferenceFrame(width, height, side)
+    inverse = 1.0 / frame.factor
+    return _to_grid(box, inverse, inverse, 0.0, 0.0, frame.overview_size())
+
+
+def _to_grid(
+    box: PixelBox, sx: float, sy: float, ox: float, oy: float, size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    def axis(lo: float, hi: float, scale: float, origin: float, n: int) -> tuple[int, int]:
+        a = min(max(round((lo - origin) * scale), 0), n - 1)
+        b = min(max(round((hi - origin) * scale), a + 1), n)
         return a, b
 
-    x1, x2 = axis(box.x1, box.x2, sx, region.x1, seen[0])
-    y1, y2 = axis(box.y1, box.y2, sy, region.y1, seen[1])
+    x1, x2 = axis(box.x1, box.x2, sx, ox, size[0])
+    y1, y2 = axis(box.y1, box.y2, sy, oy, size[1])
     return x1, y1, x2, y2
 
 
 def stage_texts(
     record: Mapping[str, Any], box_view: tuple[int, int, int, int] | None
 ) -> tuple[str, str]:
-    """The SFT target texts of a question.
+    """The SFT target texts of a question, written with :func:`format_turn`.
 
     Args:
         record: The LRS-GRO record (``ground_truth``, ``type``).
-        box_view: The ground-truth box in the seen-overview frame, or None (no crop).
+        box_view: The box the target writes (model frame), or None (no crop).
 
     Returns:
         ``(stage1, stage2)``; ``stage2`` is ``""`` without a box.
     """
+    from zoomearth.agent.protocol import format_turn
+
     answer = str(record["ground_truth"]).strip()
     if box_view is None:
-        return GLOBAL_TEMPLATE.format(answer=answer), ""
+        return format_turn(GLOBAL_THINK, answer=answer), ""
     kind = "object" if str(record.get("type") or "object") == "object" else "region"
-    x1, y1, x2, y2 = box_view
-    stage1 = STAGE1_ZOOM_TEMPLATE.format(kind=kind, x1=x1, y1=y1, x2=x2, y2=y2, label=kind)
-    return stage1, STAGE2_TEMPLATE.format(kind=kind, answer=answer)
+    stage1 = format_turn(
+        STAGE1_ZOOM_THINK.format(kind=kind), [{"bbox_2d": list(box_view), "label": kind}]
+    )
+    return stage1, format_turn(STAGE2_THINK.format(kind=kind), answer=answer)
 
 
 def load_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -344,12 +424,116 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+@dataclass
+class _SceneEntry:
+    scene: Any
+    overview: ViewSpec
+    seen: tuple[int, int]
+    png: str
+    exact: bool
+
+
+class _Preparer:
+    """The per-profile steps of :func:`prepare` (overview, written box, crop, stage-1 input)."""
+
+    def __init__(self, settings: Settings, profile: str, out: Path) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.out = out
+        self.zoomearth: Any = None
+        self.template: Any = None
+        if profile == "zoomearth":
+            from zoomearth.agent.base import PlannerError
+            from zoomearth.agent.profiles import ZoomEarthProfile, load_zoomearth_prompt
+
+            try:
+                self.zoomearth = ZoomEarthProfile(load_zoomearth_prompt(settings.planner_prompt))
+            except PlannerError as exc:
+                raise PrepareError(PROFILE_TEMPLATE.format(profile=profile, error=exc)) from None
+        else:
+            from zoomearth.agent.prompting import load_template
+
+            self.template = load_template(settings.planner_prompt)
+
+    def open_scene(self, path: Path, name: str) -> _SceneEntry:
+        from zoomearth.agent.frames import seen_size
+        from zoomearth.scene import Scene
+
+        scene = Scene.open(path, settings=self.settings, progress=False)
+        png = f"{IMAGES_DIR}/{_safe_name(Path(name).stem)}.overview.png"
+        if self.zoomearth is not None:
+            from zoomearth.scene.reference import render_reference_overview
+
+            width, height = scene.size
+            rgb, exact = render_reference_overview(
+                scene,
+                exact_max_pixels=int(self.settings.zoomearth_exact_overview_max_pixels),
+                max_size=self.zoomearth.side,
+            )
+            spec = ViewSpec(0, PixelBox(0, 0, width, height), rgb.shape[1], rgb.shape[0])
+        else:
+            view = scene.render(None, self.settings.overview_side)
+            rgb, exact, spec = view.rgb, False, view.spec
+        if not (self.out / png).exists():
+            _save_png(rgb, self.out / png)
+        return _SceneEntry(scene, spec, seen_size(spec.width, spec.height), png, exact)
+
+    def crop(
+        self, entry: _SceneEntry, gt_full: PixelBox, qid: str
+    ) -> tuple[tuple[int, int, int, int], ViewSpec, str]:
+        """The written box, the crop view and its PNG for a ground-truth box (BoxError if none)."""
+        from zoomearth.agent.frames import planner_box_to_full, zoom_region
+
+        scene = entry.scene
+        width, height = scene.size
+        inside, _clip = validate_box(gt_full, width, height)
+        png = f"{IMAGES_DIR}/{_safe_name(qid)}.crop.png"
+        if self.zoomearth is not None:
+            from zoomearth.agent.profiles import reference_crop_xyxy
+            from zoomearth.scene.reference import render_reference_crop
+            from zoomearth.train.rewards import ReferenceFrame
+
+            side = self.zoomearth.side
+            written = full_to_reference_box(inside, width, height, side)
+            full = ReferenceFrame(width, height, side).to_full(written)
+            window = reference_crop_xyxy(full, width, height, self.zoomearth.min_crop)
+            rgb = render_reference_crop(scene, window, max_size=side)
+            spec = ViewSpec(1, PixelBox(*window), rgb.shape[1], rgb.shape[0])
+        else:
+            written = full_to_seen_box(inside, entry.overview, entry.seen)
+            mapped = planner_box_to_full(written, "pixels", entry.overview, entry.seen)
+            region, _warning = zoom_region(mapped, width, height, self.settings.min_crop)
+            view = scene.render(region, self.settings.view_side, view_id=1)
+            rgb, spec = view.rgb, view.spec
+        _save_png(rgb, self.out / png)
+        return written, spec, png
+
+    def prompt_text(self, record: Mapping[str, Any], width: int, height: int) -> str:
+        """The stage-1 input text (raw profile text, or the agent's user text)."""
+        question = str(record["question"])
+        if self.zoomearth is not None:
+            return str(self.zoomearth.stage1_text(question))
+        return str(
+            self.template.render(
+                "user",
+                question=question,
+                tool_section="",
+                has_tools=False,
+                scene={"width": width, "height": height},
+                artifacts=[],
+                coord_mode="pixels",
+                layout="chat",
+            )
+        )
+
+
 def prepare(
     records: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
     image_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
     settings: Settings | None = None,
+    profile: str | None = None,
     limit: int | None = None,
     progress: bool = False,
 ) -> PrepareStats:
@@ -359,8 +543,10 @@ def prepare(
         records: The JSONL path, or the records themselves.
         image_dir: Folder of the images named by ``image_name``.
         out_dir: Output folder (created; existing outputs are resumed).
-        settings: Uses ``overview_side``, ``view_side``, ``min_crop`` and ``planner_prompt``
-            (defaults when None).
+        settings: Uses ``planner_profile``/``planner_model`` (when ``profile`` is None),
+            ``planner_prompt``, ``zoomearth_exact_overview_max_pixels`` (``zoomearth``) and
+            ``overview_side``, ``view_side``, ``min_crop`` (``agent``); defaults when None.
+        profile: ``zoomearth``, ``agent`` or ``auto``; None = the setting ``planner_profile``.
         limit: Stop after this many newly written questions.
         progress: Show a progress bar.
 
@@ -368,16 +554,22 @@ def prepare(
         The counts.
 
     Raises:
-        PrepareError: Missing input file or folder, malformed records.
+        PrepareError: Missing input file or folder, malformed records, or no prompt file for the
+            ``zoomearth`` profile.
     """
-    from zoomearth.agent.frames import planner_box_to_full, seen_size, zoom_region
-    from zoomearth.agent.prompting import load_template
-    from zoomearth.scene import Scene
+    from zoomearth.agent.base import PlannerError
+    from zoomearth.agent.profiles import resolve_profile
 
     if settings is None:
         from zoomearth.config import load_settings
 
         settings = load_settings()
+    try:
+        chosen, _reason = resolve_profile(
+            profile if profile is not None else settings.planner_profile, settings.planner_model
+        )
+    except PlannerError as exc:
+        raise PrepareError(str(exc)) from None
     images = Path(image_dir)
     if not images.is_dir():
         raise PrepareError(NO_IMAGES_TEMPLATE.format(path=images))
@@ -386,9 +578,9 @@ def prepare(
     sft_path, grpo_path = out / SFT_FILE, out / GRPO_FILE
     done_sft, done_grpo = _done_ids(sft_path), _done_ids(grpo_path)
     stream = iter_records(records) if isinstance(records, str | os.PathLike) else iter(records)
-    template = load_template(settings.planner_prompt)
-    stats = PrepareStats()
-    scenes: dict[str, tuple[Any, ViewSpec, tuple[int, int], str]] = {}
+    steps = _Preparer(settings, chosen, out)
+    stats = PrepareStats(profile=chosen)
+    scenes: dict[str, _SceneEntry] = {}
 
     bar = None
     if progress:
@@ -416,66 +608,42 @@ def prepare(
                 if name not in scenes:
                     # One scene open at a time keeps file handles and caches bounded.
                     for old in scenes.values():
-                        old[0].close()
+                        old.scene.close()
                     scenes.clear()
-                    scene = Scene.open(path, settings=settings, progress=False)
-                    view = scene.render(None, settings.overview_side)
-                    png = f"{IMAGES_DIR}/{_safe_name(Path(name).stem)}.overview.png"
-                    if not (out / png).exists():
-                        _save_png(view.rgb, out / png)
-                    scenes[name] = (
-                        scene,
-                        view.spec,
-                        seen_size(view.spec.width, view.spec.height),
-                        png,
-                    )
+                    scenes[name] = steps.open_scene(path, name)
                     stats.scenes += 1
-                scene, overview, seen, overview_png = scenes[name]
-                width, height = scene.size
+                    if chosen == "zoomearth" and not scenes[name].exact:
+                        stats.inexact_overviews += 1
+                        stats.notes.append(f"{name}: overview approximated (image too large)")
+                entry = scenes[name]
+                width, height = entry.scene.size
 
                 gt_full = gt_view = crop = crop_png = None
                 bbox = record.get("bbox") or []
                 if len(bbox) == 4:
+                    # gt_box_full stays as LRS-GRO gives it (the reward's reference box); the
+                    # written box and the crop use the part inside the image.
                     gt_full = bbox_to_full(bbox, width, height)
                     try:
-                        # gt_box_full stays as LRS-GRO gives it (the reward's reference box);
-                        # the written box and the crop use the part inside the image.
-                        inside, _clip = validate_box(gt_full, width, height)
-                        gt_view = full_to_seen_box(inside, overview, seen)
-                        written = planner_box_to_full(gt_view, "pixels", overview, seen)
-                        region, _warning = zoom_region(written, width, height, settings.min_crop)
-                        crop_view = scene.render(region, settings.view_side, view_id=1)
+                        gt_view, crop, crop_png = steps.crop(entry, gt_full, qid)
                     except BoxError as exc:
                         stats.bad_boxes += 1
                         stats.notes.append(f"{qid}: unusable box {bbox} ({exc})")
-                        gt_full = gt_view = None
-                    else:
-                        crop = crop_view.spec
-                        crop_png = f"{IMAGES_DIR}/{_safe_name(qid)}.crop.png"
-                        _save_png(crop_view.rgb, out / crop_png)
-                user_text = template.render(
-                    "user",
-                    question=str(record["question"]),
-                    tool_section="",
-                    has_tools=False,
-                    scene={"width": width, "height": height},
-                    artifacts=[],
-                    coord_mode="pixels",
-                    layout="zoomearth",
-                )
                 stage1, stage2 = stage_texts(record, gt_view)
                 item = PreparedQuestion(
                     record=record,
+                    profile=chosen,
                     scene_path=str(path.resolve()),
                     scene_size=(width, height),
-                    overview=overview,
-                    seen=seen,
-                    overview_png=overview_png,
+                    overview=entry.overview,
+                    seen=entry.seen,
+                    overview_png=entry.png,
+                    overview_exact=entry.exact,
                     gt_full=gt_full,
                     gt_view=gt_view,
                     crop=crop,
                     crop_png=crop_png,
-                    user_text=user_text,
+                    prompt_text=steps.prompt_text(record, width, height),
                     stage1=stage1,
                     stage2=stage2,
                 )
@@ -491,7 +659,7 @@ def prepare(
                     bar.update(1)
     finally:
         for entry in scenes.values():
-            entry[0].close()
+            entry.scene.close()
         if bar is not None:
             bar.close()
     return stats

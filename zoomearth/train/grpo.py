@@ -1,24 +1,45 @@
 """GRPO with two-stage zoom rollouts and the Region-Guided reward, through TRL's ``GRPOTrainer``.
 
-Rollout (:class:`TwoStageRollout`, passed as TRL's ``rollout_func`` hook). For every prompt (a
+Rollout (:class:`TwoStageRollout`, passed as TRL's ``rollout_func`` hook) -- the reference GRPO's
+(``VLMGRPOTrainer._generate_and_score_completions`` in
+``src/train/RL/src/open-r1-multimodal/src/open_r1/trainer/grpo_trainer.py``). For every prompt (a
 question id of ``grpo.jsonl``; TRL hands each prompt ``num_generations`` times):
 
-1. stage 1: the planner's own prompt (:func:`~zoomearth.agent.conversation.build_conversation`,
-   ``zoomearth`` layout, rendered by :func:`~zoomearth.agent.backends.hf.build_prompt_text`) with
-   the prepared overview; sample up to ``max_stage_tokens`` tokens;
-2. if the text holds a ``"bbox_2d"`` of 4 numbers that maps to a usable region: map it from the
-   seen-overview frame to full-resolution pixels, apply the minimum crop, render the crop from the
-   *full-resolution scene* (:meth:`zoomearth.scene.Scene.render`, long side ``view_side``), build
-   the stage-2 input exactly as the planner does (stage-1 text cut before ``<answer>``, then the
-   crop, continuing the assistant turn) and sample stage 2;
-3. the completion scored and trained on is ``stage-1 text (cut) + crop vision tokens + stage-2
-   tokens`` (or the stage-1 tokens when there was no crop); the crop's vision tokens are masked out
-   of the loss with TRL's ``env_mask``; the rewards read ``stage1`` (the whole stage-1 text) and
-   ``stage2`` (``""`` when not cut).
+1. stage 1: the stage-1 input of the data's protocol profile -- ``zoomearth``: the raw profile text
+   (``prompt_text``, from the prompt file) with the reference's 512-long-side bicubic overview;
+   ``agent``: the chat template's rendering of the user message -- sampled with ``stage1``
+   (temperature 1.0, up to 2048 new tokens), decoded with special tokens skipped;
+2. when the **ground truth has a box** (LRS-GRO ``bbox`` not empty) there is always a stage 2, as
+   in the reference: the crop is the first ``"bbox_2d"`` of stage 1 mapped to full resolution
+   through the box frame (:mod:`zoomearth.train.rewards`; ``reference``: ``box * max(max(W, H) /
+   512, 1)``) and cut by the profile's crop rule (``zoomearth``:
+   :func:`~zoomearth.agent.profiles.reference_crop_xyxy`, rendered exactly as the reference
+   resizes it, :func:`zoomearth.scene.reference.render_reference_crop`); **without a box** the
+   crop is the whole overview mapped back (the reference's ``[0, 0, overview width, overview
+   height] * scale``), and with a first list that is not four numbers the whole image (the
+   reference's ``cut_image`` returns the image as it is) -- see :func:`reference_rollout_window`;
+3. stage 2: the stage-1 input + the stage-1 text cut before ``<answer>``
+   (:func:`~zoomearth.agent.protocol.stage2_prefix`) + the crop's image placeholder -- for the
+   ``zoomearth`` profile exactly :meth:`~zoomearth.agent.profiles.ZoomEarthProfile.stage2_text` --
+   sampled with ``stage2`` (temperature 0.7, up to 800 new tokens) and decoded as the reference
+   decodes it (special tokens kept, stripped);
+4. the completion scored and trained on is ``stage-1 text (cut) + crop vision tokens + stage-2
+   tokens`` (the stage-1 tokens when there is no stage 2); the crop's vision tokens are masked out
+   of the loss with TRL's ``env_mask`` (the reference keeps them in its completion mask: their
+   log-probabilities are of tokens the model never chose); the rewards read ``stage1`` (the whole
+   stage-1 text) and ``stage2`` (``""`` without a stage 2).
+
+Questions without a box are not cut: the stage-1 answer is scored. Advantages are the summed
+reward minus its group mean, not divided by the group's standard deviation (TRL
+``scale_rewards="none"``; the reference's ``advantages = rewards - mean_grouped_rewards``), and the
+policy's log-probabilities are those of the untempered model (TRL ``temperature=1.0``; the
+reference's ``_get_per_token_logps`` does not divide the logits), whatever each stage was sampled
+at.
 
 The stage-1 tokens in a cut completion are the cut text re-tokenised (the model's sampled token
-split may differ from the canonical one for byte-level BPE); ``logprobs`` are not returned, so TRL
-computes the old log-probabilities itself (no vLLM importance sampling).
+split may differ from the canonical one for byte-level BPE; the reference does the same);
+``logprobs`` are not returned, so TRL computes the old log-probabilities itself (no vLLM importance
+sampling).
 
 What is overridden in TRL 1.16, and why (:class:`ZoomGRPOTrainer`): TRL's rollout hook returns
 token ids only, and its forward pass builds image inputs from the *dataset's* images and the
@@ -36,13 +57,15 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from zoomearth.agent.protocol import reference_bboxes
 from zoomearth.errors import BoxError, ZoomEarthError
-from zoomearth.geometry import PixelBox, ViewSpec
+from zoomearth.geometry import PixelBox
 from zoomearth.train.common import (
     METRICS_FILE,
     TrainError,
@@ -58,16 +81,22 @@ from zoomearth.train.common import (
 
 if TYPE_CHECKING:
     from zoomearth.config import Settings
-    from zoomearth.train.config import TrainConfig
+    from zoomearth.train.config import StageSampling, TrainConfig
+    from zoomearth.train.rewards import BoxFrame
 
 __all__ = [
     "GRPO_COLUMNS",
     "RolloutError",
     "SampleFn",
     "TwoStageRollout",
+    "agent_rollout_region",
     "completion_images",
     "grpo_dataset_rows",
     "make_grpo_trainer",
+    "reference_rollout_window",
+    "resolve_box_frame",
+    "rows_profile",
+    "stage2_inputs",
     "train_grpo",
 ]
 
@@ -81,8 +110,10 @@ GRPO_COLUMNS: Final = (
     "bbox",
     "gt_box_full",
     "gt_box_view",
+    "scene_size",
     "overview_spec",
     "overview_seen",
+    "profile",
 )
 
 PREFIX_MISMATCH_TEMPLATE: Final = (
@@ -91,6 +122,14 @@ PREFIX_MISMATCH_TEMPLATE: Final = (
 )
 UNKNOWN_PROMPT_TEMPLATE: Final = "The rollout got prompt {prompt!r}, which is not a question id."
 EMPTY_GRPO_TEMPLATE: Final = "No GRPO prompts in {path}; run `zoomearth train prepare` first."
+MIXED_PROFILES_TEMPLATE: Final = (
+    "The GRPO data mixes protocol profiles {profiles}; prepare it again with one "
+    "(`zoomearth train prepare ... --profile zoomearth` or `--profile agent`)."
+)
+NO_PROMPT_TEXT_TEMPLATE: Final = (
+    "zoomearth-profile GRPO rows need their prompt_text (the profile's stage-1 text); prepare the "
+    "data again with `zoomearth train prepare` and planner_prompt set to the prompt file."
+)
 
 #: ``sample(model, inputs, n, max_new_tokens, stage, row) -> [n, new_tokens] LongTensor``:
 #: draws ``n`` continuations of one input (a processor ``BatchFeature`` on the model's device).
@@ -108,35 +147,180 @@ def completion_images() -> None:
     """
 
 
-def _view_from_dict(spec: Mapping[str, Any] | str) -> ViewSpec:
-    import json
+def rows_profile(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The protocol profile of prepared GRPO rows (rows without ``profile`` are ``agent``).
 
-    d = json.loads(spec) if isinstance(spec, str) else spec
-    return ViewSpec(
-        int(d.get("view_id", 0)),
-        PixelBox(*(float(v) for v in d["region_xyxy"])),
-        int(d["width"]),
-        int(d["height"]),
-    )
+    Raises:
+        TrainError: The rows mix profiles, or ``zoomearth`` rows lack their ``prompt_text``.
+    """
+    profiles = {str(row.get("profile") or "agent") for row in rows}
+    if len(profiles) != 1:
+        raise TrainError(MIXED_PROFILES_TEMPLATE.format(profiles=sorted(profiles)))
+    profile = profiles.pop()
+    if profile == "zoomearth" and any(not row.get("prompt_text") for row in rows):
+        raise TrainError(NO_PROMPT_TEXT_TEMPLATE)
+    return profile
+
+
+def resolve_box_frame(setting: str, profile: str) -> str:
+    """``rewards.box_frame`` for data of a profile (``auto``: ``reference`` for ``zoomearth``)."""
+    if setting != "auto":
+        return setting
+    return "reference" if profile == "zoomearth" else "processor"
+
+
+def _finite_four(box: Sequence[float]) -> bool:
+    return len(box) == 4 and all(math.isfinite(float(v)) for v in box)
+
+
+def reference_rollout_window(
+    stage1: str,
+    frame: BoxFrame,
+    width: int,
+    height: int,
+    min_crop: int = 512,
+) -> tuple[tuple[int, int, int, int], str]:
+    """The crop window of a stage-1 output, by the reference GRPO's rule.
+
+    The reference (``_generate_and_score_completions``, run for every completion whose ground
+    truth has a box): the first ``"bbox_2d"`` list, or ``[0, 0, overview width, overview
+    height]`` when there is none; times ``scale``; ``cut_image`` (a list that is not four numbers
+    gives the whole image; else :func:`~zoomearth.agent.profiles.reference_crop_xyxy`).
+
+    Here, where the reference cannot go on: non-finite numbers (its ``int()`` raises) give the
+    whole image too, and a window more than four times the image's area (its ``Image.crop``
+    would allocate it) is cut to the image.
+
+    Args:
+        stage1: The stage-1 output.
+        frame: The box frame (:class:`~zoomearth.train.rewards.ReferenceFrame` for ZoomEarth).
+        width: Image width.
+        height: Image height.
+        min_crop: Minimum crop side (512).
+
+    Returns:
+        ``((x1, y1, x2, y2), note)``: the integer window (may reach outside the image, which the
+        crop pads with black) and what decided it.
+    """
+    from zoomearth.agent.profiles import reference_crop_xyxy
+
+    whole = (0, 0, int(width), int(height))
+    boxes = reference_bboxes(stage1)
+    if not boxes:
+        box, note = frame.whole(), "no bbox_2d: the whole overview"
+    else:
+        box, note = boxes[0], "the first bbox_2d"
+        if len(box) != 4:
+            return whole, f"the first bbox_2d has {len(box)} numbers: the whole image"
+        if not _finite_four(box):
+            return whole, "the first bbox_2d is not finite: the whole image"
+    full = frame.to_full(box)
+    if not _finite_four(full):
+        return whole, "the box maps outside the number range: the whole image"
+    x1, y1, x2, y2 = reference_crop_xyxy(full, width, height, min_crop)
+    if (x2 - x1) * (y2 - y1) > 4 * width * height:
+        cx1, cy1 = max(0, x1), max(0, y1)
+        cx2, cy2 = min(width, x2), min(height, y2)
+        if cx2 <= cx1 or cy2 <= cy1:
+            return whole, note + " (far outside the image): the whole image"
+        return (cx1, cy1, cx2, cy2), note + " (cut to the image: its window is too large)"
+    return (x1, y1, x2, y2), note
+
+
+def agent_rollout_region(
+    stage1: str, frame: BoxFrame, width: int, height: int, min_crop: int = 512
+) -> tuple[PixelBox, str]:
+    """The crop region of a stage-1 output for ``agent``-profile data (the agent's crop rule).
+
+    The first ``"bbox_2d"`` mapped through ``frame`` and :func:`zoomearth.agent.frames.zoom_region`
+    (clipped, minimum crop, shifted inside); no usable box: the whole image.
+
+    Returns:
+        ``(region, note)``.
+    """
+    from zoomearth.agent.frames import zoom_region
+
+    boxes = reference_bboxes(stage1)
+    if not boxes or not _finite_four(boxes[0]):
+        return PixelBox(0, 0, width, height), "no usable bbox_2d: the whole image"
+    try:
+        region, _warning = zoom_region(PixelBox(*frame.to_full(boxes[0])), width, height, min_crop)
+    except BoxError as exc:
+        return PixelBox(0, 0, width, height), f"unusable bbox_2d ({exc}): the whole image"
+    return region, "the first bbox_2d"
+
+
+def stage2_inputs(
+    processor: Any,
+    stage1_inputs: Any,
+    prompt1: str,
+    continuation: str,
+    images: Sequence[Any],
+    *,
+    exact: bool = True,
+) -> Any:
+    """The processor inputs of stage 2: stage 1's input followed by ``continuation``.
+
+    As the reference, the whole text ``prompt1 + continuation`` is tokenised at once. When that
+    does not start with stage 1's tokens -- the continuation's first characters merged with the
+    prompt's last token, e.g. a stage-1 output starting with a newline after a prompt ending with
+    one -- the stage-1 tokens are kept and the continuation (with the crop) is tokenised on its
+    own and appended, so the trained completion still follows its prompt.
+
+    Args:
+        processor: The Qwen2-VL-family processor.
+        stage1_inputs: The processor's output for stage 1 (``prompt1`` with ``images[0]``).
+        prompt1: Stage 1's input text.
+        continuation: The stage-1 text cut before ``<answer>`` + the crop's image placeholder.
+        images: ``[overview, crop]``.
+        exact: Try the whole-text tokenisation first (False: always append; for tests).
+
+    Returns:
+        A ``BatchFeature`` (``input_ids``, ``attention_mask``, ``pixel_values``,
+        ``image_grid_thw`` and whatever else the processor returns), on the CPU.
+    """
+    import torch
+
+    n = int(stage1_inputs["input_ids"].shape[1])
+    if exact:
+        whole = processor(text=[prompt1 + continuation], images=list(images), return_tensors="pt")
+        first = stage1_inputs["input_ids"][0].to(whole["input_ids"].device)
+        if whole["input_ids"].shape[1] >= n and torch.equal(whole["input_ids"][0, :n], first):
+            return whole
+        log.debug("stage-2 text re-tokenised across the stage-1 boundary; appending instead")
+    tail = processor(text=[continuation], images=list(images[1:]), return_tensors="pt")
+    merged = {}
+    for key, value in tail.items():
+        head = stage1_inputs[key].to(value.device) if key in stage1_inputs else None
+        if head is None or not isinstance(value, torch.Tensor):
+            merged[key] = value
+        elif key in ("pixel_values", "image_grid_thw"):
+            merged[key] = torch.cat([head, value], dim=0)
+        else:
+            merged[key] = torch.cat([head, value], dim=1)
+    return type(tail)(merged)
 
 
 class TwoStageRollout:
-    """TRL ``rollout_func``: stage 1, crop from the full-resolution scene, stage 2.
+    """TRL ``rollout_func``: stage 1, the crop from the full-resolution scene, stage 2.
 
     Args:
         rows: ``grpo.jsonl`` rows by question id.
         root: Folder of ``grpo.jsonl`` (image paths are relative to it).
-        max_stage_tokens: New tokens per stage.
-        view_side: Long side of rendered crops.
-        min_crop: Minimum crop side in full-resolution pixels.
+        stage1: Sampling of stage 1 (default: the reference's, temperature 1.0, 2048 tokens).
+        stage2: Sampling of stage 2 (default: the reference's, temperature 0.7, 800 tokens).
+        box_frame: ``reference`` or ``processor`` (see :mod:`zoomearth.train.rewards`).
+        view_side: Long side of rendered crops (``agent`` data).
+        min_crop: Minimum crop side in full-resolution pixels (``agent`` data; the ``zoomearth``
+            rule uses 512).
         settings: Settings for opening scenes (defaults when None).
         sample: Replaces sampling (tests, custom decoding); default: ``model.generate`` with the
-            trainer's temperature / top-p / top-k.
-        template: Prompt template (default: ``settings.planner_prompt`` over the packaged one).
+            stage's sampling settings.
 
     Attributes:
         last_images: Per completion of the latest call: ``[overview]`` or ``[overview, crop]``.
-        last_regions: Per completion: the full-resolution crop region, or None.
+        last_regions: Per completion: the full-resolution crop window, or None.
+        last_notes: Per completion: what decided the crop (None without a stage 2).
     """
 
     def __init__(
@@ -144,23 +328,29 @@ class TwoStageRollout:
         rows: Mapping[str, Mapping[str, Any]],
         root: Path,
         *,
-        max_stage_tokens: int = 256,
+        stage1: StageSampling | None = None,
+        stage2: StageSampling | None = None,
+        box_frame: str = "reference",
         view_side: int = 512,
         min_crop: int = 512,
         settings: Settings | None = None,
         sample: SampleFn | None = None,
-        template: Any = None,
     ) -> None:
+        from zoomearth.train.config import GRPOSection
+
+        defaults = GRPOSection.model_validate({})
         self.rows = dict(rows)
         self.root = Path(root)
-        self.max_stage_tokens = max_stage_tokens
+        self.stage1 = stage1 if stage1 is not None else defaults.stage1
+        self.stage2 = stage2 if stage2 is not None else defaults.stage2
+        self.box_frame = box_frame
         self.view_side = view_side
         self.min_crop = min_crop
         self.settings = settings
         self.sample = sample
-        self.template = template
         self.last_images: list[list[Any]] = []
         self.last_regions: list[PixelBox | None] = []
+        self.last_notes: list[str | None] = []
         self._scene: tuple[str, Any] | None = None
         self._overviews: dict[str, Any] = {}
 
@@ -182,27 +372,27 @@ class TwoStageRollout:
             self._overviews[rel] = load_image(self.root, rel)
         return self._overviews[rel]
 
-    def _default_sample(self, trainer: Any, banned: set[int]) -> SampleFn:
+    def _default_sample(self, trainer: Any, banned: set[int], pad_id: int | None) -> SampleFn:
         import torch
 
         def sample(
             model: Any, inputs: Any, n: int, max_new: int, stage: int, row: Mapping[str, Any]
         ) -> Any:
+            spec = self.stage1 if stage == 1 else self.stage2
             kwargs: dict[str, Any] = {
                 "do_sample": True,
-                "temperature": float(trainer.temperature),
-                "top_p": float(trainer.top_p),
+                "temperature": float(spec.temperature),
                 "max_new_tokens": max_new,
                 "num_return_sequences": n,
-                "pad_token_id": trainer.pad_token_id
-                if getattr(trainer, "pad_token_id", None) is not None
-                else trainer._tokenizer.pad_token_id,
+                "pad_token_id": pad_id,
             }
+            if spec.top_p is not None:
+                kwargs["top_p"] = float(spec.top_p)
+            if spec.top_k is not None:
+                kwargs["top_k"] = int(spec.top_k)
             if banned:
                 # A sampled vision token would claim image features that do not exist.
                 kwargs["suppress_tokens"] = sorted(banned)
-            if getattr(trainer, "top_k", None):
-                kwargs["top_k"] = int(trainer.top_k)
             with torch.no_grad():
                 out = model.generate(**inputs, **kwargs)
             return out[:, inputs["input_ids"].shape[1] :]
@@ -224,49 +414,56 @@ class TwoStageRollout:
             out.pop()
         return out
 
-    def _request(
-        self, row: Mapping[str, Any], transcript: list[Any], views: dict[int, ViewSpec]
-    ) -> Any:
-        from zoomearth.agent.base import PlanRequest
+    def _stage1_prompt(self, processor: Any, row: Mapping[str, Any]) -> str:
+        """The stage-1 input text of a row (raw profile text, or the chat-template rendering)."""
+        if str(row.get("profile") or "agent") == "zoomearth":
+            return str(row["prompt_text"])
+        from zoomearth.agent.backends.hf import build_prompt_text
+        from zoomearth.agent.conversation import ChatMessage, Conversation, ImagePart, TextPart
+
+        user = ChatMessage("user", (ImagePart(0), TextPart(str(row["user_text"]))))
+        return str(build_prompt_text(processor, Conversation((user,), "chat")))
+
+    def _crop(
+        self, row: Mapping[str, Any], text1: str, frame: BoxFrame
+    ) -> tuple[Any, PixelBox, str]:
+        """The stage-2 image of a completion: ``(PIL image, window, note)``."""
+        from PIL import Image
 
         width, height = (int(v) for v in row["scene_size"])
-        return PlanRequest(
-            question=str(row["question"]),
-            overview_id=0,
-            transcript=transcript,
-            views=views,
-            render=lambda _v: None,  # pixels are given to the processor directly
-            scene_info={"width": width, "height": height},
-        )
+        scene = self._scene_for(str(row["image_path"]))
+        if str(row.get("profile") or "agent") == "zoomearth":
+            from zoomearth.scene.reference import render_reference_crop
+
+            window, note = reference_rollout_window(text1, frame, width, height)
+            rgb = render_reference_crop(scene, window)
+            return Image.fromarray(rgb, "RGB"), PixelBox(*window), note
+        region, note = agent_rollout_region(text1, frame, width, height, self.min_crop)
+        view = scene.render(region, self.view_side, view_id=1)
+        return view.to_pil(), view.spec.region, note
 
     # ---- the hook --------------------------------------------------------------------------------
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
         """Generate one two-stage completion per prompt entry (TRL's ``rollout_func``)."""
-        from zoomearth.agent.backends.hf import build_prompt_text
-        from zoomearth.agent.base import TranscriptEntry
-        from zoomearth.agent.conversation import build_conversation
-        from zoomearth.agent.frames import planner_box_to_full, zoom_region
-        from zoomearth.agent.prompting import load_template
-        from zoomearth.train.rewards import extract_bboxes
+        from zoomearth.agent.protocol import stage2_prefix
+        from zoomearth.train.rewards import frame_from_row
 
         if self.settings is None:
             from zoomearth.config import load_settings
 
             self.settings = load_settings()
-        if self.template is None:
-            # The same instructions `prepare` rendered into the SFT data (setting planner_prompt).
-            self.template = load_template(self.settings.planner_prompt)
         processor = trainer.processing_class
         tokenizer = getattr(processor, "tokenizer", processor)
         model = trainer.accelerator.unwrap_model(trainer.model)
         device = trainer.accelerator.device
         eos = {int(t) for t in trainer.eos_token_ids}
         pad = tokenizer.pad_token_id
+        image_token = getattr(processor, "image_token", None) or "<|image_pad|>"
+        placeholder = f"<|vision_start|>{image_token}<|vision_end|>"
         vision_ids = {
             int(tokenizer.convert_tokens_to_ids(t))
-            for t in ("<|vision_start|>", "<|vision_end|>", getattr(processor, "image_token", None))
-            if t
+            for t in ("<|vision_start|>", "<|vision_end|>", image_token)
         }
         # Tokens the model must not write itself: vision markers and image/video pads.
         banned = set(vision_ids)
@@ -275,11 +472,14 @@ class TwoStageRollout:
                 token_id = tokenizer.convert_tokens_to_ids(name)
                 if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
                     banned.add(token_id)
-        sample = self.sample or self._default_sample(trainer, banned)
+        pad_id = getattr(trainer, "pad_token_id", None)
+        sample = self.sample or self._default_sample(
+            trainer, banned, pad_id if pad_id is not None else pad
+        )
 
         out_prompt, out_completion, out_mask = [], [], []
         stage1_texts, stage2_texts = [], []
-        self.last_images, self.last_regions = [], []
+        self.last_images, self.last_regions, self.last_notes = [], [], []
         was_training = model.training
         model.eval()
         try:
@@ -289,71 +489,50 @@ class TwoStageRollout:
                     raise RolloutError(UNKNOWN_PROMPT_TEMPLATE.format(prompt=key))
                 row = self.rows[key]
                 overview = self._overview(str(row["overview"]))
-                ov_spec = _view_from_dict(row["overview_spec"])
-                seen = (int(row["overview_seen"][0]), int(row["overview_seen"][1]))
-                width, height = (int(v) for v in row["scene_size"])
-                conv1 = build_conversation(
-                    self._request(row, [], {0: ov_spec}), "zoomearth", "pixels", self.template
-                )
-                prompt1 = build_prompt_text(processor, conv1)
+                frame = frame_from_row(row, self.box_frame)
+                prompt1 = self._stage1_prompt(processor, row)
                 in1 = processor(text=[prompt1], images=[overview], return_tensors="pt").to(device)
                 prompt_ids = [int(t) for t in in1["input_ids"][0]]
-                gen1 = sample(model, in1, n, self.max_stage_tokens, 1, row)
+                gen1 = sample(model, in1, n, self.stage1.max_new_tokens, 1, row)
                 for k in range(n):
                     toks1 = self._trim(gen1[k].tolist(), eos, pad, banned)
                     text1 = tokenizer.decode(toks1, skip_special_tokens=True)
                     stage1_texts.append(text1)
-                    crop_view = None
-                    boxes = extract_bboxes(text1)
-                    if boxes and len(boxes[0]) == 4:
-                        try:
-                            full = planner_box_to_full(boxes[0], "pixels", ov_spec, seen)
-                            region, _ = zoom_region(full, width, height, self.min_crop)
-                            scene = self._scene_for(str(row["image_path"]))
-                            crop_view = scene.render(region, self.view_side, view_id=1)
-                        except BoxError:
-                            crop_view = None
-                    if crop_view is None:
+                    if not row.get("bbox"):
+                        # No box in the ground truth: no stage 2, the stage-1 answer is scored.
                         out_prompt.append(prompt_ids)
                         out_completion.append(toks1)
                         out_mask.append([1] * len(toks1))
                         stage2_texts.append("")
                         self.last_images.append([overview])
                         self.last_regions.append(None)
+                        self.last_notes.append(None)
                         continue
-                    crop_img = crop_view.to_pil()
-                    transcript = [
-                        TranscriptEntry("planner", text1),
-                        TranscriptEntry("zoom", view_id=1),
-                    ]
-                    conv2 = build_conversation(
-                        self._request(row, transcript, {0: ov_spec, 1: crop_view.spec}),
-                        "zoomearth",
-                        "pixels",
-                        self.template,
-                    )
-                    prompt2 = build_prompt_text(processor, conv2)
-                    in2 = processor(
-                        text=[prompt2], images=[overview, crop_img], return_tensors="pt"
+                    crop_img, region, note = self._crop(row, text1, frame)
+                    in2 = stage2_inputs(
+                        processor, in1, prompt1, stage2_prefix(text1) + placeholder,
+                        [overview, crop_img],
                     ).to(device)
                     ids2 = [int(t) for t in in2["input_ids"][0]]
                     if ids2[: len(prompt_ids)] != prompt_ids:
                         raise RolloutError(PREFIX_MISMATCH_TEMPLATE.format(qid=key))
                     middle = ids2[len(prompt_ids) :]
                     toks2 = self._trim(
-                        sample(model, in2, 1, self.max_stage_tokens, 2, row)[0].tolist(),
+                        sample(model, in2, 1, self.stage2.max_new_tokens, 2, row)[0].tolist(),
                         eos,
                         pad,
                         banned,
                     )
-                    stage2_texts.append(tokenizer.decode(toks2, skip_special_tokens=True))
+                    # As the reference: decode(..., skip_special_tokens=False).strip()
+                    stage2_texts.append(tokenizer.decode(toks2, skip_special_tokens=False).strip())
                     out_prompt.append(prompt_ids)
                     out_completion.append(middle + toks2)
                     out_mask.append(
                         [0 if t in vision_ids else 1 for t in middle] + [1] * len(toks2)
                     )
                     self.last_images.append([overview, crop_img])
-                    self.last_regions.append(crop_view.spec.region)
+                    self.last_regions.append(region)
+                    self.last_notes.append(note)
         finally:
             if was_training:
                 model.train()
@@ -379,6 +558,8 @@ def grpo_dataset_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
         for k in ("bbox", "gt_box_full", "gt_box_view"):
             item[k] = [float(v) for v in (row.get(k) or [])]
         item["overview_seen"] = [int(v) for v in row["overview_seen"]]
+        item["scene_size"] = [int(v) for v in row["scene_size"]]
+        item["profile"] = str(row.get("profile") or "agent")
         out.append(item)
     return out
 
@@ -428,7 +609,7 @@ def make_grpo_trainer(
         ``(trainer, processor, rollout)``.
 
     Raises:
-        TrainError: Missing extra, unloadable model or empty data.
+        TrainError: Missing extra, unloadable model, empty data, or data mixing profiles.
     """
     require_rl()
     from datasets import Dataset
@@ -443,29 +624,38 @@ def make_grpo_trainer(
         rows = rows[: config.data.limit]
     if not rows:
         raise TrainError(EMPTY_GRPO_TEMPLATE.format(path=config.data.path))
-    model, processor, device, precision = load_model_and_processor(config)
     g, r = config.grpo, config.rewards
+    box_frame = resolve_box_frame(r.box_frame, rows_profile(rows))
+    stage1, stage2 = g.stages()
+    model, processor, device, precision = load_model_and_processor(config)
     args = GRPOConfig(
         **build_args_common(config, device, precision),
         num_generations=g.num_generations,
-        max_completion_length=2 * g.max_stage_tokens,
-        temperature=g.temperature,
-        top_p=g.top_p,
+        # Informational for TRL here (the rollout generates): both stages' budgets.
+        max_completion_length=stage1.max_new_tokens + stage2.max_new_tokens,
+        # Log-probabilities of the untempered policy, as the reference computes them; each
+        # stage is sampled at its own temperature by the rollout.
+        temperature=1.0,
         beta=g.beta,
         epsilon=g.epsilon,
+        scale_rewards=g.scale_rewards,
+        loss_type=g.loss_type,
         reward_weights=r.weight_list(),
         log_completions=False,
     )
     rollout = TwoStageRollout(
         {str(row["question_id"]): row for row in rows},
         Path(config.data.path).parent,
-        max_stage_tokens=g.max_stage_tokens,
+        stage1=stage1,
+        stage2=stage2,
+        box_frame=box_frame,
         view_side=config.view_side,
         min_crop=config.min_crop,
         settings=settings,
         sample=sample,
     )
     rewards = make_reward_funcs(
+        box_frame=box_frame,  # type: ignore[arg-type]
         region_scale=r.region_guided_scale,
         min_crop=r.min_crop,
         answer_threshold=r.answer_threshold,

@@ -1,16 +1,25 @@
 r"""Supervised fine-tuning on zoom trajectories through TRL's ``SFTTrainer`` (extra ``rl``).
 
 Each example of ``sft.jsonl`` (``zoomearth train prepare``) becomes exactly the token sequence the
-planner sees and writes at inference with the ``zoomearth`` layout::
+planner sees and writes at inference, in the protocol profile the data was prepared for (the row's
+``profile``, :mod:`zoomearth.agent.profiles`):
 
-    <chat template: [system] user: <overview> instructions + question> <|im_start|>assistant\n
-    stage-1 text cut before <answer> <|vision_start|><crop pads><|vision_end|> stage-2 text
-    <|im_end|>
+``zoomearth`` -- the reference's raw input, no chat template::
 
-(without a box: the stage-1 text with its answer, then ``<|im_end|>``). The prompt is rendered by
-:func:`zoomearth.agent.backends.hf.build_prompt_text` -- the planner's own code -- so training and
-inference cannot drift apart. The loss covers the assistant's text only: prompt tokens and the
-crop's vision tokens (``<|vision_start|>``, image pads, ``<|vision_end|>``) are masked (-100).
+    <prompt_text: the profile's stage-1 text, with the overview's image placeholder>
+    stage-1 text cut before <answer> <|vision_start|><crop pads><|vision_end|> stage-2 text <eos>
+
+  i.e. the stage-2 input of :meth:`~zoomearth.agent.profiles.ZoomEarthProfile.stage2_text`
+  followed by the stage-2 output (without a box: the stage-1 text with its answer, then ``<eos>``).
+  ``prompt_text`` and ``target_text`` are written by ``prepare`` from the profile and
+  :func:`~zoomearth.agent.protocol.format_turn`.
+
+``agent`` -- the chat template's rendering of the user message (overview + the agent template's
+text) by :func:`zoomearth.agent.backends.hf.build_prompt_text`, then the same continuation (stage-1
+text cut, crop, stage-2 text, end-of-turn).
+
+The loss covers the model's text only: the prompt tokens and the crop's vision tokens
+(``<|vision_start|>``, image pads, ``<|vision_end|>``) are masked (-100).
 
 :class:`ZoomSFTCollator` builds those batches; ``SFTTrainer`` runs with
 ``dataset_kwargs={"skip_prepare_dataset": True}`` so it uses them as given.
@@ -45,6 +54,11 @@ __all__ = ["ZoomSFTCollator", "sft_texts", "train_sft"]
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX: Final = -100
+PROMPT_PREFIX_TEMPLATE: Final = (
+    "The tokens of SFT example {qid} do not start with its prompt's tokens: the prompt's last "
+    "token merged with the target's first. End the prompt text (planner_prompt) on a token "
+    "boundary such as a newline or a special token, then run `zoomearth train prepare` again."
+)
 EMPTY_DATA_TEMPLATE: Final = "No SFT examples in {path}; run `zoomearth train prepare` first."
 
 
@@ -53,16 +67,23 @@ def sft_texts(processor: Any, row: dict[str, Any]) -> tuple[str, str, list[str]]
 
     Args:
         processor: A Qwen2-VL-family processor (chat template, image token).
-        row: The row (its ``messages``: a user message with the overview and the text, an
-            assistant message with text and at most one crop image).
+        row: The row: ``zoomearth`` rows carry ``prompt_text``, ``target_text`` and ``images``;
+            ``agent`` rows (and rows without ``profile``) ``messages`` -- a user message with the
+            overview and the text, an assistant message with text and at most one crop image.
 
     Returns:
-        ``(prompt, target, images)``: ``prompt`` ends with the generation prompt
-        (``<|im_start|>assistant\n``); ``target`` is the assistant content with the crop's
-        vision placeholder and the end-of-turn token; ``images`` are the overview then the crop
+        ``(prompt, target, images)``: ``prompt`` is the model's input before it writes
+        (``zoomearth``: the raw stage-1 text; ``agent``: ending with the generation prompt
+        ``<|im_start|>assistant\n``); ``target`` is what it writes, with the crop's vision
+        placeholder and the end-of-sequence token; ``images`` are the overview then the crop
         (paths relative to the data folder).
     """
-    from zoomearth.agent.backends.hf import VISION_PLACEHOLDER_TEMPLATE, build_prompt_text
+    tokenizer = getattr(processor, "tokenizer", processor)
+    eos = str(getattr(tokenizer, "eos_token", None) or "<|im_end|>")
+    if row.get("profile") == "zoomearth":
+        return str(row["prompt_text"]), str(row["target_text"]) + eos, list(row["images"])
+
+    from zoomearth.agent.backends.hf import build_prompt_text
     from zoomearth.agent.conversation import ChatMessage, Conversation, ImagePart, TextPart
 
     user, assistant = row["messages"][0], row["messages"][1]
@@ -74,11 +95,10 @@ def sft_texts(processor: Any, row: dict[str, Any]) -> tuple[str, str, list[str]]
             parts.append(ImagePart(len(images) - 1))
         else:
             parts.append(TextPart(part["text"]))
-    conversation = Conversation((ChatMessage("user", tuple(parts)),), "zoomearth")
+    conversation = Conversation((ChatMessage("user", tuple(parts)),), "chat")
     prompt = build_prompt_text(processor, conversation)
 
-    image_token = str(getattr(processor, "image_token", "<|image_pad|>"))
-    placeholder = VISION_PLACEHOLDER_TEMPLATE.format(image_token=image_token)
+    placeholder = _placeholder(processor)
     target = ""
     for part in assistant["content"]:
         if part["type"] == "image":
@@ -86,9 +106,13 @@ def sft_texts(processor: Any, row: dict[str, Any]) -> tuple[str, str, list[str]]
             target += placeholder
         else:
             target += part["text"]
-    tokenizer = getattr(processor, "tokenizer", processor)
-    target += str(getattr(tokenizer, "eos_token", None) or "<|im_end|>")
-    return prompt, target, images
+    return prompt, target + eos, images
+
+
+def _placeholder(processor: Any) -> str:
+    """One image in the processor's text: ``<|vision_start|><image token><|vision_end|>``."""
+    image_token = str(getattr(processor, "image_token", "<|image_pad|>"))
+    return f"<|vision_start|>{image_token}<|vision_end|>"
 
 
 class ZoomSFTCollator:
@@ -105,9 +129,11 @@ class ZoomSFTCollator:
         self.root = Path(root)
         self.max_length = max_length
         tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer
         self.pad_id = int(tokenizer.pad_token_id)
-        self.im_start_id = int(tokenizer.convert_tokens_to_ids("<|im_start|>"))
-        self.n_role_tokens = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
+        self.image_token = str(getattr(processor, "image_token", "<|image_pad|>"))
+        self.image_id = int(tokenizer.convert_tokens_to_ids(self.image_token))
+        self.merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 2))
         self.masked_ids = {
             int(tokenizer.convert_tokens_to_ids(t))
             for t in ("<|vision_start|>", "<|vision_end|>", getattr(processor, "image_token", None))
@@ -125,9 +151,7 @@ class ZoomSFTCollator:
             images = [load_image(self.root, p) for p in paths]
             full = self.processor(text=[prompt + target], images=images, return_tensors="pt")
             ids = full["input_ids"][0]
-            # The target follows the last "<|im_start|>assistant\n" (the target has none).
-            starts = (ids == self.im_start_id).nonzero()
-            n_prompt = int(starts[-1]) + 1 + self.n_role_tokens if len(starts) else 0
+            n_prompt = self._prompt_length(prompt, ids, full["image_grid_thw"], row)
             if self.max_length is not None and ids.shape[0] > self.max_length:
                 log.warning("dropping %s: %d tokens > max_length", row.get("question_id"), len(ids))
                 continue
@@ -156,6 +180,29 @@ class ZoomSFTCollator:
             "pixel_values": torch.cat(pixels),
             "image_grid_thw": torch.cat(grids),
         }
+
+
+    def _prompt_length(self, prompt: str, ids: Any, grids: Any, row: dict[str, Any]) -> int:
+        """Tokens of ``prompt`` at the start of ``ids`` (its image pads expanded).
+
+        Raises:
+            ValueError: ``ids`` does not start with the prompt's tokens (the target's first token
+                merged with the prompt's last one; the prompt must end on a token boundary).
+        """
+        prompt_ids = [int(t) for t in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        n_images = prompt_ids.count(self.image_id)
+        pads = [int(g.prod()) // (self.merge * self.merge) for g in grids[:n_images]]
+        expanded: list[int] = []
+        k = 0
+        for token in prompt_ids:
+            if token == self.image_id and k < len(pads):
+                expanded.extend([token] * pads[k])
+                k += 1
+            else:
+                expanded.append(token)
+        if [int(t) for t in ids[: len(expanded)]] != expanded:
+            raise ValueError(PROMPT_PREFIX_TEMPLATE.format(qid=row.get("question_id")))
+        return len(expanded)
 
 
 def _rows(config: TrainConfig) -> list[dict[str, Any]]:
