@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,rl,dist
+EXTRAS ?= dev,rl,dist,studio
 # Debian packages the tests need (installed only when missing and running as root).
 DEB_PACKAGES ?= wordnet-base wordnet-sense-index postgresql
 DEMO_DIR ?= demo-out

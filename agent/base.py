@@ -173,6 +173,13 @@ class Planner(ABC):
     #: Why this backend was chosen (set by ``make_planner``; shown in the run).
     selection: str = ""
 
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Settle anything the graph needs before the first turn (called at each question).
+
+        The ``openai`` backend learns the served model's name here when ``planner_model`` is not
+        set, and with it the protocol profile. Cheap after the first call.
+        """
+
     @abstractmethod
     def plan(self, request: PlanRequest) -> PlanReply:
         """Return the model's text for one turn (never raises on the model's content)."""

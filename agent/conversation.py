@@ -23,6 +23,8 @@ from typing import Any, Final, Literal
 from zoomearth.agent.base import CoordMode, Layout, PlanRequest, TranscriptEntry
 from zoomearth.agent.prompting import PromptTemplate, load_template, render_tool_section
 
+from zoomearth.geometry import PixelBox
+
 __all__ = [
     "ChatMessage",
     "Conversation",
@@ -33,6 +35,7 @@ __all__ = [
     "ToolCallRef",
     "build_conversation",
     "to_chat_dicts",
+    "zoom_entry_text",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -134,6 +137,28 @@ class Conversation:
     def image_view_ids(self) -> tuple[int, ...]:
         """View ids of all images in the order the model sees them."""
         return tuple(v for m in self.messages for v in m.image_view_ids)
+
+
+def zoom_entry_text(region: PixelBox, width: int, height: int, label: str | None = None) -> str:
+    """The text of a ``zoom`` transcript entry: what the crop shows (the graph writes it).
+
+    The ``zoom_caption`` prompt section puts ``View k: `` before it in the user message that
+    carries the crop, so it does not name the view itself. Training builds the same text.
+
+    Args:
+        region: The crop window in full-resolution pixels.
+        width: Rendered width of the view in pixels.
+        height: Rendered height of the view in pixels.
+        label: The zoom's label as the planner wrote it, if any.
+
+    Returns:
+        ``full-resolution region [x1, y1, x2, y2] (W x H px) shown at w x h (label)``.
+    """
+    text = (
+        f"full-resolution region {region} "
+        f"({region.width:.0f}x{region.height:.0f} px) shown at {width}x{height}"
+    )
+    return f"{text} ({label})" if label else text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,7 +112,10 @@ def resolve_profile(setting: str | None, model: str | None) -> tuple[ProfileName
         return name, EXPLICIT_PROFILE_TEMPLATE.format(name=name)  # type: ignore[return-value]
     if name != "auto":
         raise PlannerError(UNKNOWN_PROFILE_TEMPLATE.format(name=setting))
-    if model and "zoomearth" in str(model).lower().replace("-", "").replace("_", ""):
+    # Only the checkpoint's own name counts (a hub id's repo name, a path's last part): the
+    # project's own data folders are called "zoomearth", and a general model may live there.
+    name_part = str(model or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    if name_part and "zoomearth" in name_part.lower().replace("-", "").replace("_", ""):
         return "zoomearth", AUTO_ZOOMEARTH_TEMPLATE.format(model=str(model))
     why = f"planner_model {model!r} does not name ZoomEarth" if model else "no planner_model"
     return "agent", AUTO_AGENT_TEMPLATE.format(why=why)

@@ -105,8 +105,9 @@ def build_random_qwen25vl_3b(path: Path, device: str) -> Path:
     return out
 
 
-def make_data(root: Path, side: int) -> tuple[Path, Any]:
-    """A synthetic scene, LRS-GRO records from its planted objects, and the prepared data."""
+def make_data(root: Path, side: int, with_tools: bool = False) -> tuple[Path, Any]:
+    """A synthetic scene, LRS-GRO records from its planted objects, and the prepared data
+    (agent profile; the prompts' tools section only with ``with_tools``)."""
     from zoomearth.config import load_settings
     from zoomearth.scene.synth import generate_scene
     from zoomearth.train.data import prepare
@@ -133,7 +134,16 @@ def make_data(root: Path, side: int) -> tuple[Path, Any]:
         },
         environ={},
     )
-    prepare(records, root, root / "prepared", settings=settings)
+    # Without tools by default: the tiny byte-level tokenizer makes the registry's ~15,000
+    # characters of tool descriptions as many tokens (about 4,000 with Qwen's tokenizer).
+    prepare(
+        records,
+        root,
+        root / "prepared",
+        settings=settings,
+        profile="agent",
+        tools=None if with_tools else [],
+    )
     return root / "prepared", settings
 
 
@@ -182,7 +192,17 @@ def run(
             "device": args.device,
             "gradient_checkpointing": args.qwen3b,
         },
-        "grpo": {"num_generations": args.generations, "max_stage_tokens": args.stage_tokens},
+        "grpo": {
+            "num_generations": args.generations,
+            # Both stages the same length; otherwise the default (the reference's) sampling.
+            "stage1": {
+                "temperature": 1.0,
+                "max_new_tokens": args.stage_tokens,
+                "top_p": 1.0,
+                "top_k": 50,
+            },
+            "stage2": {"temperature": 0.7, "max_new_tokens": args.stage_tokens},
+        },
         "lora": {"enabled": args.lora},
         "view_side": args.side,
     }
@@ -229,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters")
     parser.add_argument("--runs", default=None, help="comma list of sft,grpo,grpo-zoom")
+    parser.add_argument(
+        "--with-tools", action="store_true", help="prompts with the tool registry's tools section"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     import torch
@@ -247,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zoomearth-train-bench-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        data, settings = make_data(root, args.side)
+        data, settings = make_data(root, args.side, args.with_tools)
         print(f"data prepared in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         if args.qwen3b:
             model = build_random_qwen25vl_3b(root, "cuda")
@@ -272,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "generations": args.generations,
         "stage_tokens": args.stage_tokens,
+        "tools_section": args.with_tools,
         "lora": args.lora,
         "torch_threads": torch.get_num_threads(),
     }

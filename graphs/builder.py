@@ -34,6 +34,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send, interrupt
 from zoomearth.agent.base import PlanRequest, TranscriptEntry
+from zoomearth.agent.conversation import zoom_entry_text
 from zoomearth.agent.parsing import (
     ParsedResponse,
     Problem,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
     from zoomearth.agent.base import Planner
 
-__all__ = ["CORE_NODES", "build_graph", "route_after_plan"]
+__all__ = ["CORE_NODES", "build_graph", "make_tool_planner", "route_after_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,26 @@ def _current(state: AgentState) -> list[dict[str, Any]]:
 
 
 def _latest_view_id(state: AgentState) -> int:
-    """The most recent image shown to the planner (the frame of boxes that name no view)."""
+    """The most recent image shown to the planner (the frame of boxes that name no view).
+
+    This may be a tool's preview: the planner draws boxes on the latest image it saw. It is never
+    the *region* of a tool call without a box; that is the latest zoom (:func:`_latest_zoom`).
+    """
     latest = 0
     for entry in state.get("transcript", []):
         if entry.get("view_id") is not None:
             latest = int(entry["view_id"])
     return latest
+
+
+def _latest_zoom(views: dict[str, ViewRecord]) -> ViewRecord | None:
+    """The thread's most recent zoom view (any question), or None before the first zoom.
+
+    Previews (tool outputs) and the overview never count: "that crop" is where the agent last
+    zoomed, even when a tool's preview was shown after it.
+    """
+    zooms = [v for v in views.values() if v.get("kind") == "zoom" and v.get("region_xyxy")]
+    return max(zooms, key=lambda v: int(v["view_id"])) if zooms else None
 
 
 def build_graph(
@@ -133,8 +148,8 @@ def build_graph(
         runtime: Shared per-process resources (scenes, view cache, settings, pool).
         checkpointer: Checkpoint saver (SQLite by default in :mod:`zoomearth.graphs.persistence`).
         tool_planner: ``zoomearth`` profile only: the planner that reads the question into tool
-            calls run on ZoomEarth's region (default: the rules planner when
-            ``zoomearth_tool_planner`` is ``rules``, none when it is ``none``). Any planner works,
+            calls run on ZoomEarth's region (default: :func:`make_tool_planner` from the setting
+            ``zoomearth_tool_planner``). Any planner works,
             e.g. an ``openai`` planner with other settings; only its tool calls are used.
 
     Returns:
@@ -146,14 +161,23 @@ def build_graph(
     clash = sorted(set(tools) & set(CORE_NODES))
     if clash:
         raise ValueError(f"Tool names {clash} clash with core graph nodes {CORE_NODES}.")
-    zoomearth_profile = getattr(planner, "profile", "agent") == "zoomearth"
-    if zoomearth_profile and tool_planner is None and settings.zoomearth_tool_planner == "rules":
-        from zoomearth.agent.backends.rules import RulesPlanner
+    tool_planners: list[Planner | None] = [tool_planner]
 
-        tool_planner = RulesPlanner(settings)
+    def zoomearth_tool_planner() -> Planner | None:
+        """The planner that picks tools around ZoomEarth's zoom (built on first use)."""
+        if tool_planners[0] is None:
+            tool_planners[0] = make_tool_planner(settings)
+        return tool_planners[0]
+
+    def is_zoomearth(state: AgentState) -> bool:
+        # The profile is fixed per question by observe (after planner.prepare(), which lets an
+        # openai planner learn the served model's name, and so its profile, before anything runs).
+        return state.get("planner_profile") == "zoomearth"
 
     # ---------------------------------------------------------------------------------------
     def observe(state: AgentState) -> dict[str, Any]:
+        planner.prepare()
+        zoomearth_profile = getattr(planner, "profile", "agent") == "zoomearth"
         ref = state["scene"]
         update: dict[str, Any] = {}
         if not ref.get("width"):
@@ -241,13 +265,14 @@ def build_graph(
             if state.get("first_question") != state["question"]
             else None,
         )
-        if zoomearth_profile:
+        if is_zoomearth(state):
+            chooser = zoomearth_tool_planner() if tools else None
             return plan_zoomearth(
                 state,
                 planner,
                 request,
                 tools,
-                tool_planner.plan if tool_planner is not None else None,
+                chooser.plan if chooser is not None else None,
                 _current(state),
                 _emit,
             )
@@ -411,12 +436,7 @@ def build_graph(
         }
         if reference:
             rec["render"] = "reference"
-        caption = (
-            f"View {vid}: full-resolution region {region} "
-            f"({region.width:.0f}x{region.height:.0f} px) shown at {w}x{h}"
-        )
-        if payload.get("label"):
-            caption += f" ({payload['label']})"
+        caption = zoom_entry_text(region, w, h, payload.get("label"))
         _emit(
             {
                 "event": "zoom",
@@ -496,7 +516,7 @@ def build_graph(
         kind = state.get("answer_kind") or "answer"
         if not text:
             kind = "best_effort"
-            if zoomearth_profile:
+            if is_zoomearth(state):
                 reason = "the model wrote no answer the reference reader accepts"
             else:
                 reason = f"{state.get('step', 0)} of {state.get('max_steps')} steps used"
@@ -546,6 +566,39 @@ def build_graph(
         graph.add_edge(name, "plan")
     graph.add_edge("answer", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def make_tool_planner(settings: Any) -> Planner | None:
+    """The planner that chooses tools around ZoomEarth's zoom, from ``zoomearth_tool_planner``.
+
+    ``rules``: the rules planner's intent table; ``openai``: a general VLM over an
+    OpenAI-compatible server (``tool_planner_base_url``/``tool_planner_model``/
+    ``tool_planner_api_key``, each falling back to the ``planner_*`` setting), run in the agent
+    profile, of whose reply only the tool calls are used; ``none``: no tools.
+    """
+    choice = settings.zoomearth_tool_planner
+    if choice == "rules":
+        from zoomearth.agent.backends.rules import RulesPlanner
+
+        return RulesPlanner(settings)
+    if choice == "openai":
+        from zoomearth.agent.backends.openai_compat import OpenAIPlanner
+
+        return OpenAIPlanner(
+            settings.model_copy(
+                update={
+                    "planner": "openai",
+                    "planner_profile": "agent",
+                    "planner_base_url": settings.tool_planner_base_url
+                    or settings.planner_base_url,
+                    "planner_model": settings.tool_planner_model,
+                    "planner_api_key": settings.tool_planner_api_key
+                    or settings.planner_api_key,
+                    "planner_prompt": None,
+                }
+            )
+        )
+    return None
 
 
 def route_after_plan(state: AgentState) -> Sequence[Send] | str:
@@ -647,8 +700,10 @@ def _tool_region(
 ) -> tuple[list[float] | None, Problem | None]:
     """Region a tool works on (full-resolution pixels), or a problem for the planner.
 
-    The tool's own ``bbox_2d`` argument wins, else this turn's zoom, else the most recent view
-    when it is a zoom, else the whole scene (None). Box keys are removed from ``args``.
+    The tool's own ``bbox_2d`` argument wins (in the frame of its ``view``, else of the latest
+    image shown), else this turn's zoom, else the thread's latest zoom -- also on a follow-up
+    question ("now denoise that crop"); a tool's preview is never a region -- else the whole
+    scene (None). Box keys are removed from ``args``.
     """
     box = args.pop("bbox_2d", None)
     view = args.pop("view", None)
@@ -696,7 +751,7 @@ def _tool_region(
         ).as_list(), None
     if turn_zoom_region is not None:
         return list(turn_zoom_region), None
-    zoom_views = [v for v in views.values() if v.get("kind") == "zoom"]
-    if zoom_views and latest and views.get(str(latest), {}).get("kind") == "zoom":
-        return list(views[str(latest)]["region_xyxy"]), None
+    zoom = _latest_zoom(views)
+    if zoom is not None:
+        return list(zoom["region_xyxy"]), None
     return None, None

@@ -165,12 +165,25 @@ class GraphRuntime:
 
     # -- runs -----------------------------------------------------------------------------------
     def run_dir(self, thread_id: str, override: str | Path | None = None) -> Path:
-        """The run directory of a thread (created on demand)."""
+        """The run directory of a thread (created on demand), always an absolute path.
+
+        Args:
+            thread_id: The thread (names the default directory ``runs_dir/<thread>``).
+            override: A directory given by the caller (``--out``); relative to the current
+                directory.
+
+        Returns:
+            The absolute directory (``~`` expanded, symlinks resolved): it is stored in the
+            thread's state and joined to artifact names, so it must not depend on the working
+            directory of later code.
+        """
+        from zoomearth.tools.base import absolute_dir
+
         if override:
-            path = Path(override).expanduser()
+            path = absolute_dir(override)
         else:
             assert self.settings.runs_dir is not None
-            path = self.settings.runs_dir / thread_id
+            path = absolute_dir(Path(self.settings.runs_dir) / thread_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -8,23 +8,41 @@ for the run log, problems, and counters. Pixels are rendered on demand from the 
 small per-process cache (:mod:`zoomearth.graphs.views`), so a checkpoint stays a few kilobytes
 however many zooms a run makes.
 
+Every tool call that reaches a tool node leaves exactly one :class:`ToolResultRecord` in
+``results`` (ok, invalid arguments, failed or denied), in the order the calls finish; a call
+stopped by a cancellation request leaves none (its task error is kept by the checkpointer and the
+call runs again when the thread is resumed). :meth:`zoomearth.api.Agent.result` pairs them with the
+calls of the step records to give each call of the ``--json`` record its status.
+
 Frames: every ``*_xyxy`` field is in full-resolution pixels of the scene (xyxy, half-open).
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
+
+# typing_extensions' TypedDict: pydantic (the LangGraph server's input schema, Studio's form)
+# cannot build a JSON Schema from typing.TypedDict on Python < 3.12.
+from typing_extensions import TypedDict
 
 __all__ = [
     "AgentState",
     "ActionPayload",
     "SceneRef",
+    "ToolCallStatus",
+    "ToolResultRecord",
     "ViewRecord",
     "merge_views",
 ]
 
 ViewKind = Literal["overview", "zoom", "preview"]
+
+#: Outcome of one tool call: ``ok``; ``invalid_arguments`` (the tool layer rejected the call
+#: before or while running it -- a mistake the planner can fix); ``failed`` (the tool ran and
+#: raised); ``denied`` (the user did not approve it); ``cancelled`` (stopped by a cancellation
+#: request); ``pending`` (not run yet: awaiting approval, or the run stopped first).
+ToolCallStatus = Literal["ok", "invalid_arguments", "failed", "denied", "cancelled", "pending"]
 
 
 class SceneRef(TypedDict):
@@ -84,6 +102,36 @@ def last_value(left: Any, right: Any) -> Any:
     return right if right is not None else left
 
 
+class ToolResultRecord(TypedDict, total=False):
+    """What a tool node appends to ``results`` for one call.
+
+    Keys:
+        action_id: ``"s{step}t{index}"`` of the call (``index`` counts the turn's tool calls).
+        tool: Tool name.
+        step: The step number of the call.
+        status: ``ok``, ``invalid_arguments``, ``failed`` or ``denied`` (older checkpoints may
+            hold ``input_error`` for ``invalid_arguments``).
+        error: Why the call did not succeed (the tool layer's message), else absent.
+        code: Stable problem code of an ``invalid_arguments`` call (``invalid_arguments``,
+            ``unknown_artifact``, ``region_too_large`` ...), ``tool_failure`` of a failed one.
+        seconds: Run time of a successful call.
+        artifacts: Ids of the artifacts a successful call wrote.
+        streamed: Whether the tool read its region in blocks.
+        result: The short text result of a successful call (what the planner reads).
+    """
+
+    action_id: str
+    tool: str
+    step: int
+    status: ToolCallStatus | Literal["input_error"]
+    error: str
+    code: str
+    seconds: float
+    artifacts: list[int]
+    streamed: bool
+    result: str
+
+
 class ActionPayload(TypedDict, total=False):
     """What the router sends to one zoom or tool node (fan-out with ``Send``).
 
@@ -130,7 +178,7 @@ class AgentState(TypedDict, total=False):
     transcript: Annotated[list[dict[str, Any]], operator.add]
     views: Annotated[dict[str, ViewRecord], merge_views]
     artifacts: Annotated[list[dict[str, Any]], operator.add]
-    results: Annotated[list[dict[str, Any]], operator.add]
+    results: Annotated[list[ToolResultRecord], operator.add]
     steps: Annotated[list[dict[str, Any]], operator.add]
     problems: Annotated[list[dict[str, Any]], operator.add]
     warnings: Annotated[list[str], operator.add]

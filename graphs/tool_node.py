@@ -6,8 +6,16 @@ progress and cancellation hooks), calls :func:`~zoomearth.tools.base.run_tool`, 
 outcome into state updates: a ``tool_result`` transcript entry (the text the planner reads, with
 the artifact ids it may reference as ``artifact:N``), the artifact records, and a preview view.
 
-``ToolInputError`` (the planner can fix the call) becomes an observation. Any other failure is
-recorded with its cause and the run goes on; with ``runtime.strict`` it is re-raised.
+Every call leaves one record in ``results`` (:class:`~zoomearth.graphs.state.ToolResultRecord`)
+with its status, which the ``--json`` record and the run's status are built from:
+
+* ``ToolInputError`` (the planner can fix the call) becomes an observation and status
+  ``invalid_arguments``, with the tool layer's message and problem code;
+* any other failure is recorded with its cause (status ``failed``) and the run goes on; with
+  ``runtime.strict`` it is re-raised;
+* ``ToolCancelled`` (a cancellation request, :func:`cancel_thread`) is re-raised: the run stops,
+  the checkpointer keeps the task's error (read back as status ``cancelled``) and resuming the
+  thread runs the call again.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ log = logging.getLogger(__name__)
 
 TOOL_INPUT_TEMPLATE = "Tool {tool} could not run: {reason}"
 TOOL_FAILED_TEMPLATE = "Tool {tool} failed ({cause}); the run continues without its result."
+#: Problem code recorded for a tool that ran and raised.
+TOOL_FAILURE_CODE = "tool_failure"
 
 # Cancellation requests by thread id (set by the server when a client disconnects).
 _CANCELLED: set[str] = set()
@@ -156,13 +166,32 @@ def run_tool_action(
             outcome = run_tool(tool, ctx, payload.get("arguments") or {}, registry=registry)
     except ToolInputError as exc:
         text = TOOL_INPUT_TEMPLATE.format(tool=name, reason=exc)
-        emit({"event": "tool", "tool": name, "text": text, "ok": False, "step": step})
+        emit(
+            {
+                "event": "tool",
+                "tool": name,
+                "text": text,
+                "ok": False,
+                "status": "invalid_arguments",
+                "step": step,
+            }
+        )
+        code = str(getattr(exc, "code", "") or "invalid_arguments")
         return {
             "transcript": [_entry(text, None, **_call_data(name, payload), error="input")],
-            "results": [{**base, "status": "input_error", "error": str(exc)}],
+            "results": [{**base, "status": "invalid_arguments", "error": str(exc), "code": code}],
         }
     except ToolCancelled as exc:
-        emit({"event": "tool", "tool": name, "text": str(exc), "ok": False, "step": step})
+        emit(
+            {
+                "event": "tool",
+                "tool": name,
+                "text": str(exc),
+                "ok": False,
+                "status": "cancelled",
+                "step": step,
+            }
+        )
         raise
     except Exception as exc:
         if runtime.strict:
@@ -170,10 +199,19 @@ def run_tool_action(
         cause = " ".join(str(exc).split())[:300] or type(exc).__name__
         text = TOOL_FAILED_TEMPLATE.format(tool=name, cause=cause)
         log.warning("%s", text)
-        emit({"event": "tool", "tool": name, "text": text, "ok": False, "step": step})
+        emit(
+            {
+                "event": "tool",
+                "tool": name,
+                "text": text,
+                "ok": False,
+                "status": "failed",
+                "step": step,
+            }
+        )
         return {
             "transcript": [_entry(text, None, **_call_data(name, payload), error="failure")],
-            "results": [{**base, "status": "failed", "error": cause}],
+            "results": [{**base, "status": "failed", "error": cause, "code": TOOL_FAILURE_CODE}],
             "warnings": [text],
         }
 
@@ -217,6 +255,7 @@ def run_tool_action(
             "seconds": round(outcome.elapsed_s, 3),
             "artifacts": [a.id for a in outcome.artifacts],
             "streamed": outcome.streamed,
+            "result": text,
         }
     ]
     if warnings:
@@ -227,6 +266,7 @@ def run_tool_action(
             "tool": name,
             "text": outcome.text,
             "ok": True,
+            "status": "ok",
             "step": step,
             "artifacts": records,
         }

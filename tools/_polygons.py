@@ -169,9 +169,12 @@ def crs_member(crs_text: str) -> dict[str, Any] | None:
 
 
 def _unit_factor(crs: CRS) -> float | None:
+    """Metres per linear unit of a projected CRS; None when the CRS defines no linear unit."""
+    from rasterio.errors import CRSError
+
     try:
         _name, factor = crs.linear_units_factor
-    except Exception:  # noqa: BLE001 - rasterio raises CRSError for CRSs without linear units
+    except CRSError:  # rasterio's answer for a CRS without linear units; anything else is a bug
         return None
     return float(factor) if factor and math.isfinite(factor) else None
 

@@ -32,7 +32,9 @@ The class is validated when it is defined (:class:`ToolDefinitionError` names th
    when the tool can (``capabilities.streaming``) and refused with a message naming the limit
    otherwise,
 4. resolves ``"artifact:N"`` references to earlier artifacts and checks path arguments against the
-   setting ``allowed_roots`` (:mod:`zoomearth.tools.paths`),
+   setting ``allowed_roots`` (:mod:`zoomearth.tools.paths`); a path the user typed on the command
+   line for this run (``ToolContext.typed_paths``) is allowed as well -- a path only a planner or
+   a client wrote stays confined to ``allowed_roots``,
 5. calls ``run`` and turns anything unexpected into a :class:`ToolFailure` (the cause chained),
 6. checks the returned artifacts (inside the run directory, never the input, the input unchanged),
    registers them in the run's :class:`~zoomearth.artifacts.ArtifactStore` and returns a small,
@@ -110,9 +112,11 @@ __all__ = [
     "ToolOutcome",
     "ToolResult",
     "UnknownToolError",
+    "absolute_dir",
     "artifact_ref",
     "describe_arguments",
     "input_path",
+    "path_argument_values",
     "prompt_schema",
     "run_tool",
     "split_region_args",
@@ -202,6 +206,13 @@ ARTIFACT_MISSING_FILE_TEMPLATE = (
     "Argument '{arg}' of tool '{tool}' names {ref}, whose file {path} no longer exists."
 )
 PATH_ARG_TEMPLATE = "Tool '{tool}': {reason}"
+TYPED_PATH_MISSING_TEMPLATE = (
+    "Argument '{arg}' {path!r} (typed on the command line) does not exist; check the path and "
+    "run the command again."
+)
+TYPED_PATH_NOT_FILE_TEMPLATE = (
+    "Argument '{arg}' {path!r} (typed on the command line) is a directory; give a file in it."
+)
 CANCELLED_TEMPLATE = "Tool '{tool}' was cancelled; no artifacts were kept."
 FAILURE_TEMPLATE = "Tool '{tool}' failed: {kind}: {reason}"
 BAD_RESULT_TEMPLATE = "run returned {got}, expected a ToolResult"
@@ -437,7 +448,11 @@ def artifact_ref(*kinds: str) -> Any:
 
 
 def input_path(*, must_exist: bool = True) -> Any:
-    """Type of a path argument checked against ``allowed_roots`` (the value becomes resolved)."""
+    """Type of a path argument checked against ``allowed_roots`` (the value becomes resolved).
+
+    A path the user typed on the command line for this run (:attr:`ToolContext.typed_paths`) is
+    accepted outside ``allowed_roots`` too.
+    """
     return Annotated[str, Field(json_schema_extra={"format": "path"}), PathArgSpec(must_exist)]
 
 
@@ -468,6 +483,28 @@ def _marked_fields(args_cls: type[BaseModel], kind: type) -> dict[str, Any]:
         marker = _find_marker(info.annotation, info.metadata, kind)
         if marker is not None:
             out[name] = marker
+    return out
+
+
+def path_argument_values(args_cls: type[BaseModel], arguments: Mapping[str, Any]) -> list[str]:
+    """The values of the path arguments (:func:`input_path`) in a raw argument mapping.
+
+    For a command line: the paths inside ``--args`` the user typed, to pass as
+    :attr:`ToolContext.typed_paths`. Arguments are looked up by name and by alias; values that are
+    not strings (invalid arguments, reported later by :func:`run_tool`) are left out.
+
+    Args:
+        args_cls: The tool's ``Args`` model.
+        arguments: The arguments as given (not validated).
+
+    Returns:
+        The path strings, in argument order.
+    """
+    out: list[str] = []
+    for name in _marked_fields(args_cls, PathArgSpec):
+        info = args_cls.model_fields[name]
+        for key in dict.fromkeys((name, info.alias or name)):
+            out += [v for v in _values(arguments.get(key)) if isinstance(v, str)]
     return out
 
 
@@ -574,6 +611,9 @@ class ToolContext:
     Attributes:
         scene: The open scene (pixels through :meth:`read`, or ``scene.read``/``scene.render``).
         run_dir: Run directory; every artifact is written inside it (see :meth:`output_path`).
+            Made absolute (:func:`absolute_dir`: against the current directory, ``~`` expanded,
+            symlinks resolved) when the context is built, so a relative directory is never joined
+            onto a path that already contains it.
         region: Region to process, full-resolution pixels (xyxy, half-open). None = the whole
             scene. Inside ``run``: validated, clipped to the scene and snapped to integer edges.
         views: The run's current views (frames only; render pixels with ``scene.render``).
@@ -585,6 +625,11 @@ class ToolContext:
             :meth:`check_cancelled` (a tool then raises :class:`ToolCancelled`).
         step: Step of the run (names outputs); None outside a graph.
         store: The run's artifact store (default: one on ``run_dir``).
+        typed_paths: Files the user typed on a command line for this run (the input image, the
+            path values inside ``--args``, other path flags); path arguments naming one of them
+            are allowed even outside ``allowed_roots``. Resolved when the context is built. Never
+            fill it from planner or API-client input: those paths stay confined to
+            ``allowed_roots``.
         streamed: True inside ``run`` when the region is above the one-piece limit and must be
             processed tile by tile.
         warnings: Notes the tool adds for the user (:meth:`note`).
@@ -601,6 +646,7 @@ class ToolContext:
     is_cancelled: CancelCheck | None = None
     step: int | None = None
     store: ArtifactStore | None = None
+    typed_paths: Sequence[str | os.PathLike[str]] = ()
     streamed: bool = field(default=False, init=False)
     warnings: list[str] = field(default_factory=list, init=False)
     tool_name: str = field(default="", init=False)
@@ -611,7 +657,8 @@ class ToolContext:
     _protected: list[Path] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.run_dir = Path(self.run_dir)
+        self.run_dir = absolute_dir(self.run_dir)
+        self.typed_paths = tuple(_resolve_typed(p) for p in self.typed_paths)
         if self.settings is None:
             self.settings = getattr(self.scene, "settings", None)
 
@@ -858,6 +905,21 @@ class ToolContext:
         if self.store is None:
             self.store = ArtifactStore(self.run_dir)
         return self.store
+
+
+def absolute_dir(path: str | os.PathLike[str]) -> Path:
+    """A directory path made absolute once, where it is created (``~`` expanded, symlinks resolved).
+
+    Every run directory goes through this, so code joining file names onto it never sees a relative
+    directory (which, joined again to a path that already contains it, names a file that does not
+    exist).
+    """
+    return Path(path).expanduser().resolve()
+
+
+def _resolve_typed(path: str | os.PathLike[str]) -> Path:
+    """A path the user typed, as the runner compares it (absolute, symlinks resolved)."""
+    return Path(os.fspath(path)).expanduser().resolve()
 
 
 def _box_size(box: PixelBox) -> tuple[int, int]:
@@ -1266,8 +1328,38 @@ def _resolve_refs(tool: Tool, ctx: ToolContext, args: BaseModel) -> None:
             ctx._protected.append(Path(art.path))
 
 
-def _check_paths(tool: Tool, ctx: ToolContext, args: BaseModel) -> BaseModel:
+def _typed_path(ctx: ToolContext, value: Any) -> Path | None:
+    """The resolved path when ``value`` names a file the user typed for this run, else None."""
+    if not ctx.typed_paths or not isinstance(value, str | os.PathLike):
+        return None
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text or "\x00" in text or text.startswith("file:"):
+        return None
+    try:
+        resolved = _resolve_typed(text)
+    except (OSError, RuntimeError, ValueError):  # symlink loops, unusable paths
+        return None
+    return resolved if resolved in ctx.typed_paths else None
+
+
+def _check_path(ctx: ToolContext, arg: str, spec: PathArgSpec, value: Any) -> Path:
+    """One path argument: a typed path of this run, or a path inside ``allowed_roots``."""
     from zoomearth.tools.paths import PathNotAllowedError, check_allowed_path
+
+    typed = _typed_path(ctx, value)
+    if typed is None:
+        return check_allowed_path(
+            value, ctx.allowed_roots, must_exist=spec.must_exist, purpose=f"Argument '{arg}'"
+        )
+    if spec.must_exist and not typed.exists():
+        raise PathNotAllowedError(TYPED_PATH_MISSING_TEMPLATE.format(arg=arg, path=str(value)))
+    if typed.is_dir():
+        raise PathNotAllowedError(TYPED_PATH_NOT_FILE_TEMPLATE.format(arg=arg, path=str(value)))
+    return typed
+
+
+def _check_paths(tool: Tool, ctx: ToolContext, args: BaseModel) -> BaseModel:
+    from zoomearth.tools.paths import PathNotAllowedError
 
     marked = _marked_fields(tool.Args, PathArgSpec)
     if not marked:
@@ -1276,17 +1368,7 @@ def _check_paths(tool: Tool, ctx: ToolContext, args: BaseModel) -> BaseModel:
     for arg, spec in marked.items():
         value = getattr(args, arg)
         try:
-            checked = [
-                str(
-                    check_allowed_path(
-                        v,
-                        ctx.allowed_roots,
-                        must_exist=spec.must_exist,
-                        purpose=f"Argument '{arg}'",
-                    )
-                )
-                for v in _values(value)
-            ]
+            checked = [str(_check_path(ctx, arg, spec, v)) for v in _values(value)]
         except PathNotAllowedError as exc:
             raise ToolInputError(
                 PATH_ARG_TEMPLATE.format(tool=tool.name, reason=exc),
@@ -1318,9 +1400,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_draft(ctx: ToolContext, draft: ArtifactDraft) -> str | None:
-    path = Path(draft.path)
-    if not path.is_absolute():
-        path = ctx.run_dir / path
+    path = _draft_path(ctx, draft.path)
     run_dir = ctx.run_dir.resolve()
     resolved = path.resolve()
     if not (resolved == run_dir or run_dir in resolved.parents):
@@ -1463,7 +1543,7 @@ def _finish(
         problem = _check_draft(ctx, draft)
         if problem:
             raise _contract_failure(tool, problem)
-        previous = earlier.get(_absolute(ctx, draft.path).resolve())
+        previous = earlier.get(_draft_path(ctx, draft.path).resolve())
         if previous is not None:
             raise _contract_failure(
                 tool, OVERWRITES_ARTIFACT_TEMPLATE.format(path=draft.path, ref=previous.ref)
@@ -1482,7 +1562,7 @@ def _finish(
     if len(text) > MAX_TEXT_CHARS:
         text = text[: MAX_TEXT_CHARS - 20].rstrip() + " ... (truncated)"
     registered = ctx._store().register(
-        [d.model_copy(update={"path": _absolute(ctx, d.path)}) for d in drafts], tool=tool.name
+        [d.model_copy(update={"path": _draft_path(ctx, d.path)}) for d in drafts], tool=tool.name
     )
     preview_id = registered[-1].id if result.preview is not None else None
     region = ctx.box
@@ -1499,6 +1579,11 @@ def _finish(
     )
 
 
-def _absolute(ctx: ToolContext, path: Path) -> Path:
+def _draft_path(ctx: ToolContext, path: str | os.PathLike[str]) -> Path:
+    """The absolute path of an artifact draft (a relative one lies inside the run directory).
+
+    The one place a draft's path is joined to the run directory, and ``ctx.run_dir`` is absolute
+    (:func:`absolute_dir`), so the join happens exactly once.
+    """
     p = Path(path)
-    return p if p.is_absolute() else ctx.run_dir / p
+    return p if p.is_absolute() else absolute_dir(ctx.run_dir) / p

@@ -4,12 +4,18 @@ Every subcommand is a small function taking parsed arguments and the effective s
 are done inside the commands, so commands that need no model import no torch/transformers and
 start fast. Errors raised on purpose (:class:`~zoomearth.errors.ZoomEarthError`) are printed as one
 clear line on stderr with exit status 2; anything else is a bug and shows its traceback.
+
+``--set KEY=VALUE`` and ``--config FILE`` are accepted before the subcommand and after it (also
+after nested ones such as ``planner inputs``): :func:`build_parser` adds them to every subcommand
+parser once the command modules built theirs, and :func:`main` merges them in command-line order,
+so for the same key the value after the subcommand wins (:data:`SETTINGS_OPTIONS_EPILOG`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +27,26 @@ __all__ = ["main", "build_parser"]
 
 Handler = Callable[[argparse.Namespace, Any], int]
 _COMMANDS: dict[str, Handler] = {}
+
+SETTINGS_OPTIONS_EPILOG = (
+    "--set and --config may be given before the command (zoomearth --set K=V ask ...) or after "
+    "it (zoomearth ask ... --set K=V), also after nested commands; all --set values apply, and "
+    "where two name the same key -- or both places give --config -- the one after the command "
+    "wins."
+)
+OWN_CONFIG_EPILOG = (
+    "--set may be given before the command or after it; where two name the same key, the one "
+    "after the command wins. Here --config is this command's own option: give a settings file "
+    "before the command (zoomearth --config FILE ...)."
+)
+SET_HELP = "override a setting (highest precedence); repeatable"
+SUB_SET_HELP = "override a setting; repeatable; wins over --set given before the command"
+SUB_CONFIG_HELP = "TOML settings file; wins over --config given before the command"
+# Namespace attributes of the --set/--config options added to subcommand parsers, one per
+# nesting level (a nested parser's namespace would otherwise overwrite its parent's values).
+_SUB_SET_DEST = "settings_set_{depth}"
+_SUB_CONFIG_DEST = "settings_config_{depth}"
+_SUB_DEST_PATTERN = re.compile(r"^settings_(?:set|config)_(\d+)$")
 
 
 def command(name: str) -> Callable[[Handler], Handler]:
@@ -192,18 +218,27 @@ def cmd_models(args: argparse.Namespace, settings: Any) -> int:
 
     A CLI process has loaded no model yet, so this mainly shows the budgets the settings give
     each device; the server reports its live pool the same way.
+
+    Devices are counted without importing torch (see
+    :func:`~zoomearth.models.visible_cuda_devices`): an accelerator budget that is a fraction of
+    free memory is computed from the driver's figure, or shown as measured on first use.
     """
-    from zoomearth.models import format_bytes, format_stats, get_default_pool
+    from zoomearth.models import (
+        format_bytes,
+        format_stats,
+        get_default_pool,
+        visible_cuda_devices,
+    )
 
     pool = get_default_pool(settings)
-    devices = ["cpu"]
-    try:
-        import torch
-
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    budgets = {d: pool.budget(d) for d in devices}
+    budgets: dict[str, int | None] = {"cpu": pool.budget("cpu")}
+    for device in visible_cuda_devices():
+        budget = pool.configured_budget(device.name)
+        if budget is None and "torch" in sys.modules:
+            budget = pool.budget(device.name)  # torch is here already: measure as the pool does
+        elif budget is None and device.free_bytes is not None:
+            budget = int(device.free_bytes * pool.budget_fraction)
+        budgets[device.name] = budget
     stats = pool.stats()
     if args.json:
         _print_json({"budgets": budgets, "stats": stats.to_dict()})
@@ -214,8 +249,11 @@ def cmd_models(args: argparse.Namespace, settings: Any) -> int:
         if settings.model_pool_budget_bytes
         else f"{settings.model_pool_fraction:.0%} of free memory"
     )
-    for device, budget in budgets.items():
-        print(f"{device}: budget {format_bytes(budget)} ({how})")
+    for device_name, budget in budgets.items():
+        if budget is None:
+            print(f"{device_name}: budget measured on first use ({how})")
+        else:
+            print(f"{device_name}: budget {format_bytes(budget)} ({how})")
     print()
     print(format_stats(stats))
     return 0
@@ -227,15 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zoomearth",
         description="Active perception on ultra-high-resolution remote-sensing imagery.",
+        epilog=SETTINGS_OPTIONS_EPILOG,
     )
     p.add_argument("--config", help="TOML settings file (default: the user's zoomearth.toml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting (highest precedence); repeatable",
-    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -291,13 +324,69 @@ def build_parser() -> argparse.ArgumentParser:
     from zoomearth.server.cli import add_serve_command
 
     add_serve_command(sub)
-    try:
-        from zoomearth.cli_tools import add_tool_commands
-    except ImportError:  # pragma: no cover - only while the tools package is incomplete
-        pass
-    else:
-        add_tool_commands(sub)
+    from zoomearth.cli_tools import add_tool_commands
+
+    add_tool_commands(sub)
+    _add_settings_options(p)
     return p
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of ``parser``'s subcommands (each once, aliases included)."""
+    found: dict[int, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found.setdefault(id(child), child)
+    return list(found.values())
+
+
+def _add_settings_options(parser: argparse.ArgumentParser, depth: int = 1) -> None:
+    """Accept ``--set`` and ``--config`` after every (nested) subcommand too.
+
+    Added after the subcommand modules built their parsers, so they need not know about it. A
+    subcommand that defines its own option of that name keeps it (``train sft --config`` is the
+    training YAML); the global option before the command still works there. Values land in
+    per-level attributes (:data:`_SUB_SET_DEST`) that :func:`_settings_arguments` merges.
+    """
+    for child in _subcommand_parsers(parser):
+        taken = child._option_string_actions
+        own_config = "--config" in taken
+        if "--set" not in taken:
+            child.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                dest=_SUB_SET_DEST.format(depth=depth),
+                help=SUB_SET_HELP,
+            )
+        if not own_config:
+            child.add_argument(
+                "--config",
+                dest=_SUB_CONFIG_DEST.format(depth=depth),
+                metavar="CONFIG",
+                help=SUB_CONFIG_HELP,
+            )
+        if child.epilog is None:
+            child.epilog = OWN_CONFIG_EPILOG if own_config else SETTINGS_OPTIONS_EPILOG
+        _add_settings_options(child, depth + 1)
+
+
+def _settings_arguments(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """Merge ``--set``/``--config`` from before and after the (nested) subcommands.
+
+    Returns:
+        The ``--set`` pairs in command-line order (so a later pair for the same key wins) and
+        the ``--config`` file given last (the innermost command's), or None.
+    """
+    pairs = list(args.set)
+    config = args.config
+    depths = sorted({int(m.group(1)) for key in vars(args) if (m := _SUB_DEST_PATTERN.match(key))})
+    for depth in depths:
+        pairs += getattr(args, _SUB_SET_DEST.format(depth=depth), None) or []
+        config = getattr(args, _SUB_CONFIG_DEST.format(depth=depth), None) or config
+    return pairs, config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from zoomearth.config import load_settings, parse_set_flags
 
-        settings = load_settings(flags=parse_set_flags(args.set), config_file=args.config)
+        pairs, config_file = _settings_arguments(args)
+        settings = load_settings(flags=parse_set_flags(pairs), config_file=config_file)
         return _COMMANDS[args.command](args, settings)
     except ZoomEarthError as exc:
         print(f"zoomearth {args.command}: error: {exc}", file=sys.stderr)

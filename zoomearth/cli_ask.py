@@ -1,7 +1,18 @@
 """``zoomearth ask``: run the agent on one image and question, with a live step display.
 
-Exit status: 0 answered; 2 a usage or input error (one clear line on stderr); 3 stopped at an
-approval point without a terminal to ask on (the exact resume commands are printed).
+Exit status (:data:`EXIT_STATUS_HELP`):
+
+* 0 -- answered: the run finished and every tool request succeeded (a call the planner later
+  corrected counts as succeeded);
+* 2 -- a usage or input error (one clear line on stderr);
+* 3 -- stopped at an approval point without a terminal to ask on (the resume commands are printed);
+* 4 -- partial: the run finished with an answer, but some tool requests did not succeed (invalid
+  arguments, a tool that does not exist, a tool that failed, approval denied);
+* 5 -- failed: the run finished with an answer, but there were tool requests and none succeeded;
+* 130 -- interrupted (Ctrl-C), or a tool call was cancelled (the run is resumable).
+
+The ``--json`` record says the same in ``status`` (and ``status_reason``), and gives every tool
+call its status and error; the rule is :data:`zoomearth.api.RUN_STATUS_RULE`.
 """
 
 from __future__ import annotations
@@ -12,16 +23,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zoomearth.cli import command
+from zoomearth.cli import SETTINGS_OPTIONS_EPILOG, command
 
-__all__ = ["add_ask_command"]
+__all__ = ["EXIT_STATUS", "add_ask_command"]
 
 EXIT_AWAITING_APPROVAL = 3
+EXIT_PARTIAL = 4
+EXIT_FAILED = 5
+EXIT_CANCELLED = 130  # as for Ctrl-C (zoomearth.cli)
+#: Exit status by the record's ``status`` (``running``: 0, as before; it is not reached).
+EXIT_STATUS = {
+    "answered": 0,
+    "awaiting_approval": EXIT_AWAITING_APPROVAL,
+    "partial": EXIT_PARTIAL,
+    "failed": EXIT_FAILED,
+    "cancelled": EXIT_CANCELLED,
+}
+EXIT_STATUS_HELP = (
+    "Exit status: 0 answered (every tool request succeeded, or a later call corrected it); "
+    "2 usage or input error; 3 stopped at an approval point; 4 partial (answered, but some tool "
+    "requests did not succeed); 5 failed (answered, but no tool request succeeded); 130 "
+    "interrupted or a tool call cancelled. --json gives each tool call's status and error."
+)
+RUN_NOT_CLEAN_TEMPLATE = "run {status} (exit status {code}): {reason}"
 
 
 def add_ask_command(sub: Any) -> None:
     """Add the ``ask`` subcommand to the CLI's subparsers."""
-    s = sub.add_parser("ask", help="ask a question about an image (zoom, tools, answer)")
+    s = sub.add_parser(
+        "ask",
+        help="ask a question about an image (zoom, tools, answer)",
+        epilog=f"{EXIT_STATUS_HELP} {SETTINGS_OPTIONS_EPILOG}",
+    )
     s.add_argument("image", nargs="?", help="the scene (omit with --thread --resume)")
     s.add_argument("question", nargs="?", help="the question or command")
     s.add_argument("--planner", choices=("auto", "transformers", "openai", "rules", "script"))
@@ -128,9 +161,13 @@ def _print_result(result: Any, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
         return
-    if result.status == "answered":
+    if result.status in ("answered", "partial", "failed"):
         kind = " (best effort)" if result.answer_kind == "best_effort" else ""
-        print(f"\nanswer{kind}: {result.answer}")
+        flag = f" [{result.status}: see the tool calls]" if result.status != "answered" else ""
+        print(f"\nanswer{kind}{flag}: {result.answer}")
+        for call in result.tool_calls:
+            detail = call.get("result") or call.get("error") or ""
+            print(f"  {call['name']} ({call['status']}): {' '.join(str(detail).split())[:300]}")
     for a in result.artifacts:
         print(f"artifact:{a['id']} {a['kind']}: {a['path']}  -- {a.get('summary', '')}")
     print(
@@ -189,6 +226,14 @@ def cmd_ask(args: argparse.Namespace, settings: Any) -> int:
             )
             return EXIT_AWAITING_APPROVAL
         _print_result(result, args.json)
-        return 0
+        code = EXIT_STATUS.get(result.status, 0)
+        if code:
+            print(
+                RUN_NOT_CLEAN_TEMPLATE.format(
+                    status=result.status, code=code, reason=result.status_reason
+                ),
+                file=sys.stderr,
+            )
+        return code
     finally:
         agent.close()

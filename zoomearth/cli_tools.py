@@ -7,6 +7,11 @@ runs one tool directly through :func:`zoomearth.tools.run_tool`, the same code p
 tool nodes use; ``--box`` is in full-resolution pixels (no box = the whole image). The first Ctrl-C
 cancels the call cleanly (no partial outputs); a second one interrupts at once.
 
+Paths: ``--out`` may be relative (to the current directory); it is made absolute before the run.
+The paths the user typed -- the image and the path arguments inside ``--args`` -- are allowed for
+this run even outside the setting ``allowed_roots`` (``ToolContext.typed_paths``); ``allowed_roots``
+still confines the paths that planners and API clients write.
+
 :func:`add_tool_commands` adds both subcommands to the main parser; the handlers register
 themselves with :func:`zoomearth.cli.command` when this module is imported.
 """
@@ -210,15 +215,19 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
     from zoomearth.geometry import parse_box
     from zoomearth.scene import Scene
     from zoomearth.tools import ToolCancelled, ToolContext, get_registry, run_tool
+    from zoomearth.tools.base import absolute_dir, path_argument_values
 
     tool = get_registry().get_tool(args.name)
     tool_args = _load_args(args.args)
     box = parse_box(args.box) if args.box else None
     if args.out:
-        run_dir = Path(args.out)
+        run_dir = absolute_dir(args.out)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(settings.runs_dir) / f"tool-{stamp}-{tool.name}"
+        run_dir = absolute_dir(Path(settings.runs_dir) / f"tool-{stamp}-{tool.name}")
+    # What the user typed on this command line is theirs to use (allowed_roots is for paths a
+    # planner or a client writes): the image and every path argument inside --args.
+    typed_paths = [args.image, *path_argument_values(tool.Args, tool_args)]
     progress = _Progress(tool.name)
     with (
         Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene,
@@ -231,6 +240,7 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
             settings=settings,
             progress=progress,
             is_cancelled=cancel.event.is_set,
+            typed_paths=typed_paths,
         )
         try:
             outcome = run_tool(tool, ctx, tool_args)
@@ -240,14 +250,14 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
         finally:
             progress.close()
     if args.json:
-        _print_json({"run_dir": str(run_dir.resolve()), **outcome.model_dump(mode="json")})
+        _print_json({"run_dir": str(run_dir), **outcome.model_dump(mode="json")})
         return 0
     for w in outcome.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(outcome.text)
     for art in outcome.artifacts:
         print(f"  {art.ref:<12} {art.kind:<8} {art.path}")
-    print(f"run directory: {run_dir.resolve()}")
+    print(f"run directory: {run_dir}")
     return 0
 
 

@@ -156,10 +156,20 @@ class Settings(BaseModel):
         "exactly as the reference (PIL bicubic over every pixel, streamed in strips); larger "
         "ones from an internal overview level (see docs/reproduce.md for the difference)",
     )
-    zoomearth_tool_planner: Literal["rules", "none"] = Field(
+    zoomearth_tool_planner: Literal["rules", "openai", "none"] = Field(
         "rules",
         description="zoomearth profile: what decides the tool to run on ZoomEarth's region "
-        "(rules = the rules planner's intent table; none = no tools)",
+        "(rules = the rules planner's intent table; openai = a general VLM over "
+        "tool_planner_base_url; none = no tools)",
+    )
+    tool_planner_base_url: str | None = Field(
+        None, description="zoomearth_tool_planner=openai: server (default: planner_base_url)"
+    )
+    tool_planner_model: str | None = Field(
+        None, description="zoomearth_tool_planner=openai: served model (default: the first listed)"
+    )
+    tool_planner_api_key: str | None = Field(
+        None, description="zoomearth_tool_planner=openai: API key (default: planner_api_key)"
     )
     planner_timeout_s: float = Field(120.0, gt=0, description="HTTP timeout per planner call")
     planner_max_retries: int = Field(3, ge=0, description="Retries of failed planner HTTP calls")

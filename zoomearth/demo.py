@@ -1,10 +1,12 @@
 """``make demo``: the main job on an embedded default that needs no download.
 
 1. Generates a synthetic georeferenced UHR scene (8,192 px, planted objects, a little cloud) and
-   prints ``zoomearth info`` for it; writes the overview the planner sees first.
+   prints ``zoomearth info`` for it; writes the overview the planner sees first
+   (``overview.png``).
 2. Runs ``zoomearth ask`` with the offline rules planner: "segment the <object> in box ..." --
    the agent zooms to the object at full resolution and runs the segmentation tool there,
-   writing a mask GeoTIFF, GeoJSON polygons with areas and a preview.
+   writing a mask GeoTIFF, GeoJSON polygons with areas and a preview. The region the agent
+   zoomed to is written at full resolution with ``zoomearth view`` (``zoom.png``).
 3. Continues the same thread: "remove clouds in the top-left" -- a second zoom and the
    cloud-removal tool on that crop, keeping the thread's views and artifacts.
 4. Prints where everything was written, including the trajectory picture.
@@ -20,9 +22,40 @@ import sys
 import time
 from pathlib import Path
 
+NO_ZOOM_TEMPLATE = (
+    "the agent made no zoom for {question!r} (thread {thread}), so there is no zoom view to "
+    "write; run the demo again with a fresh OUT_DIR, or report the rules planner's answer above."
+)
+#: Long side, in pixels, above which the zoom picture is downsampled (a zoom is far smaller).
+ZOOM_MAX_SIDE = 4096
+
 
 def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+def _zoom_region(data_dir: Path, thread: str) -> list[int] | None:
+    """The full-resolution region of the first zoom of ``thread``'s latest question.
+
+    Args:
+        data_dir: The data folder the demo's ``ask`` commands ran with (setting ``data_dir``).
+        thread: The thread id.
+
+    Returns:
+        ``[x1, y1, x2, y2]`` in full-resolution pixels, or None when the agent did not zoom.
+    """
+    from zoomearth.api import Agent
+    from zoomearth.config import load_settings
+
+    settings = load_settings(flags={"data_dir": data_dir})
+    agent = Agent(settings, planner="rules")
+    try:
+        zooms = agent.result(thread).zooms
+    finally:
+        agent.close()
+    if not zooms:
+        return None
+    return [round(v) for v in zooms[0].box_xyxy]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     x1, y1, x2, y2 = (round(v) for v in target["box_xyxy"])
     label = target["label"].replace("_", " ")
     thread = f"demo-{args.size}-{args.seed}"
-    data = ["--set", f"data_dir={json.dumps(str(out / 'data'))}"]
+    data_dir = out / "data"
+    data = ["--set", f"data_dir={json.dumps(str(data_dir))}"]
     question = f"segment the {label} in box {x1},{y1},{x2},{y2}"
     _banner(f'zoomearth ask {scene_path.name} "{question}" --planner rules')
     rc = cli([*data, "ask", str(scene_path), question, "--planner", "rules", "--thread", thread,
               "--out", str(out / "run")])  # fmt: skip
+    if rc:
+        return rc
+
+    region = _zoom_region(data_dir, thread)
+    if region is None:
+        message = NO_ZOOM_TEMPLATE.format(question=question, thread=thread)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    box = ",".join(str(v) for v in region)
+    long_side = max(region[2] - region[0], region[3] - region[1])
+    side = min(long_side, ZOOM_MAX_SIDE)
+    scale = "full resolution" if side == long_side else f"long side {side} px"
+    _banner(f"the zoom the agent made: zoomearth view {scene_path.name} --box {box}")
+    rc = cli(["view", str(scene_path), f"--box={box}", "--side", str(side),
+              "-o", str(out / "zoom.png")])  # fmt: skip
     if rc:
         return rc
 
@@ -84,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     _banner("done")
     print(f"scene:      {scene_path}")
     print(f"overview:   {out / 'overview.png'}")
+    print(f"zoom:       {out / 'zoom.png'}  ({scale}, region {box})")
     print(f"run:        {out / 'run'}  (trajectory.png, GeoTIFF/GeoJSON artifacts)")
     return 0
 

@@ -16,7 +16,8 @@ agent uses. It checks that
 * one-band, 16-bit and pixel-only scenes are handled when the declared capabilities accept them,
   and refused with a ToolInputError otherwise;
 * a region above ``capabilities.max_side`` is streamed (``streaming=True``) or refused with a
-  message naming the limit;
+  message naming the limit; a tool without a one-piece limit (``max_side=None``: unbounded reads)
+  must declare ``streaming=True`` -- otherwise the check fails, it is never skipped;
 * cancellation raises :class:`~zoomearth.tools.ToolCancelled` and leaves no file behind; refused
   or failed calls leave no file either (outputs are written atomically);
 * the input files' bytes and modification times never change.
@@ -76,6 +77,23 @@ MAX_WIDE_SIDE = 200_000
 
 REPORT_HEADER_TEMPLATE = "zoomearth contract kit: tool {name!r} ({target}): {summary}"
 NOT_A_TOOL_TEMPLATE = "check_tool needs a zoomearth Tool subclass; got {got!r}"
+UNBOUNDED_TEMPLATE = (
+    "capabilities.max_side is None (no one-piece limit: the tool may read a whole gigapixel "
+    "scene at once) and streaming is not declared; declare Capabilities(max_side=N) with the "
+    "largest side the tool processes in one piece (larger regions are then refused naming N), "
+    "or declare streaming=True and process large regions tile by tile through ctx.tiles() "
+    "(best with max_side=N too)"
+)
+UNCHECKABLE_LIMIT_TEMPLATE = (
+    "capabilities.max_side={limit} is above the largest side the kit can check ({most} px) and "
+    "streaming is not declared, so one-piece reads are effectively unbounded; declare a "
+    "max_side the tool really processes in one piece, or streaming=True and read through "
+    "ctx.tiles()"
+)
+UNBOUNDED_STREAMING_NOTE = (
+    "no one-piece limit (max_side None); streaming declared, so the tool splits large regions "
+    "itself (ctx.tiles(side=...))"
+)
 
 
 @dataclass(frozen=True)
@@ -533,8 +551,15 @@ class _Kit:
     def c_above_limit(self) -> str | None:
         limit = self.caps.max_side
         if limit is None:
-            raise _Skip("no one-piece limit declared (capabilities.max_side is None)")
+            # Unbounded one-piece reads pass only when the tool says it streams large regions.
+            if not self.caps.streaming:
+                raise _CheckFailed(UNBOUNDED_TEMPLATE)
+            return UNBOUNDED_STREAMING_NOTE
         if limit + 16 > MAX_WIDE_SIDE:
+            if not self.caps.streaming:
+                raise _CheckFailed(
+                    UNCHECKABLE_LIMIT_TEMPLATE.format(limit=limit, most=MAX_WIDE_SIDE - 16)
+                )
             raise _Skip(f"max_side {limit} is too large for a quick synthetic check")
         count, dtype = self.base_layout()
         scene = self.scene(
@@ -620,7 +645,7 @@ class _Skip(Exception):
 @contextmanager
 def _workdir(path: str | Path | None) -> Iterator[Path]:
     if path is not None:
-        p = Path(path)
+        p = Path(path).expanduser().resolve()  # a relative workdir must not move with the cwd
         p.mkdir(parents=True, exist_ok=True)
         yield p
         return

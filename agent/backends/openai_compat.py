@@ -380,6 +380,18 @@ class OpenAIPlanner(Planner):
 
     # ---- planning --------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Learn the served model's name (and so the profile) before the graph's first turn.
+
+        Without ``planner_model`` the profile depends on the name the server lists; the graph
+        fixes each question's protocol before planning, so the name is fetched here.
+
+        Raises:
+            PlannerError: The server cannot be reached or lists no model.
+        """
+        if not self.model:
+            self._served_model()
+
     def plan(self, request: PlanRequest) -> PlanReply:
         """Ask the server for one turn (or one stage, in the zoomearth profile).
 

@@ -116,6 +116,10 @@ def test_profile_selection() -> None:
     name, reason = resolve_profile("auto", "Qwen/Qwen2.5-VL-7B-Instruct")
     assert name == "agent" and "does not name ZoomEarth" in reason
     assert resolve_profile("agent", "HappyBug/ZoomEarth-3B")[0] == "agent"
+    # Only the checkpoint's own name counts, not the folders around it.
+    assert resolve_profile("auto", "/home/u/.local/share/zoomearth/runs/sft")[0] == "agent"
+    assert resolve_profile("auto", "/data/zoomearth/models/Qwen2.5-VL-7B-Instruct")[0] == "agent"
+    assert resolve_profile("auto", "/data/models/ZoomEarth-3B/")[0] == "zoomearth"
     with pytest.raises(PlannerError, match="planner_profile"):
         resolve_profile("fancy", None)
 

@@ -81,6 +81,32 @@ def test_openai_backend_drives_the_zoomearth_profile(settings, scene_path, tmp_p
     assert result.visual_tokens == 216 + (216 + 324)  # the processor's 504 x 336 and 504 x 504
 
 
+def test_served_model_name_sets_the_profile_before_the_graph_runs(settings, scene_path, tmp_path):
+    # No planner_model: the profile follows the name the server lists, learned before stage 1.
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(b"{{question}}<|vision_start|><|image_pad|><|vision_end|>")
+    server = FakeServer()
+    server.models = ["HappyBug/ZoomEarth-3B"]
+    try:
+        server.script.extend([
+            Scripted(200, completion('<think>{"bbox_2d": [10, 10, 60, 60]}</think>')),
+            Scripted(200, completion("<answer>ok</answer>")),
+        ])
+        cfg = settings.model_copy(update={
+            "planner": "openai", "planner_base_url": server.base_url, "planner_model": None,
+            "planner_max_retries": 0, "planner_prompt": prompt,
+        })
+        agent = Agent(cfg, registry=ToolRegistry(builtins={}, entry_point_group=None),
+                      checkpointer=InMemorySaver(), strict=True)
+        result = agent.ask(scene_path, "Is there a ship?")
+    finally:
+        server.close()
+    assert result.profile == "zoomearth" and result.answer == "ok"
+    (zoom,) = result.zooms
+    # [10, 10, 60, 60] * 6000 / 512 -> [117, 117, 703, 703]: both sides >= 512, the raw box
+    assert zoom.box_xyxy == [117, 117, 703, 703]
+
+
 def test_openai_backend_drives_the_agent_profile(settings, scene_path):
     server = FakeServer()
     try:

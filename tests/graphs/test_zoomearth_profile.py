@@ -163,8 +163,10 @@ def test_tools_run_on_zoomearths_region_and_stay_out_of_its_input(settings, clou
     # [40, 40, 200, 200] * 3 = [120, 120, 600, 600]: both sides 480 < 512 -> centred square
     assert zoom.box_xyxy == [104, 104, 616, 616]
     (call,) = result.tool_calls
-    assert call["name"] == "cloud_removal"
-    assert call.get("status", "ok") == "ok"
+    assert call["name"] == "cloud_removal" and call["status"] == "ok" and call["error"] is None
+    # The tool's text result reaches the user (record and summary), never the model's input.
+    assert call["result"] and "cloud" in call["result"].lower()
+    assert result.summary.startswith("done\n\nTools:\n- cloud_removal (ok): ")
     cloud_artifacts = [a for a in result.artifacts if a.get("tool") == "cloud_removal"]
     assert cloud_artifacts and all(
         a["region_xyxy"] == [104, 104, 616, 616] for a in cloud_artifacts
@@ -224,3 +226,44 @@ def test_oracle_and_no_zoom_baselines_keep_the_profile(settings, scene_path):
     inner = ZoomEarthScripted(['<think>{"bbox_2d": [10, 10, 20, 20]}</think><answer>a</answer>'])
     result = _agent(settings, NoZoomPlanner(inner)).ask(scene_path, "What is there?")
     assert result.answer == "a" and not result.zooms and len(inner.calls) == 1
+
+
+def test_tiny_random_model_zooms_runs_the_tool_and_answers_in_stage_two(cloudy_path, tmp_path):
+    """The clouds example through the real transformers path: the oracle writes stage 1's box
+    (random weights write none), the tool runs on the crop, stage 2 sees two images."""
+    from zoomearth.agent.backends.hf import TransformersPlanner
+    from zoomearth.config import load_settings
+    from zoomearth.eval.baselines import OraclePlanner
+    from zoomearth.testing_models import build_tiny_qwen25vl
+    from zoomearth.tools.registry import get_registry
+
+    tiny = build_tiny_qwen25vl(tmp_path / "tiny")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(PROMPT.encode("utf-8"))
+    s = load_settings(
+        flags={
+            "data_dir": tmp_path / "data",
+            "cache_dir": tmp_path / "cache",
+            "planner_model": str(tiny),
+            "planner_profile": "zoomearth",
+            "planner_prompt": str(prompt),
+            "planner_max_new_tokens": 8,
+            "planner_device": "cpu",
+            "planner_seed": 0,
+        },
+        environ={},
+    )
+    inner = TransformersPlanner(s)
+    oracle = OraclePlanner(inner)
+    oracle.set_target([120.0, 120.0, 600.0, 600.0])
+    agent = Agent(s, planner=oracle, registry=get_registry(), checkpointer=InMemorySaver(),
+                  strict=True)
+    result = agent.ask(cloudy_path, "remove the clouds over the harbour")
+    assert result.profile == "zoomearth"
+    assert [st["stage"] for st in result.steps] == [1, 2]
+    (zoom,) = result.zooms
+    assert zoom.box_xyxy == pytest.approx([104, 104, 616, 616], abs=1)
+    (call,) = result.tool_calls
+    assert call["name"] == "cloud_removal" and call["status"] == "ok"
+    # Stage 2 went through the real processor with the overview and the crop.
+    assert result.steps[1]["visual_tokens"] > result.steps[0]["visual_tokens"] > 0

@@ -26,6 +26,7 @@ from zoomearth.errors import (
     ZoomEarthError,
 )
 from zoomearth.models import (
+    CudaDevice,
     ModelPool,
     ModelSpec,
     PoolWarning,
@@ -35,7 +36,9 @@ from zoomearth.models import (
     is_out_of_memory,
     measure_bytes,
     parse_bytes,
+    pool_from_settings,
     set_default_pool,
+    visible_cuda_devices,
 )
 
 FAST = 1e15  # bytes/s: offloading always beats reloading
@@ -644,10 +647,139 @@ def test_default_pool_accessors():
         first = get_default_pool()
         assert get_default_pool() is first
         mine = ModelPool(budgets={"cpu": 10})
-        assert set_default_pool(mine) is first
+        assert set_default_pool(mine) is None  # no pool was installed before
         assert get_default_pool() is mine
+        assert set_default_pool(None) is mine
+        assert get_default_pool() is not mine
     finally:
         set_default_pool(previous)
+
+
+@pytest.fixture()
+def no_installed_pool():
+    previous = set_default_pool(None)
+    yield
+    set_default_pool(previous)
+
+
+def _budget_settings(tmp_path, budget, **more):
+    from zoomearth.config import load_settings
+
+    flags = {"data_dir": tmp_path / "data", "model_pool_budget_bytes": budget, **more}
+    return load_settings(flags=flags, environ={})
+
+
+def test_default_pool_follows_the_settings_budget(tmp_path, no_installed_pool):
+    """Issue #13: a second Agent with another budget must not get the first one's pool."""
+    small = _budget_settings(tmp_path, 1000)
+    large = _budget_settings(tmp_path, 5000)
+    first, second = get_default_pool(small), get_default_pool(large)
+    assert first is not second
+    assert first.budget("cpu") == 1000 and second.budget("cpu") == 5000
+    # Same configuration, same pool: the planner and tools of one Agent share resident models.
+    assert get_default_pool(_budget_settings(tmp_path / "other", 1000)) is first
+    assert get_default_pool(small) is first and first.budget("cpu") == 1000
+
+
+def test_default_pool_follows_fraction_and_concurrency(tmp_path, no_installed_pool):
+    base = get_default_pool(_budget_settings(tmp_path, None))
+    halves = get_default_pool(_budget_settings(tmp_path, None, model_pool_fraction=0.5))
+    two = get_default_pool(_budget_settings(tmp_path, None, model_pool_concurrency=2))
+    assert len({id(base), id(halves), id(two)}) == 3
+    assert halves.budget_fraction == 0.5
+    # No settings = the default configuration = settings that leave the pool values alone.
+    assert get_default_pool() is base
+
+
+def test_installed_pool_wins_over_settings(tmp_path, no_installed_pool):
+    mine = ModelPool(budgets={"cpu": 10})
+    set_default_pool(mine)
+    assert get_default_pool(_budget_settings(tmp_path, 1000)) is mine
+    set_default_pool(None)
+    assert get_default_pool(_budget_settings(tmp_path, 1000)).budget("cpu") == 1000
+
+
+def test_pool_from_settings_builds_a_new_pool(tmp_path):
+    settings = _budget_settings(tmp_path, 1234)
+    pool = pool_from_settings(settings)
+    assert pool is not pool_from_settings(settings)
+    assert pool.budget("cpu") == 1234 and pool.configured_budget("cuda:3") == 1234
+
+
+def test_configured_budget_never_measures():
+    pool = ModelPool(budgets={"fake0": 7}, budget_fraction=0.5)
+    assert pool.configured_budget("fake0") == 7
+    assert pool.configured_budget("cpu") is None  # would be measured: not known yet
+    assert pool.configured_budget("auto") is None
+    measured = pool.budget("cpu")
+    assert pool.configured_budget("cpu") == measured
+
+
+# ---- CUDA devices without torch ------------------------------------------------------------
+
+
+def _fake_smi(tmp_path, lines: list[str], rc: int = 0) -> str:
+    script = tmp_path / "nvidia-smi"
+    body = "".join(f"echo '{line}'\n" for line in lines)
+    script.write_text(f"#!/bin/sh\n{body}exit {rc}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+_TWO_GPUS = ["0, GPU-aaaa-1111, 1000, 2000", "1, GPU-bbbb-2222, 3000, [N/A]"]
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        (None, [(1000, 2000), (3000, None)]),
+        ("1", [(3000, None)]),
+        ("1,0", [(3000, None), (1000, 2000)]),
+        ("GPU-bbbb", [(3000, None)]),
+        ("0,7,1", [(1000, 2000)]),  # CUDA stops at the first entry naming no device
+        ("0,0", [(1000, 2000)]),
+        ("", []),
+        ("-1", []),
+    ],
+)
+def test_visible_cuda_devices_from_nvidia_smi(tmp_path, visible, expected):
+    environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    smi = _fake_smi(tmp_path, _TWO_GPUS)
+    devices = visible_cuda_devices(environ=environ, allow_torch=False, nvidia_smi=smi)
+    mib = 2**20
+    assert devices == [
+        CudaDevice(f"cuda:{i}", free * mib, total * mib if total else None)
+        for i, (free, total) in enumerate(expected)
+    ]
+
+
+def test_visible_cuda_devices_falls_back_to_proc(tmp_path):
+    proc = tmp_path / "gpus"
+    for bus in ("0000:17:00.0", "0000:65:00.0"):
+        (proc / bus).mkdir(parents=True)
+    failing = _fake_smi(tmp_path, ["NVIDIA-SMI has failed"], rc=9)
+    for smi in (failing, None, str(tmp_path / "missing")):
+        devices = visible_cuda_devices(
+            environ={}, allow_torch=False, nvidia_smi=smi, proc_dir=str(proc)
+        )
+        assert devices == [CudaDevice("cuda:0"), CudaDevice("cuda:1")]
+    devices = visible_cuda_devices(
+        environ={"CUDA_VISIBLE_DEVICES": "1"}, allow_torch=False, nvidia_smi=None,
+        proc_dir=str(proc),
+    )  # fmt: skip
+    assert devices == [CudaDevice("cuda:0")]
+
+
+def test_visible_cuda_devices_without_a_driver(tmp_path):
+    devices = visible_cuda_devices(
+        environ={}, allow_torch=False, nvidia_smi=None, proc_dir=str(tmp_path / "none")
+    )
+    assert devices == []
+
+
+def test_visible_cuda_devices_asks_torch_when_imported():
+    devices = visible_cuda_devices()  # torch is imported by this module
+    assert [d.name for d in devices] == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
 # ---- real tiny torch models on the CPU ------------------------------------------------------

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 import rasterio
@@ -17,6 +23,7 @@ from zoomearth.errors import (
 )
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene
+from zoomearth.scene.scene import RASTERIO_LOGGERS, quiet_gdal
 
 
 def test_info_reads_headers_only(tmp_path, settings, monkeypatch):
@@ -261,3 +268,93 @@ def test_input_is_never_modified(tmp_path, settings):
         scene.info()
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["a.tif"]
+
+
+# ---- no process-wide GDAL/logging side effects (issue #13) ------------------------------------
+
+_SNAPSHOT = """
+import json, logging, os, sys
+import rasterio
+from rasterio.env import get_gdal_config
+
+NAMES = ("rasterio", "rasterio._env", "rasterio._err", "rasterio._io", "rasterio._base")
+
+
+def snapshot():
+    loggers = {n: [logging.getLogger(n).level, len(logging.getLogger(n).filters)] for n in NAMES}
+    return {"environ": dict(os.environ), "loggers": loggers, "cpl_log": get_gdal_config("CPL_LOG")}
+
+
+before = snapshot()
+import zoomearth.scene
+import zoomearth.scene.scene
+after_import = snapshot()
+after_use = None
+if len(sys.argv) > 1:
+    from zoomearth.geometry import PixelBox
+    with zoomearth.scene.Scene.open(sys.argv[1]) as scene:
+        scene.render()
+        scene.render(PixelBox(0, 0, 10, 10))
+    after_use = snapshot()
+print(json.dumps({"before": before, "after_import": after_import, "after_use": after_use}))
+"""
+
+
+def test_importing_scene_leaves_environ_and_loggers_alone(tmp_path):
+    path = write_raster(tmp_path / "a.tif", 64, 48, 3)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SNAPSHOT, str(path)], capture_output=True, text=True, check=True
+    )
+    result = json.loads(proc.stdout)
+    assert result["after_import"] == result["before"]
+    assert result["before"]["cpl_log"] is None
+    # Using a scene does not leave anything behind either (the quieting is scoped).
+    assert result["after_use"]["loggers"] == result["before"]["loggers"]
+    assert result["after_use"]["environ"] == result["before"]["environ"]
+    assert result["after_use"]["cpl_log"] is None
+
+
+def _rasterio_record(logger_name: str = "rasterio._err") -> None:
+    logging.getLogger(logger_name).info("GDAL signalled an error: test")
+
+
+def test_quiet_gdal_is_scoped_to_the_thread_and_the_block(caplog):
+    caplog.set_level(logging.DEBUG, logger="rasterio")
+    logger = logging.getLogger("rasterio._err")
+    level = logger.level
+    with quiet_gdal():
+        with quiet_gdal():  # nesting is fine
+            _rasterio_record()
+        _rasterio_record("rasterio._env")
+        other = threading.Thread(target=_rasterio_record)  # another thread is not muted
+        other.start()
+        other.join()
+        logging.getLogger("rasterio._err").critical("still shown")
+    assert [r.getMessage() for r in caplog.records] == [
+        "GDAL signalled an error: test",
+        "still shown",
+    ]
+    assert caplog.records[0].thread != threading.get_ident()
+    assert logger.filters == [] and logger.level == level
+    caplog.clear()
+    _rasterio_record()  # after the block, rasterio's logging is the application's again
+    assert len(caplog.records) == 1
+
+
+def test_read_errors_do_not_leak_gdal_messages(tmp_path, settings, caplog):
+    src = write_raster(tmp_path / "a.tif", 256, 256, 3, block=64, compress="deflate")
+    raw = bytearray(src.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 2000] = bytes(2000)  # scrambled tiles, headers intact
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(raw))
+    caplog.set_level(logging.DEBUG, logger="rasterio")
+
+    def gdal_records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name in RASTERIO_LOGGERS]
+
+    with Scene.open(bad, settings=settings) as scene, pytest.raises(SceneReadError):
+        scene.read(PixelBox(0, 0, 256, 256))
+    assert gdal_records() == []
+    with rasterio.open(bad) as ds, pytest.raises(rasterio.errors.RasterioIOError):
+        ds.read()  # outside the package's own calls, GDAL's messages reach rasterio's loggers
+    assert gdal_records()

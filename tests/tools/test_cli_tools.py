@@ -140,3 +140,70 @@ def test_tool_on_real_scene(shared_data, tmp_path):
         assert o.transform.almost_equals(window_transform(win, s.transform)) and o.crs == s.crs
         np.testing.assert_array_equal(o.read(), s.read(window=win))
     assert src.stat().st_mtime_ns == before
+
+
+# -- issue #13 -------------------------------------------------------------------------------
+def test_tool_with_relative_out_from_another_directory(tmp_path):
+    """`zoomearth tool export_region small.tif --out toolrun` used to exit 2 (toolrun/toolrun)."""
+    write_raster(tmp_path / "small.tif", 64, 48, 3)
+    proc = zoomearth(
+        "tool", "export_region", "small.tif", "--out", "toolrun", "--json", cwd=tmp_path
+    )
+    outcome = json.loads(proc.stdout)
+    assert outcome["run_dir"] == str(tmp_path / "toolrun")
+    assert outcome["artifacts"] and all(
+        os.path.isfile(a["path"]) and os.path.dirname(a["path"]) == str(tmp_path / "toolrun")
+        for a in outcome["artifacts"]
+    )
+    assert not (tmp_path / "toolrun" / "toolrun").exists()
+    text = zoomearth("tool", "export_region", "small.tif", "--out", "run1", cwd=tmp_path).stdout
+    assert f"run directory: {tmp_path / 'run1'}" in text
+
+
+def test_tool_allows_the_paths_typed_on_the_command_line(tmp_path):
+    """`--args '{"others": [...]}'` next to the input works without allowed_roots."""
+    import shutil
+
+    folder = tmp_path / "dir with space"
+    folder.mkdir()
+    src = write_raster(folder / "ñandú é.tif", 64, 48, 3)
+    shutil.copy(src, folder / "ñandú é 2.tif")
+    args = json.dumps({"others": ["dir with space/ñandú é 2.tif"], "method": "composite"})
+    proc = zoomearth(
+        "tool",
+        "cloud_removal",
+        "dir with space/ñandú é.tif",
+        "--args",
+        args,
+        "--out",
+        "out dir",
+        "--json",
+        cwd=tmp_path,
+    )
+    outcome = json.loads(proc.stdout)
+    assert outcome["artifacts"] and all(os.path.isfile(a["path"]) for a in outcome["artifacts"])
+    assert outcome["run_dir"] == str(tmp_path / "out dir")
+    # The same arguments from an @file are typed by the user too.
+    (tmp_path / "args.json").write_text(args, encoding="utf-8")
+    proc = zoomearth(
+        "tool",
+        "cloud_removal",
+        "dir with space/ñandú é.tif",
+        "--args",
+        "@args.json",
+        "--out",
+        "out2",
+        cwd=tmp_path,
+    )
+    assert f"run directory: {tmp_path / 'out2'}" in proc.stdout
+
+
+def test_cli_tools_imports_cleanly_and_registers_both_commands():
+    """cli.py must not hide an import error of cli_tools (issue #13): import it on its own."""
+    code = (
+        "import zoomearth.cli_tools as m, zoomearth.cli as c; c.build_parser(); "
+        "assert {'tool', 'tools'} <= set(c._COMMANDS), sorted(c._COMMANDS); "
+        "assert m.cmd_tool is c._COMMANDS['tool']"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -69,6 +69,7 @@ def test_bad_tool_fails_with_a_readable_list(tmp_path):
 class NeedsArgs(Tool):
     name = "needs_args"
     description = "Has a required argument."
+    capabilities = Capabilities(max_side=64)
 
     class Args(BaseModel):
         label: str
@@ -87,9 +88,69 @@ def test_required_arguments_must_be_given():
     assert report.result("basic").status == "passed"
 
 
-def test_unlimited_tool_skips_the_limit_check():
+def test_args_callable_gets_scene_and_run_dir():
     report = check_tool(NeedsArgs, args=lambda scene, run_dir: {"label": scene.path.stem})
-    assert report.result("above_limit").status == "skipped"
+    assert report.ok and report.result("above_limit").message == "refused naming the limit 64"
+
+
+class Unbounded(Tool):
+    """Reads any region in one piece: max_side None, no streaming (issue #13)."""
+
+    name = "unbounded"
+    description = "Reads the whole region at once."
+
+    def run(self, ctx, args):
+        data = ctx.read()
+        return ToolResult(text=f"read {data.shape}")
+
+
+def test_unbounded_tool_without_streaming_fails_the_kit(tmp_path):
+    assert Unbounded.capabilities.max_side is None and not Unbounded.capabilities.streaming
+    report = check_tool(Unbounded, workdir=tmp_path, raise_on_failure=False)
+    check = report.result("above_limit")
+    assert check.status == "failed" and not report.ok  # never a skip that passes the kit
+    assert "max_side is None" in check.message and "streaming" in check.message
+    assert "declare Capabilities(max_side=N)" in check.message
+    with pytest.raises(AssertionError, match="FAILED  above_limit"):
+        check_tool(Unbounded, workdir=tmp_path / "again")
+
+
+def test_unbounded_streaming_tool_passes_the_kit(tmp_path):
+    class UnboundedStreaming(Unbounded):
+        name = "unbounded_streaming"
+        capabilities = Capabilities(streaming=True)
+
+    report = check_tool(UnboundedStreaming, workdir=tmp_path)
+    assert report.result("above_limit").status == "passed"
+    assert "streaming declared" in report.result("above_limit").message
+
+
+def test_uncheckably_large_limit_without_streaming_fails_the_kit(tmp_path):
+    class HugeLimit(Unbounded):
+        name = "huge_limit"
+        capabilities = Capabilities(max_side=10**9)
+
+    report = check_tool(HugeLimit, workdir=tmp_path, checks={"above_limit"}, raise_on_failure=False)
+    check = report.result("above_limit")
+    assert check.status == "failed" and "max_side=1000000000" in check.message
+
+
+def test_every_registered_tool_declares_a_limit_or_streaming():
+    """The above_limit rule holds for built-ins and plugins (each runs the kit elsewhere)."""
+    from zoomearth.tools import BUILTIN_TOOLS, get_registry
+
+    rows = get_registry().describe()
+    assert set(BUILTIN_TOOLS) <= {r["name"] for r in rows}
+    for row in rows:
+        caps = row["capabilities"]
+        assert caps["streaming"] or caps["max_side"] is not None, row["name"]
+
+
+def test_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = check_tool(NeedsArgs, args={"label": "x"}, workdir="kit dir", checks={"basic"})
+    assert report.result("basic").status == "passed"
+    assert (tmp_path / "kit dir" / "run").is_dir()
 
 
 def test_check_tool_rejects_non_tools():

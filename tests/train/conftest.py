@@ -97,7 +97,11 @@ def prepared(train_root: Path, scenes: dict[str, Any]) -> Path:
     from zoomearth.train.data import prepare
 
     out = train_root / "prepared"
-    prepare(scenes["records"], scenes["folder"], out, settings=make_settings(train_root))
+    # No tools section: the tiny model's byte-level tokenizer makes the registry's ~15,000
+    # characters of tool descriptions as many tokens (test_agent_layout covers the tools).
+    prepare(
+        scenes["records"], scenes["folder"], out, settings=make_settings(train_root), tools=[]
+    )
     return out
 
 

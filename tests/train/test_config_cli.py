@@ -23,6 +23,15 @@ def test_example_configs_validate() -> None:
     grpo.check_grpo()
     assert grpo.rewards.weight_list() == [1.0, 1.0, 1.0]
     assert grpo.rewards.region_guided_scale == 200
+    # The per-stage keys (not the older both-stage ones): 512 tokens at temperature 1.0 each.
+    assert (grpo.grpo.max_stage_tokens, grpo.grpo.temperature, grpo.grpo.top_p) == (None,) * 3
+    stage1, stage2 = grpo.grpo.stages()
+    assert (stage1.temperature, stage1.max_new_tokens, stage1.top_p, stage1.top_k) == (
+        1.0, 512, 1.0, 50
+    )
+    assert (stage2.temperature, stage2.max_new_tokens, stage2.top_p, stage2.top_k) == (
+        1.0, 512, None, None
+    )
 
 
 def test_reference_example_config_loads_with_the_reference_values() -> None:
@@ -60,7 +69,7 @@ def test_grpo_stage_defaults_and_older_keys(tmp_path: Path) -> None:
     assert (stage1.temperature, stage1.max_new_tokens) == (1.0, 2048)
     assert (stage2.temperature, stage2.max_new_tokens) == (0.7, 800)
     assert GRPOSection().scale_rewards == "none" and GRPOSection().loss_type == "grpo"
-    # The older both-stage keys still load (examples/train/grpo.yaml uses them).
+    # The older both-stage keys still load.
     older = GRPOSection.model_validate({"max_stage_tokens": 8, "temperature": 0.9})
     assert [(s.max_new_tokens, s.temperature) for s in older.stages()] == [(8, 0.9), (8, 0.9)]
     path = tmp_path / "c.yaml"
@@ -128,6 +137,9 @@ def test_cli_prepare(tmp_path: Path, scenes: dict, capsys: pytest.CaptureFixture
     )
     assert cmd_train(args, make_settings(tmp_path)) == 0
     assert json.loads(capsys.readouterr().out)["written"] == 3
+    # The agent prompt offers the tool registry's tools by default.
+    written = json.loads((tmp_path / "o" / "agent_prompt.json").read_text())
+    assert written["tools"] and written["coord_mode"] == "pixels"
     args = _parser().parse_args(
         [
             "train",
@@ -141,6 +153,23 @@ def test_cli_prepare(tmp_path: Path, scenes: dict, capsys: pytest.CaptureFixture
     )
     assert cmd_train(args, make_settings(tmp_path)) == 0
     assert "skipped 3 already written" in capsys.readouterr().out
+    # Resuming with other tools would mix two prompts in one data set.
+    no_tools = _parser().parse_args(
+        ["train", "prepare", str(records), "--images", str(scenes["folder"]), "-o",
+         str(tmp_path / "o"), "--no-tools"]
+    )
+    from zoomearth.train.data import PrepareError
+
+    with pytest.raises(PrepareError, match="other prompt sections or tools"):
+        cmd_train(no_tools, make_settings(tmp_path))
+    assert cmd_train(
+        _parser().parse_args(
+            ["train", "prepare", str(records), "--images", str(scenes["folder"]), "-o",
+             str(tmp_path / "o2"), "--no-tools", "--json"]
+        ),
+        make_settings(tmp_path),
+    ) == 0
+    assert json.loads((tmp_path / "o2" / "agent_prompt.json").read_text())["tools"] == []
 
 
 def test_cli_prepare_zoomearth_profile(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,22 +78,42 @@ def test_prepare_layout_frames_and_crops(prepared: Path, scenes: dict) -> None:
     with Image.open(prepared / row["overview"]) as overview:
         assert overview.size == (224, 149)
 
-    # Layout: user = overview + text; assistant = stage 1 cut, crop, stage 2.
-    user, assistant = row["messages"]
+    # Layout: the planner's chat conversation -- user = overview + the user section; assistant =
+    # stage 1; user = the caption the graph's zoom node writes + the crop; assistant = stage 2.
+    user, turn1, zoom, turn2 = row["messages"]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
     assert [p["type"] for p in user["content"]] == ["image", "text"]
-    assert user["content"][1]["text"].startswith(scenes["records"][0]["question"])
-    assert [p["type"] for p in assistant["content"]] == ["text", "image", "text"]
-    assert "<answer>" not in assistant["content"][0]["text"]
-    assert assistant["content"][2]["text"].endswith(
-        f"<answer>{obj.label.replace('_', ' ')}</answer>"
+    assert user["content"][0]["image"] == row["overview"]
+    text = user["content"][1]["text"]
+    assert text.startswith(scenes["records"][0]["question"])
+    assert "The full image is 1536 x 1024 pixels." in text and "# Tools" not in text
+    assert turn1["content"] == [{"type": "text", "text": row["stage1"]}]
+    assert "<answer>" not in row["stage1"]
+    (x1, y1, x2, y2) = row["crop_spec"]["region_xyxy"]
+    caption = (
+        f"full-resolution region [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}] "
+        f"({x2 - x1:.0f}x{y2 - y1:.0f} px) shown at 224x224 (object)"
     )
+    # The zoom_caption section ("View k: <entry text>") over the graph's entry text.
+    assert zoom["content"] == [
+        {"type": "text", "text": f"View 1: {caption}\n"},
+        {"type": "image", "image": row["crop"]},
+    ]
+    assert turn2["content"] == [{"type": "text", "text": row["stage2"]}]
+    assert row["stage2"].endswith(f"<answer>{obj.label.replace('_', ' ')}</answer>")
+    # The GRPO row carries the scene facts the graph gives the planner, not rendered text.
+    assert g["scene_info"]["width"] == 1536 and g["scene_info"]["height"] == 1024
+    assert g["scene_info"]["path"] == g["image_path"] and "user_text" not in g
+    prompt = json.loads((prepared / "agent_prompt.json").read_text())
+    assert prompt["tools"] == [] and prompt["coord_mode"] == "pixels"
 
     # A global question: no crop, answer in stage 1.
     glob = sft["A-g"]
     assert (
         glob["crop"] is None and glob["stage2"] == "" and "<answer>rural</answer>" in glob["stage1"]
     )
-    assert [p["type"] for p in glob["messages"][1]["content"]] == ["text"]
+    assert [m["role"] for m in glob["messages"]] == ["user", "assistant"]
+    assert glob["messages"][1]["content"] == [{"type": "text", "text": glob["stage1"]}]
     assert grpo["A-g"]["gt_box_full"] == [] and grpo["A-g"]["prompt"] == "A-g"
     # One overview PNG per scene.
     assert sorted(p.name for p in (prepared / "images").glob("*.overview.png")) == [
@@ -244,3 +265,13 @@ def test_real_lrs_gro_records_parse(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     stats = prepare(path, tmp_path / "imgs", tmp_path / "o", settings=make_settings(tmp_path))
     assert (stats.missing_images, stats.written) == (76, 0)
+
+
+def test_prepare_agent_refuses_a_folder_of_older_rows(tmp_path: Path, scenes: dict) -> None:
+    settings = make_settings(tmp_path)
+    records = scenes["records"][:1]
+    prepare(records, scenes["folder"], tmp_path / "o", settings=settings, tools=[])
+    # Rows without agent_prompt.json: an earlier version's layout (or the zoomearth profile's).
+    (tmp_path / "o" / "agent_prompt.json").unlink()
+    with pytest.raises(PrepareError, match="earlier version"):
+        prepare(records, scenes["folder"], tmp_path / "o", settings=settings, tools=[])

@@ -65,13 +65,21 @@ def test_enormous_window_is_cut_to_the_image() -> None:
 def test_agent_region_uses_the_agents_rule() -> None:
     overview = ViewSpec(0, PixelBox(0, 0, 5000, 3000), 512, 307)
     frame = ProcessorFrame(overview, (504, 308))
-    region, note = agent_rollout_region(think("[100, 100, 110, 110]"), frame, 5000, 3000)
-    assert note == "the first bbox_2d"
-    assert (region.width, region.height) == pytest.approx((512, 512))
-    region, note = agent_rollout_region("no box", frame, 5000, 3000)
-    assert region == PixelBox(0, 0, 5000, 3000) and "whole image" in note
-    region, note = agent_rollout_region(think("[900, 900, 950, 950]"), frame, 5000, 3000)
+    region, note, label = agent_rollout_region(think("[100, 100, 110, 110]"), frame, 5000, 3000)
+    assert note == "the first bbox_2d" and label is None
+    # The minimum crop, snapped to whole pixels as the graph's zoom node snaps it.
+    assert region == region.snap_out() and region.width >= 512 and region.height >= 512
+    assert region.width - 512 <= 1 and region.height - 512 <= 1
+    text = '<think>{"bbox_2d": [100, 100, 110, 110], "label": "ship"}</think>'
+    assert agent_rollout_region(text, frame, 5000, 3000)[1:] == ("the first bbox_2d", "ship")
+    region, note, label = agent_rollout_region("no box", frame, 5000, 3000)
+    assert region == PixelBox(0, 0, 5000, 3000) and "whole image" in note and label is None
+    region, note, _ = agent_rollout_region(think("[900, 900, 950, 950]"), frame, 5000, 3000)
     assert region == PixelBox(0, 0, 5000, 3000) and "unusable" in note
+    # Only the overview exists in stage 1: a box drawn on another view is not zoomed.
+    on_view_2 = '<think>{"bbox_2d": [1, 1, 9, 9], "view": 2}</think>'
+    region, note, _ = agent_rollout_region(on_view_2, frame, 5000, 3000)
+    assert region == PixelBox(0, 0, 5000, 3000) and "view 2" in note
 
 
 def test_profiles_and_frames_of_the_data() -> None:

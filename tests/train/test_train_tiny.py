@@ -35,6 +35,8 @@ def _config(tiny_model: Path, data_path: Path, out: Path, **extra: Any) -> Any:
 
 
 def test_sft_collator_trains_on_assistant_text_only(prepared: Path, tiny_model: Path) -> None:
+    import re
+
     from transformers import AutoProcessor
 
     from zoomearth.train.data import load_jsonl
@@ -46,21 +48,51 @@ def test_sft_collator_trains_on_assistant_text_only(prepared: Path, tiny_model: 
     batch = collator([{"row": json.dumps(rows["A-0"])}, {"row": json.dumps(rows["A-g"])}])
     tok = processor.tokenizer
     zoom, glob = batch["labels"][0], batch["labels"][1]
+    row = rows["A-0"]
+    # The model's two turns are learned, each with the end-of-turn token it stops at.
     target = tok.decode(zoom[zoom != IGNORE_INDEX])
-    cut = rows["A-0"]["stage1"]  # the stage-1 target has no <answer>, nothing is cut
-    assert target == cut + rows["A-0"]["stage2"] + "<|im_end|>"
+    assert target == row["stage1"] + "<|im_end|>" + row["stage2"] + "<|im_end|>"
     assert tok.decode(glob[glob != IGNORE_INDEX]) == rows["A-g"]["stage1"] + "<|im_end|>"
-    ids = batch["input_ids"][0]
-    text = tok.decode(ids[batch["attention_mask"][0] == 1])
-    # The crop continues the assistant turn, with no end-of-turn between stage 1 and the crop.
-    tail = text.rsplit("<|im_start|>assistant\n", 1)[1]
-    assert tail.startswith(cut + "<|vision_start|><|image_pad|>")
-    assert tail.count("<|im_end|>") == 1 and tail.endswith("<|im_end|>")
+    ids = batch["input_ids"][0][batch["attention_mask"][0] == 1]
+    text = re.sub(r"(<\|image_pad\|>)+", "<|image_pad|>", tok.decode(ids))
+    # The chat layout: the crop comes in a user message after the stage-1 turn, with the zoom
+    # caption; stage 2 is the next assistant turn.
+    _system_and_user, turn1, turn2 = text.split("<|im_start|>assistant\n")
+    stage1, user = turn1.split("<|im_end|>\n<|im_start|>user\n")
+    assert stage1 == row["stage1"]
+    assert user.startswith("View 1: full-resolution region [") and "(object)\n" in user
+    assert user.endswith("<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n")
+    assert turn2 == row["stage2"] + "<|im_end|>"
     # 3 images (overview + crop, overview); image pads match the grids (merge 2 x 2).
     grids = batch["image_grid_thw"]
     assert grids.shape[0] == 3
     pads = int((batch["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).sum())
     assert pads == int(grids.prod(dim=-1).sum()) // 4
+
+
+def test_sft_rejects_rows_of_the_old_continuation_layout(prepared: Path, tiny_model: Path) -> None:
+    from transformers import AutoProcessor
+
+    from zoomearth.train.common import TrainError
+    from zoomearth.train.data import load_jsonl
+    from zoomearth.train.sft import sft_sequence
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    row = load_jsonl(prepared / "sft.jsonl")[0]
+    user = row["messages"][0]
+    old = [
+        user,
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": row["stage1"]},
+                {"type": "image", "image": row["crop"]},
+                {"type": "text", "text": row["stage2"]},
+            ],
+        },
+    ]
+    with pytest.raises(TrainError, match="earlier version"):
+        sft_sequence(processor, {**row, "messages": old})
 
 
 def test_sft_collator_zoomearth_profile_is_the_raw_reference_sequence(
@@ -209,11 +241,14 @@ def test_grpo_two_steps_with_two_stage_rollouts(grpo_run: dict) -> None:
     assert rollout.last_notes[1] == "no usable bbox_2d: the whole image"
     for region in regions:
         assert region.width >= 512 and region.height >= 512
-    # Stage 2 continued the assistant turn: stage-1 text (cut), then the crop, no end-of-turn.
+    # Stage 2 is the planner's chat prompt: the stage-1 turn, a user message with the zoom
+    # caption and the crop, then the generation prompt.
     for text in grpo_run["seen"]:
-        tail = text.rsplit("<|im_start|>assistant\n", 1)[1]
-        assert tail.startswith(("<think>zoom {", "noise")) and "<|im_end|>" not in tail
-        assert tail.endswith("<|vision_end|>") and text.count("<|vision_start|>") == 2
+        _system_and_user, turn1, generation = text.split("<|im_start|>assistant\n")
+        stage1, user = turn1.split("<|im_end|>\n<|im_start|>user\n")
+        assert stage1.startswith(("<think>zoom {", "noise")) and generation == ""
+        assert user.startswith("View 1: full-resolution region [")
+        assert user.endswith("<|vision_end|><|im_end|>\n") and text.count("<|vision_start|>") == 2
     assert (result.output_dir / "curves.png").exists()
 
 

@@ -108,6 +108,12 @@ class OraclePlanner(Planner):
         """Set the next question's ground-truth box (full-resolution xyxy; None: no box)."""
         self._box = [float(v) for v in box_full_xyxy] if box_full_xyxy is not None else None
 
+    def prepare(self) -> None:
+        """Prepare the inner planner and take over its (possibly just learned) profile."""
+        self.inner.prepare()
+        self.profile = self.inner.profile
+        self.profile_reason = self.inner.profile_reason
+
     def describe(self) -> str:
         """One line naming the baseline and the inner planner."""
         return f"oracle over {self.inner.describe()}"
@@ -206,6 +212,12 @@ class NoZoomPlanner(Planner):
         # zoomearth profile: the graph follows no stage-1 box (stage 1's answer stands).
         self.zoom_enabled = False
         self.selection = f"no-zoom baseline (overview only) over {inner.name}"
+
+    def prepare(self) -> None:
+        """Prepare the inner planner and take over its (possibly just learned) profile."""
+        self.inner.prepare()
+        self.profile = self.inner.profile
+        self.profile_reason = self.inner.profile_reason
 
     def describe(self) -> str:
         """One line naming the baseline and the inner planner."""

@@ -268,7 +268,13 @@ class QuestionRunner:
                 delete(thread)
         zooms = [list(z.box_xyxy) for z in result.zooms]
         first_zoom_step = next((s for s in result.steps if s.get("zooms")), None)
-        if first_zoom_step is None:
+        if result.profile == "zoomearth":
+            # As the reference records them: each stage's <answer> read with the reference's
+            # reader, None when the stage wrote none (no best-effort text in their place).
+            stages = {s.get("stage"): s for s in result.steps}
+            answer1 = stages.get(1, {}).get("stage_answer")
+            answer2 = stages[2].get("answer") if 2 in stages else None
+        elif first_zoom_step is None:
             answer1, answer2 = result.answer, None
         else:
             answer1, answer2 = first_zoom_step.get("stage_answer"), result.answer

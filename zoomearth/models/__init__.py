@@ -9,6 +9,7 @@ Importing this package loads no model and does not import torch.
 """
 
 from zoomearth.models.pool import (
+    CudaDevice,
     DeviceStats,
     ModelPool,
     ModelSpec,
@@ -25,9 +26,11 @@ from zoomearth.models.pool import (
     parse_bytes,
     pool_from_settings,
     set_default_pool,
+    visible_cuda_devices,
 )
 
 __all__ = [
+    "CudaDevice",
     "DeviceStats",
     "ModelPool",
     "ModelSpec",
@@ -44,4 +47,5 @@ __all__ = [
     "parse_bytes",
     "pool_from_settings",
     "set_default_pool",
+    "visible_cuda_devices",
 ]

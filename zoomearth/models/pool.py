@@ -51,6 +51,7 @@ __all__ = [
     "PoolStats",
     "PoolWarning",
     "available_ram_bytes",
+    "CudaDevice",
     "default_move",
     "format_bytes",
     "format_stats",
@@ -58,7 +59,9 @@ __all__ = [
     "is_out_of_memory",
     "measure_bytes",
     "parse_bytes",
+    "pool_from_settings",
     "set_default_pool",
+    "visible_cuda_devices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -375,6 +378,149 @@ def available_ram_bytes() -> int:
         pass
     # Last resort (no psutil, not Linux): total physical memory overestimates what is free.
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    """A CUDA device this process may use, as the driver reports it.
+
+    Attributes:
+        name: The pool's device name, ``"cuda:<index>"`` numbered as CUDA numbers the visible
+            devices (after ``CUDA_VISIBLE_DEVICES``).
+        free_bytes: Free memory now, when known without creating a CUDA context.
+        total_bytes: Total memory, when known.
+    """
+
+    name: str
+    free_bytes: int | None = None
+    total_bytes: int | None = None
+
+
+_NVIDIA_SMI_QUERY = (
+    "--query-gpu=index,uuid,memory.free,memory.total",
+    "--format=csv,noheader,nounits",
+)
+_PROC_NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+
+
+@dataclass(frozen=True)
+class _PhysicalGpu:
+    index: int
+    uuid: str | None
+    free_bytes: int | None
+    total_bytes: int | None
+
+
+def _mib(text: str) -> int | None:
+    try:
+        return int(float(text)) * 2**20
+    except ValueError:  # "[N/A]" and the like
+        return None
+
+
+def _gpus_from_nvidia_smi(executable: str) -> list[_PhysicalGpu] | None:
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            [executable, *_NVIDIA_SMI_QUERY],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    gpus = []
+    for line in proc.stdout.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 4 or not fields[0].isdigit():
+            continue
+        index, uuid, free, total = fields[:4]
+        gpus.append(_PhysicalGpu(int(index), uuid or None, _mib(free), _mib(total)))
+    return gpus
+
+
+def _gpus_from_proc(proc_dir: str) -> list[_PhysicalGpu]:
+    try:
+        count = sum(1 for _ in os.scandir(proc_dir))
+    except OSError:
+        return []
+    return [_PhysicalGpu(i, None, None, None) for i in range(count)]
+
+
+def _apply_visible_devices(gpus: list[_PhysicalGpu], spec: str | None) -> list[_PhysicalGpu]:
+    """Select and order GPUs as CUDA does for ``CUDA_VISIBLE_DEVICES`` (None: all of them).
+
+    Entries are physical indexes, (prefixes of) ``GPU-...`` UUIDs or ``MIG-...`` instances
+    (memory unknown); like CUDA, the list ends at the first entry that names no device (or
+    repeats one).
+    """
+    if spec is None:
+        return list(gpus)
+    chosen: list[_PhysicalGpu] = []
+    for raw in spec.split(","):
+        item = raw.strip()
+        if item.isdigit():
+            match = next((g for g in gpus if g.index == int(item)), None)
+        elif item.startswith("GPU-"):
+            match = next((g for g in gpus if g.uuid and g.uuid.startswith(item)), None)
+        elif item.startswith("MIG-"):
+            match = _PhysicalGpu(-1, item, None, None)
+        else:
+            match = None
+        if match is None or match in chosen:
+            break
+        chosen.append(match)
+    return chosen
+
+
+def visible_cuda_devices(
+    *,
+    environ: Mapping[str, str] | None = None,
+    allow_torch: bool = True,
+    nvidia_smi: str | None = "nvidia-smi",
+    proc_dir: str = _PROC_NVIDIA_GPUS,
+) -> list[CudaDevice]:
+    """The CUDA devices this process can use, found without importing torch.
+
+    When torch is already imported (and ``allow_torch``), it is asked -- that costs nothing more.
+    Otherwise the driver is: ``nvidia-smi`` (which also gives each device's free memory), else
+    the entries of ``/proc/driver/nvidia/gpus``; ``CUDA_VISIBLE_DEVICES`` then selects and orders
+    them as CUDA would. Physical GPUs are numbered in PCI bus order (nvidia-smi's); CUDA numbers
+    them the same way with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or when the GPUs are alike (its
+    default order puts the fastest first).
+
+    Args:
+        environ: Environment to read ``CUDA_VISIBLE_DEVICES`` from (default ``os.environ``).
+        allow_torch: Ask torch when it is already imported.
+        nvidia_smi: The nvidia-smi executable (looked up on ``PATH``); None skips it.
+        proc_dir: The driver's per-GPU folder, used when nvidia-smi gives no answer.
+
+    Returns:
+        The devices, ``cuda:0`` first; empty without a driver or a visible device.
+    """
+    torch = sys.modules.get("torch") if allow_torch else None
+    if torch is not None:
+        try:
+            count = int(torch.cuda.device_count())
+        except Exception:  # noqa: BLE001 - a broken CUDA install means no usable device
+            count = 0
+        return [CudaDevice(f"cuda:{i}") for i in range(count)]
+    env = os.environ if environ is None else environ
+    gpus: list[_PhysicalGpu] | None = None
+    if nvidia_smi:
+        import shutil
+
+        executable = shutil.which(nvidia_smi, path=env.get("PATH"))
+        if executable:
+            gpus = _gpus_from_nvidia_smi(executable)
+    if gpus is None:
+        gpus = _gpus_from_proc(proc_dir)
+    visible = _apply_visible_devices(gpus, env.get("CUDA_VISIBLE_DEVICES"))
+    return [CudaDevice(f"cuda:{i}", g.free_bytes, g.total_bytes) for i, g in enumerate(visible)]
 
 
 def measure_bytes(obj: Any) -> int | None:
@@ -706,6 +852,22 @@ class ModelPool:
         device = self.resolve_device(device)
         with self._cond:
             return self._budget(device)
+
+    def configured_budget(self, device: str) -> int | None:
+        """The budget of ``device`` if known without measuring it (configured or measured before).
+
+        Unlike :meth:`budget` this never imports torch nor touches a device, so status displays
+        can call it cheaply; None means the budget is measured on first use.
+        """
+        name = self._normalise(device)
+        if name in ("auto", "cuda"):
+            return None
+        with self._cond:
+            if name in self._budgets:
+                return self._budgets[name]
+            if name in self._budget_config:
+                return self._budget_config[name]
+            return self._budget_config.get(name.split(":", 1)[0])
 
     def set_budget(self, device: str, nbytes: int) -> None:
         """Change the budget of ``device``; models over it are evicted on the next load there."""
@@ -1439,48 +1601,74 @@ def format_stats(stats: PoolStats) -> str:
 # Process-wide default pool
 # --------------------------------------------------------------------------------------------
 
-_default_pool: ModelPool | None = None
+_default_pool: ModelPool | None = None  # installed by set_default_pool: used for every call
+_pools_by_config: dict[tuple[int | None, float, int], ModelPool] = {}
 _default_pool_lock = threading.Lock()
 
 
+def _pool_config(settings: Any) -> tuple[int | None, float, int]:
+    """The pool configuration of ``settings`` (None: the defaults), as a hashable key."""
+    budget = getattr(settings, "model_pool_budget_bytes", None)
+    return (
+        int(budget) if budget else None,
+        float(getattr(settings, "model_pool_fraction", 0.8)),
+        int(getattr(settings, "model_pool_concurrency", 1)),
+    )
+
+
 def pool_from_settings(settings: Any) -> ModelPool:
-    """A pool configured by the settings.
+    """A new pool configured by the settings.
 
     Uses ``model_pool_budget_bytes`` (per device; None = a fraction of free memory),
     ``model_pool_fraction`` and ``model_pool_concurrency``.
     """
-    budget = getattr(settings, "model_pool_budget_bytes", None)
-    budgets = {"cpu": int(budget), "cuda": int(budget)} if budget else None
-    return ModelPool(
-        budgets,
-        concurrency=int(getattr(settings, "model_pool_concurrency", 1)),
-        budget_fraction=float(getattr(settings, "model_pool_fraction", 0.8)),
-    )
+    budget, fraction, concurrency = _pool_config(settings)
+    budgets = {"cpu": budget, "cuda": budget} if budget else None
+    return ModelPool(budgets, concurrency=concurrency, budget_fraction=fraction)
 
 
 def get_default_pool(settings: Any = None) -> ModelPool:
-    """The process-wide pool every component shares.
+    """The process-wide pool for ``settings``: shared by every component with the same budgets.
 
-    Created on first call, from ``settings`` when given (see :func:`pool_from_settings`), else
-    with defaults; later calls return the same pool whatever they pass.
+    There is one pool per distinct pool configuration (``model_pool_budget_bytes``,
+    ``model_pool_fraction``, ``model_pool_concurrency``; see :func:`pool_from_settings`),
+    created on first request and reused afterwards, so the planner and the tools of one
+    configuration share their resident models and one budget. ``settings=None`` means the
+    default configuration (the same pool as settings that leave the three values at their
+    defaults). A second ``Agent`` built with another budget gets its own pool: models resident
+    in the first pool stay there (owned by the first pool, freed by its LRU policy or
+    :meth:`ModelPool.clear`); the two pools do not count each other's memory, so give every
+    component of a process the same budget settings -- or pass one pool explicitly -- when
+    they share a GPU.
+
+    A pool installed with :func:`set_default_pool` overrides all of this: it is returned for
+    every call, whatever the settings.
     """
-    global _default_pool
     with _default_pool_lock:
-        if _default_pool is None:
-            _default_pool = pool_from_settings(settings) if settings is not None else ModelPool()
-        return _default_pool
+        if _default_pool is not None:
+            return _default_pool
+        key = _pool_config(settings)
+        pool = _pools_by_config.get(key)
+        if pool is None:
+            pool = _pools_by_config[key] = pool_from_settings(settings)
+        return pool
 
 
 def set_default_pool(pool: ModelPool | None) -> ModelPool | None:
-    """Replace the process-wide pool (``None``: recreate with defaults on next use).
+    """Install ``pool`` as the pool of every :func:`get_default_pool` call (``None``: remove it).
 
-    The configuration layer calls this with a pool built from the settings; tests use it to
-    install a pool with a small budget.
+    An embedding application uses this to make all components share one pool it configured;
+    tests use it to install a pool with a small budget. Removing the installed pool also forgets
+    the per-configuration pools, so the next requests create fresh ones (pools already handed
+    out stay valid for their holders).
 
     Returns:
-        The previous pool, so callers can restore it.
+        The previously installed pool (None when there was none), so callers can restore it
+        with ``set_default_pool(previous)``.
     """
     global _default_pool
     with _default_pool_lock:
         previous, _default_pool = _default_pool, pool
+        if pool is None:
+            _pools_by_config.clear()
         return previous

@@ -14,11 +14,13 @@ Frames: every box argument is a :class:`~zoomearth.geometry.PixelBox` in full-re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,7 @@ from zoomearth.geometry import MapBox, PixelBox, ViewSpec, full_to_map, validate
 if TYPE_CHECKING:
     from zoomearth.config import Settings
 
-__all__ = ["BandMapping", "Scene", "View"]
+__all__ = ["BandMapping", "Scene", "View", "quiet_gdal"]
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +124,59 @@ def _gdal_reason(exc: BaseException) -> str:
     return reasons[-1] if reasons else "unknown GDAL error"
 
 
-def _gdal_quiet() -> None:
-    # GDAL logs its own error text through the rasterio loggers before we turn it into a clear
-    # exception; keep that out of the user's terminal unless debugging.
-    for name in ("rasterio._env", "rasterio._err", "rasterio._io", "rasterio._base"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+#: The loggers rasterio passes GDAL's own messages to (errors also reach us as exceptions).
+RASTERIO_LOGGERS = ("rasterio._env", "rasterio._err", "rasterio._io", "rasterio._base")
 
 
-_gdal_quiet()
+class _QuietThreads(logging.Filter):
+    """Drops rasterio's records below CRITICAL from threads inside :func:`quiet_gdal`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth: dict[int, int] = {}  # thread id -> nesting depth of quiet_gdal
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL or record.thread not in self.depth
+
+
+_QUIET = _QuietThreads()
+_QUIET_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_gdal() -> Iterator[None]:
+    """Keep GDAL's messages out of the user's terminal during the project's own GDAL calls.
+
+    GDAL reports a failure through the rasterio loggers before rasterio raises it as an exception,
+    which this package turns into one clear message; the raw text would only repeat it. The scope
+    is this thread and this block: a filter on the rasterio loggers drops their records below
+    CRITICAL from the threads inside the block, and is removed when the last block ends -- logger
+    levels, ``os.environ`` and GDAL's configuration are never changed, so an application that
+    embeds the package keeps its own logging of rasterio. (GDAL's ``CPL_LOG`` is not used: GDAL
+    reads it once per process, so it cannot be scoped.) ``ZOOMEARTH_GDAL_DEBUG=1`` keeps
+    everything.
+    """
+    if os.environ.get("ZOOMEARTH_GDAL_DEBUG"):
+        yield
+        return
+    ident = threading.get_ident()
+    with _QUIET_LOCK:
+        if not _QUIET.depth:
+            for name in RASTERIO_LOGGERS:
+                logging.getLogger(name).addFilter(_QUIET)
+        _QUIET.depth[ident] = _QUIET.depth.get(ident, 0) + 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            left = _QUIET.depth.pop(ident) - 1
+            if left:
+                _QUIET.depth[ident] = left
+            elif not _QUIET.depth:
+                for name in RASTERIO_LOGGERS:
+                    logging.getLogger(name).removeFilter(_QUIET)
+
+
 _GDAL_CONFIGURED = False
 
 
@@ -142,10 +189,6 @@ def _configure_gdal(cache_mb: int) -> None:
     # A bounded block cache keeps peak memory predictable on UHR rasters (GDAL's default is 5 % of
     # RAM, about 1.2 GB here, which a whole-scene stream would fill).
     set_gdal_config("GDAL_CACHEMAX", int(cache_mb))
-    # GDAL's default handler prints warnings such as "TIFFReadDirectory: ..." straight to stderr;
-    # errors still reach us as exceptions. ZOOMEARTH_GDAL_DEBUG=1 keeps GDAL's own output.
-    if not os.environ.get("ZOOMEARTH_GDAL_DEBUG"):
-        set_gdal_config("CPL_LOG", "/dev/null")
     _GDAL_CONFIGURED = True
 
 
@@ -260,7 +303,7 @@ class Scene:
         from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), quiet_gdal():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 return rasterio.open(path)
         except RasterioError as exc:
@@ -540,13 +583,14 @@ class Scene:
             shape = (len(indexes), int(oh), int(ow))
         ds = self._dataset()
         try:
-            data = ds.read(
-                indexes,
-                window=Window(col, row, w, h),
-                out_shape=shape,
-                resampling=getattr(Resampling, resampling),
-                masked=True,
-            )
+            with quiet_gdal():
+                data = ds.read(
+                    indexes,
+                    window=Window(col, row, w, h),
+                    out_shape=shape,
+                    resampling=getattr(Resampling, resampling),
+                    masked=True,
+                )
         except Exception as exc:
             from rasterio.errors import RasterioError
 

@@ -103,6 +103,9 @@ APPROVAL_AGAIN_TEMPLATE = (
 NOT_FINISHED_MESSAGE = (
     "The run stopped before answering; send the same message again to continue it."
 )
+RUN_NOT_CLEAN_TEMPLATE = "Run status: {status}. {reason}"
+#: Record statuses of finished runs (they carry an answer).
+FINISHED_STATUSES = frozenset({"answered", "partial", "failed"})
 
 _CONV_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -322,7 +325,7 @@ def _artifact_markdown(state: ServerState, result: AskResult, before: int, base:
         lines.append(f"- [{path.name}]({url}) ({art.get('kind')}): {summary}".rstrip(": "))
         if media in ("image/png", "image/jpeg", "image/webp", "image/gif"):
             previews.append(f"![{path.name}]({url})")
-    if result.status == "answered" and result.trajectory and result.zooms:
+    if result.status in FINISHED_STATUSES and result.trajectory and result.zooms:
         traj = Path(result.trajectory).resolve()
         with contextlib.suppress(ValueError):
             url = state.signer.url(base, f"/artifacts/{traj.relative_to(root).as_posix()}")
@@ -339,9 +342,22 @@ def _final_text(state: ServerState, turn: Turn, result: AskResult, base: str) ->
     if result.status == "awaiting_approval":
         pending = result.pending_approval[0] if result.pending_approval else {}
         return APPROVAL_TEMPLATE.format(question=pending.get("question", "Run the tool?"))
-    text = result.answer if result.status == "answered" and result.answer else NOT_FINISHED_MESSAGE
+    finished = result.status in FINISHED_STATUSES and result.answer
+    text = result.answer if finished else NOT_FINISHED_MESSAGE
+    if finished and result.status != "answered":
+        # Tool requests failed: the answer must not read as a clean success.
+        note = RUN_NOT_CLEAN_TEMPLATE.format(status=result.status, reason=result.status_reason)
+        text = f"{text}\n\n{note}"
     links = _artifact_markdown(state, result, turn.artifacts_before, base)
     return f"{text}\n\n{links}" if links else str(text)
+
+
+def _status_fields(result: AskResult) -> dict[str, str]:
+    """The ``zoomearth`` object's status fields: ``status``, and ``status_reason`` when set."""
+    fields: dict[str, str] = {"status": result.status}
+    if result.status_reason:
+        fields["status_reason"] = result.status_reason
+    return fields
 
 
 def _chunk(cid: str, created: int, delta: dict[str, Any], finish: str | None = None,
@@ -694,7 +710,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                     if line:
                         yield ("progress", line)
                 elif kind == "result":
-                    yield ("status", value.status)
+                    yield ("status", _status_fields(value))
                     text = await run_in_threadpool(_final_text, state, turn, value, base)
                     yield ("text", text)
                 elif kind == "error":
@@ -705,7 +721,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
         if stream:
             async def sse() -> AsyncIterator[str]:
                 yield _chunk(cid, created, {"role": "assistant", "content": ""})
-                status = "answered"
+                status: dict[str, str] = {"status": "answered"}
                 async for kind, value in events():
                     if kind == "progress":
                         key = "content" if in_content else "reasoning_content"
@@ -722,8 +738,8 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                         yield f"data: {json.dumps(value.body())}\n\n"
                         return
                 if ticket is None:
-                    status = "awaiting_approval"
-                yield _chunk(cid, created, {}, "stop", {"zoomearth": {**info, "status": status}})
+                    status = {"status": "awaiting_approval"}
+                yield _chunk(cid, created, {}, "stop", {"zoomearth": {**info, **status}})
                 yield "data: [DONE]\n\n"
 
             return _RunStreamingResponse(
@@ -733,7 +749,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
 
         progress: list[str] = []
         answer = ""
-        status = "awaiting_approval" if ticket is None else "answered"
+        status = {"status": "awaiting_approval" if ticket is None else "answered"}
         async for kind, value in events(request.is_disconnected):
             if kind == "progress":
                 progress.append(value)
@@ -756,7 +772,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
             "id": cid, "object": "chat.completion", "created": created, "model": MODEL_ID,
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "zoomearth": {**info, "status": status},
+            "zoomearth": {**info, **status},
         }
         return JSONResponse(payload, headers=headers)
 

@@ -6,6 +6,8 @@ Modules:
   reference method's semantics by default (boxes in its 512-long-side overview frame);
 * :mod:`zoomearth.train.data` -- ``zoomearth train prepare``: LRS-GRO records + images to SFT
   sequences and GRPO prompts in one protocol profile (streamed, resumable);
+* :mod:`zoomearth.train.chat` -- the ``agent`` profile's conversations, built by the planner's
+  own functions from the graph's requests (the chat layout of inference);
 * :mod:`zoomearth.train.config` -- the YAML configuration (pydantic);
 * :mod:`zoomearth.train.sft` / :mod:`zoomearth.train.grpo` -- the TRL trainers (extra ``rl``);
   GRPO's two-stage rollout follows the reference's (stage 2 whenever the ground truth has a box,

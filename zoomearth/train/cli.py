@@ -1,9 +1,9 @@
 """``zoomearth train prepare|sft|grpo``.
 
-``prepare RECORDS --images DIR -o OUT [--profile P]`` writes ``OUT/sft.jsonl``,
-``OUT/grpo.jsonl`` and ``OUT/images/`` (resumable) for one protocol profile; ``sft --config FILE``
-and ``grpo --config FILE`` train as the YAML says (``docs/train.md``) and save a checkpoint the
-``transformers`` planner loads as it is.
+``prepare RECORDS --images DIR -o OUT [--profile P] [--no-tools]`` writes ``OUT/sft.jsonl``,
+``OUT/grpo.jsonl``, ``OUT/images/`` and (agent profile) ``OUT/agent_prompt.json`` (resumable) for
+one protocol profile; ``sft --config FILE`` and ``grpo --config FILE`` train as the YAML says
+(``docs/train.md``) and save a checkpoint the ``transformers`` planner loads as it is.
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def add_train_command(sub: Any) -> None:
         choices=("auto", "agent", "zoomearth"),
         help="protocol profile the data follows (default: the setting planner_profile; "
         "zoomearth needs planner_prompt, the checkpoint's prompt file)",
+    )
+    p.add_argument(
+        "--no-tools",
+        action="store_true",
+        help="agent profile: prompts without the tools section (for agents run with no tools); "
+        "default: the tools the agent offers (the tool registry, plugins included)",
     )
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
 
@@ -84,6 +90,7 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
             args.output,
             settings=settings,
             profile=args.profile,
+            tools=[] if args.no_tools else None,
             limit=args.limit,
             progress=not args.json and sys.stderr.isatty(),
         )

@@ -26,12 +26,18 @@ as ``profile``, because the model learns the inputs it will be given:
   ``<answer>`` (:func:`~zoomearth.agent.protocol.stage2_prefix`) + the crop's image placeholder +
   the stage-2 text -- exactly the reference's stage-2 input followed by its output.
 
-``agent`` (general VLMs with the project's chat template): the overview rendered with long side
+``agent`` (general VLMs, the planner's ``chat`` layout): the overview rendered with long side
 ``overview_side``; the box in pixels of the overview as the processor sees it (for Qwen2.5-VL the
-multiple-of-28 size: 512 x 512 is seen as 504 x 504); the crop the agent's minimum-crop rule reads
-for that box, rendered with long side ``view_side``; ``messages``: user = overview + the agent
-template's text (``planner_prompt``), assistant = stage-1 text cut before ``<answer>``, the crop,
-stage-2 text.
+multiple-of-28 size: 512 x 512 is seen as 504 x 504); the crop the graph reads for that box (the
+agent's minimum crop, snapped to whole pixels), rendered with long side ``view_side``;
+``messages``: the conversation the planner is shown at inference
+(:func:`zoomearth.train.chat.agent_conversation`, i.e. ``build_conversation`` of the graph's
+request) -- user = overview + the user section (question, scene facts, tools section), assistant
+= the stage-1 text, user = the zoom caption the graph writes + the crop, assistant = the stage-2
+text. The prompt sections (``planner_prompt``) and the tools offered (``tools``; default: the tool
+registry's, as the agent offers them) are written once to ``OUT/agent_prompt.json``
+(:class:`~zoomearth.train.chat.AgentPrompt`), which GRPO's rollouts build their conversations
+from; GRPO rows carry ``scene_info`` (the scene facts the graph gives).
 
 Both: the ground truth in full-resolution pixels, ``bbox * max(W, H) / 1024`` (``gt_box_full``,
 kept as LRS-GRO gives it: the box reward's reference box); the target texts are written with
@@ -51,7 +57,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -99,6 +105,16 @@ BAD_RECORD_TEMPLATE: Final = (
 NO_INPUT_TEMPLATE: Final = "The records file {path} does not exist; give an LRS-GRO JSONL file."
 NO_IMAGES_TEMPLATE: Final = "The image folder {path} does not exist; give the folder of the images."
 PROFILE_TEMPLATE: Final = "Cannot prepare data for the {profile} profile: {error}"
+NO_PROMPT_FILE_TEMPLATE: Final = (
+    "{out} already holds rows but no {path}: they were prepared by an earlier version (crops "
+    "continuing the assistant turn) or for the zoomearth profile, and new agent rows would not "
+    "match them. Prepare into a new output folder."
+)
+PROMPT_CHANGED_TEMPLATE: Final = (
+    "{path} was written with other prompt sections or tools than this run would use; the rows "
+    "already there would not match the new ones. Prepare into a new output folder, or use the "
+    "same planner_prompt and tools."
+)
 
 
 class PrepareError(ZoomEarthError, ValueError):
@@ -163,10 +179,13 @@ class PreparedQuestion:
             (``zoomearth``) or the seen overview's (``agent``); None without a usable box.
         crop: The crop view (its region is the crop window), or None.
         crop_png: Crop image path relative to the output folder, or None.
-        prompt_text: The stage-1 input: the raw profile text (``zoomearth``) or the user
-            message's text after the overview image (``agent``).
+        prompt_text: The stage-1 input: the raw profile text (``zoomearth``; ``""`` for
+            ``agent``).
         stage1: Stage-1 target text.
         stage2: Stage-2 target text (``""`` without a crop).
+        scene_info: The scene facts the graph gives the planner (``agent``).
+        messages: ``agent``: the whole trajectory's conversation as the planner is shown it
+            (:func:`~zoomearth.train.chat.messages_to_dicts`), the stage-2 text last.
     """
 
     record: Mapping[str, Any]
@@ -184,6 +203,8 @@ class PreparedQuestion:
     prompt_text: str
     stage1: str
     stage2: str
+    scene_info: Mapping[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None
 
     def target_text(self) -> str:
         """What the model writes after the stage-1 input, the crop's placeholder included."""
@@ -195,8 +216,6 @@ class PreparedQuestion:
 
     def sft_row(self) -> dict[str, Any]:
         """The ``sft.jsonl`` line."""
-        from zoomearth.agent.protocol import stage2_prefix
-
         images = [self.overview_png] + ([self.crop_png] if self.crop_png is not None else [])
         row: dict[str, Any] = {
             **self._common(),
@@ -210,22 +229,7 @@ class PreparedQuestion:
             row["prompt_text"] = self.prompt_text
             row["target_text"] = self.target_text()
             return row
-        user = {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": self.overview_png},
-                {"type": "text", "text": self.prompt_text},
-            ],
-        }
-        if self.crop_png is not None:
-            assistant = [
-                {"type": "text", "text": stage2_prefix(self.stage1)},
-                {"type": "image", "image": self.crop_png},
-                {"type": "text", "text": self.stage2},
-            ]
-        else:
-            assistant = [{"type": "text", "text": self.stage1}]
-        row["messages"] = [user, {"role": "assistant", "content": assistant}]
+        row["messages"] = self.messages
         return row
 
     def grpo_row(self) -> dict[str, Any]:
@@ -237,7 +241,10 @@ class PreparedQuestion:
             "gt_box_full": self.gt_full.as_list() if self.gt_full is not None else [],
             "gt_box_view": [float(v) for v in self.gt_view] if self.gt_view is not None else [],
         }
-        row["prompt_text" if self.profile == "zoomearth" else "user_text"] = self.prompt_text
+        if self.profile == "zoomearth":
+            row["prompt_text"] = self.prompt_text
+        else:
+            row["scene_info"] = dict(self.scene_info)
         return row
 
     def _common(self) -> dict[str, Any]:
@@ -412,6 +419,10 @@ def _done_ids(path: Path) -> set[str]:
     return done
 
 
+def _has_rows(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
 def _save_png(rgb: Any, path: Path) -> None:
     from PIL import Image
 
@@ -431,17 +442,24 @@ class _SceneEntry:
     seen: tuple[int, int]
     png: str
     exact: bool
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 class _Preparer:
     """The per-profile steps of :func:`prepare` (overview, written box, crop, stage-1 input)."""
 
-    def __init__(self, settings: Settings, profile: str, out: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        profile: str,
+        out: Path,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         self.settings = settings
         self.profile = profile
         self.out = out
         self.zoomearth: Any = None
-        self.template: Any = None
+        self.agent: Any = None
         if profile == "zoomearth":
             from zoomearth.agent.base import PlannerError
             from zoomearth.agent.profiles import ZoomEarthProfile, load_zoomearth_prompt
@@ -451,9 +469,21 @@ class _Preparer:
             except PlannerError as exc:
                 raise PrepareError(PROFILE_TEMPLATE.format(profile=profile, error=exc)) from None
         else:
-            from zoomearth.agent.prompting import load_template
+            from zoomearth.train.chat import AGENT_PROMPT_FILE, AgentPrompt, ChatLayoutError
 
-            self.template = load_template(settings.planner_prompt)
+            self.agent = AgentPrompt.from_settings(settings, tools)
+            path = out / AGENT_PROMPT_FILE
+            if path.exists():
+                try:
+                    same = AgentPrompt.read(out).same_as(self.agent)
+                except ChatLayoutError:
+                    same = False
+                if not same:
+                    raise PrepareError(PROMPT_CHANGED_TEMPLATE.format(path=path))
+            elif any(_has_rows(out / name) for name in (SFT_FILE, GRPO_FILE)):
+                raise PrepareError(NO_PROMPT_FILE_TEMPLATE.format(out=out, path=path))
+            else:
+                self.agent.write(out)
 
     def open_scene(self, path: Path, name: str) -> _SceneEntry:
         from zoomearth.agent.frames import seen_size
@@ -476,7 +506,12 @@ class _Preparer:
             rgb, exact, spec = view.rgb, False, view.spec
         if not (self.out / png).exists():
             _save_png(rgb, self.out / png)
-        return _SceneEntry(scene, spec, seen_size(spec.width, spec.height), png, exact)
+        facts: dict[str, Any] = {}
+        if self.agent is not None:
+            from zoomearth.train.chat import scene_facts
+
+            facts = scene_facts(scene)
+        return _SceneEntry(scene, spec, seen_size(spec.width, spec.height), png, exact, facts)
 
     def crop(
         self, entry: _SceneEntry, gt_full: PixelBox, qid: str
@@ -503,28 +538,57 @@ class _Preparer:
             written = full_to_seen_box(inside, entry.overview, entry.seen)
             mapped = planner_box_to_full(written, "pixels", entry.overview, entry.seen)
             region, _warning = zoom_region(mapped, width, height, self.settings.min_crop)
+            # As the graph's zoom: snapped to whole pixels, inside the image.
+            region = region.snap_out().clip(width, height)
             view = scene.render(region, self.settings.view_side, view_id=1)
             rgb, spec = view.rgb, view.spec
         _save_png(rgb, self.out / png)
         return written, spec, png
 
-    def prompt_text(self, record: Mapping[str, Any], width: int, height: int) -> str:
-        """The stage-1 input text (raw profile text, or the agent's user text)."""
+    def prompt_text(self, record: Mapping[str, Any]) -> str:
+        """The ``zoomearth`` stage-1 input text (``""`` for ``agent``)."""
+        if self.zoomearth is None:
+            return ""
+        return str(self.zoomearth.stage1_text(str(record["question"])))
+
+    def messages(
+        self,
+        record: Mapping[str, Any],
+        entry: _SceneEntry,
+        crop: tuple[ViewSpec, str] | None,
+        stage1: str,
+        stage2: str,
+    ) -> list[dict[str, Any]] | None:
+        """``agent``: the trajectory's conversation as the planner is shown it (None otherwise).
+
+        Stage 2's request (stage-1 turn, the zoom the graph records for the crop) through
+        ``build_conversation``, then the stage-2 text as the last assistant message.
+        """
+        if self.agent is None:
+            return None
+        from zoomearth.agent.conversation import ChatMessage, TextPart
+        from zoomearth.train.chat import agent_conversation, first_zoom, messages_to_dicts
+
+        images = {0: entry.png}
         question = str(record["question"])
-        if self.zoomearth is not None:
-            return str(self.zoomearth.stage1_text(question))
-        return str(
-            self.template.render(
-                "user",
-                question=question,
-                tool_section="",
-                has_tools=False,
-                scene={"width": width, "height": height},
-                artifacts=[],
-                coord_mode="pixels",
-                layout="chat",
+        if crop is None:
+            conversation = agent_conversation(question, entry.facts, entry.overview, self.agent)
+            tail = ChatMessage("assistant", (TextPart(stage1),))
+        else:
+            view, png = crop
+            images[view.view_id] = png
+            zoom = first_zoom(stage1)
+            conversation = agent_conversation(
+                question,
+                entry.facts,
+                entry.overview,
+                self.agent,
+                stage1=stage1,
+                crop=view,
+                label=zoom.label if zoom is not None else None,
             )
-        )
+            tail = ChatMessage("assistant", (TextPart(stage2),))
+        return messages_to_dicts((*conversation.messages, tail), images)
 
 
 def prepare(
@@ -534,6 +598,7 @@ def prepare(
     *,
     settings: Settings | None = None,
     profile: str | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
     limit: int | None = None,
     progress: bool = False,
 ) -> PrepareStats:
@@ -547,6 +612,9 @@ def prepare(
             ``planner_prompt``, ``zoomearth_exact_overview_max_pixels`` (``zoomearth``) and
             ``overview_side``, ``view_side``, ``min_crop`` (``agent``); defaults when None.
         profile: ``zoomearth``, ``agent`` or ``auto``; None = the setting ``planner_profile``.
+        tools: ``agent``: the tool specs the prompts offer, as the graph gives them
+            (``ToolRegistry.tool_specs_for_prompt()``); None: the process-wide registry's (what
+            :class:`zoomearth.api.Agent` offers by default); ``[]``: no tools section.
         limit: Stop after this many newly written questions.
         progress: Show a progress bar.
 
@@ -554,8 +622,9 @@ def prepare(
         The counts.
 
     Raises:
-        PrepareError: Missing input file or folder, malformed records, or no prompt file for the
-            ``zoomearth`` profile.
+        PrepareError: Missing input file or folder, malformed records, no prompt file for the
+            ``zoomearth`` profile, or (``agent``) an output folder prepared with other prompt
+            sections or tools.
     """
     from zoomearth.agent.base import PlannerError
     from zoomearth.agent.profiles import resolve_profile
@@ -578,7 +647,7 @@ def prepare(
     sft_path, grpo_path = out / SFT_FILE, out / GRPO_FILE
     done_sft, done_grpo = _done_ids(sft_path), _done_ids(grpo_path)
     stream = iter_records(records) if isinstance(records, str | os.PathLike) else iter(records)
-    steps = _Preparer(settings, chosen, out)
+    steps = _Preparer(settings, chosen, out, tools)
     stats = PrepareStats(profile=chosen)
     scenes: dict[str, _SceneEntry] = {}
 
@@ -630,6 +699,7 @@ def prepare(
                         stats.bad_boxes += 1
                         stats.notes.append(f"{qid}: unusable box {bbox} ({exc})")
                 stage1, stage2 = stage_texts(record, gt_view)
+                shown = (crop, crop_png) if crop is not None and crop_png is not None else None
                 item = PreparedQuestion(
                     record=record,
                     profile=chosen,
@@ -643,9 +713,11 @@ def prepare(
                     gt_view=gt_view,
                     crop=crop,
                     crop_png=crop_png,
-                    prompt_text=steps.prompt_text(record, width, height),
+                    prompt_text=steps.prompt_text(record),
                     stage1=stage1,
                     stage2=stage2,
+                    scene_info=entry.facts,
+                    messages=steps.messages(record, entry, shown, stage1, stage2),
                 )
                 if qid not in done_sft:
                     sft.write(json.dumps(item.sft_row(), ensure_ascii=False) + "\n")

@@ -7,27 +7,35 @@ question id of ``grpo.jsonl``; TRL hands each prompt ``num_generations`` times):
 
 1. stage 1: the stage-1 input of the data's protocol profile -- ``zoomearth``: the raw profile text
    (``prompt_text``, from the prompt file) with the reference's 512-long-side bicubic overview;
-   ``agent``: the chat template's rendering of the user message -- sampled with ``stage1``
-   (temperature 1.0, up to 2048 new tokens), decoded with special tokens skipped;
+   ``agent``: the planner's chat prompt for the question (``build_conversation`` of the graph's
+   stage-1 request rendered by ``build_prompt_text``, :mod:`zoomearth.train.chat`) -- sampled with
+   ``stage1`` (temperature 1.0, up to 2048 new tokens), decoded with special tokens skipped;
 2. when the **ground truth has a box** (LRS-GRO ``bbox`` not empty) there is always a stage 2, as
-   in the reference: the crop is the first ``"bbox_2d"`` of stage 1 mapped to full resolution
-   through the box frame (:mod:`zoomearth.train.rewards`; ``reference``: ``box * max(max(W, H) /
-   512, 1)``) and cut by the profile's crop rule (``zoomearth``:
-   :func:`~zoomearth.agent.profiles.reference_crop_xyxy`, rendered exactly as the reference
-   resizes it, :func:`zoomearth.scene.reference.render_reference_crop`); **without a box** the
-   crop is the whole overview mapped back (the reference's ``[0, 0, overview width, overview
-   height] * scale``), and with a first list that is not four numbers the whole image (the
-   reference's ``cut_image`` returns the image as it is) -- see :func:`reference_rollout_window`;
-3. stage 2: the stage-1 input + the stage-1 text cut before ``<answer>``
-   (:func:`~zoomearth.agent.protocol.stage2_prefix`) + the crop's image placeholder -- for the
-   ``zoomearth`` profile exactly :meth:`~zoomearth.agent.profiles.ZoomEarthProfile.stage2_text` --
-   sampled with ``stage2`` (temperature 0.7, up to 800 new tokens) and decoded as the reference
+   in the reference: ``zoomearth``: the crop is the first ``"bbox_2d"`` of stage 1 mapped to full
+   resolution through the box frame (:mod:`zoomearth.train.rewards`; ``reference``: ``box *
+   max(max(W, H) / 512, 1)``) and cut by :func:`~zoomearth.agent.profiles.reference_crop_xyxy`,
+   rendered exactly as the reference resizes it
+   (:func:`zoomearth.scene.reference.render_reference_crop`); **without a box** the crop is the
+   whole overview mapped back (the reference's ``[0, 0, overview width, overview height] *
+   scale``), and with a first list that is not four numbers the whole image (the reference's
+   ``cut_image`` returns the image as it is) -- see :func:`reference_rollout_window`. ``agent``:
+   the first zoom the agent's parser reads, cut as the graph cuts it (:func:`agent_rollout_region`;
+   no usable zoom: the whole image);
+3. stage 2: ``zoomearth``: the stage-1 input + the stage-1 text cut before ``<answer>``
+   (:func:`~zoomearth.agent.protocol.stage2_prefix`) + the crop's image placeholder -- exactly
+   :meth:`~zoomearth.agent.profiles.ZoomEarthProfile.stage2_text`; ``agent``: the planner's chat
+   prompt for the graph's stage-2 request -- the stage-1 text as an assistant turn, then a user
+   message with the zoom caption the graph writes and the crop, then the generation prompt.
+   Sampled with ``stage2`` (temperature 0.7, up to 800 new tokens) and decoded as the reference
    decodes it (special tokens kept, stripped);
-4. the completion scored and trained on is ``stage-1 text (cut) + crop vision tokens + stage-2
-   tokens`` (the stage-1 tokens when there is no stage 2); the crop's vision tokens are masked out
-   of the loss with TRL's ``env_mask`` (the reference keeps them in its completion mask: their
-   log-probabilities are of tokens the model never chose); the rewards read ``stage1`` (the whole
-   stage-1 text) and ``stage2`` (``""`` without a stage 2).
+4. the completion scored and trained on is everything after the stage-1 prompt: ``zoomearth``:
+   ``stage-1 text (cut) + crop vision tokens + stage-2 tokens``; ``agent``: ``stage-1 text +
+   end-of-turn + the user turn (caption, crop) and the generation prompt + stage-2 tokens``; the
+   stage-1 tokens when there is no stage 2. What the model did not write -- the crop's vision
+   tokens, and for ``agent`` the whole user turn between the two assistant turns -- is masked out
+   of the loss with TRL's ``env_mask`` (the reference keeps the crop's tokens in its completion
+   mask: their log-probabilities are of tokens the model never chose); the rewards read
+   ``stage1`` (the whole stage-1 text) and ``stage2`` (``""`` without a stage 2).
 
 Questions without a box are not cut: the stage-1 answer is scored. Advantages are the summed
 reward minus its group mean, not divided by the group's standard deviation (TRL
@@ -65,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from zoomearth.agent.protocol import reference_bboxes
 from zoomearth.errors import BoxError, ZoomEarthError
-from zoomearth.geometry import PixelBox
+from zoomearth.geometry import PixelBox, ViewSpec
 from zoomearth.train.common import (
     METRICS_FILE,
     TrainError,
@@ -80,7 +88,9 @@ from zoomearth.train.common import (
 )
 
 if TYPE_CHECKING:
+    from zoomearth.agent.conversation import Conversation
     from zoomearth.config import Settings
+    from zoomearth.train.chat import AgentPrompt
     from zoomearth.train.config import StageSampling, TrainConfig
     from zoomearth.train.rewards import BoxFrame
 
@@ -119,6 +129,10 @@ GRPO_COLUMNS: Final = (
 PREFIX_MISMATCH_TEMPLATE: Final = (
     "The stage-2 input of {qid} does not start with the stage-1 prompt tokens; the tokenizer "
     "splits the prompt/answer boundary differently. This is a bug in zoomearth.train.grpo."
+)
+NO_TURN_END_TEMPLATE: Final = (
+    "The stage-2 tokens of {qid} do not hold the stage-1 turn's end {end!r}; this is a bug in "
+    "zoomearth.train.grpo."
 )
 UNKNOWN_PROMPT_TEMPLATE: Final = "The rollout got prompt {prompt!r}, which is not a question id."
 EMPTY_GRPO_TEMPLATE: Final = "No GRPO prompts in {path}; run `zoomearth train prepare` first."
@@ -229,25 +243,32 @@ def reference_rollout_window(
 
 def agent_rollout_region(
     stage1: str, frame: BoxFrame, width: int, height: int, min_crop: int = 512
-) -> tuple[PixelBox, str]:
-    """The crop region of a stage-1 output for ``agent``-profile data (the agent's crop rule).
+) -> tuple[PixelBox, str, str | None]:
+    """The crop region of a stage-1 output for ``agent``-profile data, as the graph zooms.
 
-    The first ``"bbox_2d"`` mapped through ``frame`` and :func:`zoomearth.agent.frames.zoom_region`
-    (clipped, minimum crop, shifted inside); no usable box: the whole image.
+    The first zoom the agent's parser reads (:func:`zoomearth.train.chat.first_zoom`: the zoom
+    the graph acts on first) mapped through ``frame`` and :func:`zoomearth.agent.frames.zoom_region`
+    (clipped, minimum crop, shifted inside), snapped to whole pixels as the graph's zoom node
+    snaps it; no usable zoom (none, one drawn on a view other than the overview, or one outside
+    the image): the whole image.
 
     Returns:
-        ``(region, note)``.
+        ``(region, note, label)``: ``label`` is the zoom's (the graph writes it in the caption).
     """
     from zoomearth.agent.frames import zoom_region
+    from zoomearth.train.chat import first_zoom
 
-    boxes = reference_bboxes(stage1)
-    if not boxes or not _finite_four(boxes[0]):
-        return PixelBox(0, 0, width, height), "no usable bbox_2d: the whole image"
+    whole = PixelBox(0, 0, width, height)
+    zoom = first_zoom(stage1)
+    if zoom is None:
+        return whole, "no usable bbox_2d: the whole image", None
+    if zoom.view not in (None, 0):
+        return whole, f"the first bbox_2d is drawn on view {zoom.view}: the whole image", None
     try:
-        region, _warning = zoom_region(PixelBox(*frame.to_full(boxes[0])), width, height, min_crop)
+        region, _warning = zoom_region(PixelBox(*frame.to_full(zoom.box)), width, height, min_crop)
     except BoxError as exc:
-        return PixelBox(0, 0, width, height), f"unusable bbox_2d ({exc}): the whole image"
-    return region, "the first bbox_2d"
+        return whole, f"unusable bbox_2d ({exc}): the whole image", None
+    return region.snap_out().clip(width, height), "the first bbox_2d", zoom.label
 
 
 def stage2_inputs(
@@ -316,6 +337,8 @@ class TwoStageRollout:
         settings: Settings for opening scenes (defaults when None).
         sample: Replaces sampling (tests, custom decoding); default: ``model.generate`` with the
             stage's sampling settings.
+        agent_prompt: ``agent`` data: the prompt sections and tools its conversations are built
+            from (default: ``root/agent_prompt.json``, written by ``prepare``).
 
     Attributes:
         last_images: Per completion of the latest call: ``[overview]`` or ``[overview, crop]``.
@@ -335,6 +358,7 @@ class TwoStageRollout:
         min_crop: int = 512,
         settings: Settings | None = None,
         sample: SampleFn | None = None,
+        agent_prompt: AgentPrompt | None = None,
     ) -> None:
         from zoomearth.train.config import GRPOSection
 
@@ -348,6 +372,7 @@ class TwoStageRollout:
         self.min_crop = min_crop
         self.settings = settings
         self.sample = sample
+        self.agent_prompt = agent_prompt
         self.last_images: list[list[Any]] = []
         self.last_regions: list[PixelBox | None] = []
         self.last_notes: list[str | None] = []
@@ -414,20 +439,46 @@ class TwoStageRollout:
             out.pop()
         return out
 
+    def _agent(self) -> AgentPrompt:
+        if self.agent_prompt is None:
+            from zoomearth.train.chat import AgentPrompt
+
+            self.agent_prompt = AgentPrompt.read(self.root)
+        return self.agent_prompt
+
+    def _conversation(
+        self,
+        row: Mapping[str, Any],
+        *,
+        stage1: str | None = None,
+        crop: ViewSpec | None = None,
+        label: str | None = None,
+    ) -> Conversation:
+        """An agent row's conversation: stage 1's, or stage 2's after ``stage1`` and ``crop``."""
+        from zoomearth.train.chat import agent_conversation, overview_from_row
+
+        return agent_conversation(
+            str(row["question"]),
+            row.get("scene_info") or {},
+            overview_from_row(row),
+            self._agent(),
+            stage1=stage1,
+            crop=crop,
+            label=label,
+        )
+
     def _stage1_prompt(self, processor: Any, row: Mapping[str, Any]) -> str:
-        """The stage-1 input text of a row (raw profile text, or the chat-template rendering)."""
+        """The stage-1 input text of a row (raw profile text, or the planner's chat prompt)."""
         if str(row.get("profile") or "agent") == "zoomearth":
             return str(row["prompt_text"])
         from zoomearth.agent.backends.hf import build_prompt_text
-        from zoomearth.agent.conversation import ChatMessage, Conversation, ImagePart, TextPart
 
-        user = ChatMessage("user", (ImagePart(0), TextPart(str(row["user_text"]))))
-        return str(build_prompt_text(processor, Conversation((user,), "chat")))
+        return str(build_prompt_text(processor, self._conversation(row)))
 
     def _crop(
         self, row: Mapping[str, Any], text1: str, frame: BoxFrame
-    ) -> tuple[Any, PixelBox, str]:
-        """The stage-2 image of a completion: ``(PIL image, window, note)``."""
+    ) -> tuple[Any, ViewSpec, str, str | None]:
+        """The stage-2 image of a completion: ``(PIL image, its view, note, zoom label)``."""
         from PIL import Image
 
         width, height = (int(v) for v in row["scene_size"])
@@ -437,10 +488,66 @@ class TwoStageRollout:
 
             window, note = reference_rollout_window(text1, frame, width, height)
             rgb = render_reference_crop(scene, window)
-            return Image.fromarray(rgb, "RGB"), PixelBox(*window), note
-        region, note = agent_rollout_region(text1, frame, width, height, self.min_crop)
+            spec = ViewSpec(1, PixelBox(*window), rgb.shape[1], rgb.shape[0])
+            return Image.fromarray(rgb, "RGB"), spec, note, None
+        region, note, label = agent_rollout_region(text1, frame, width, height, self.min_crop)
         view = scene.render(region, self.view_side, view_id=1)
-        return view.to_pil(), view.spec.region, note
+        return view.to_pil(), view.spec, note, label
+
+    def _agent_stage2(
+        self,
+        processor: Any,
+        row: Mapping[str, Any],
+        prompt1: str,
+        text1: str,
+        crop: ViewSpec,
+        label: str | None,
+    ) -> tuple[str, str]:
+        """Stage 2's continuation of stage 1's prompt in the chat layout, and its turn end.
+
+        Returns:
+            ``(continuation, end)``: stage 2's planner input minus ``prompt1`` (the stage-1 turn
+            as history, the user message with the zoom caption and the crop, the generation
+            prompt), and the special token that closes the stage-1 turn.
+        """
+        from zoomearth.agent.backends.hf import build_prompt_text
+        from zoomearth.train.chat import (
+            ChatLayoutError,
+            shown_text,
+            special_strings,
+            split_assistant_turn,
+        )
+
+        conversation = self._conversation(row, stage1=text1, crop=crop, label=label)
+        prompt2 = str(build_prompt_text(processor, conversation))
+        shown = shown_text(processor, text1)  # the stage-1 turn as the chat template gets it
+        try:
+            turn, _rest = split_assistant_turn(prompt1, prompt2, shown, special_strings(processor))
+        except ChatLayoutError as exc:
+            raise RolloutError(str(exc)) from None
+        return prompt2[len(prompt1) :], turn[len(shown) :]
+
+    @staticmethod
+    def _turn_mask(
+        middle: Sequence[int],
+        tokenizer: Any,
+        end: str,
+        toks1: Sequence[int],
+        eos: set[int],
+        key: str,
+    ) -> list[int]:
+        """``env_mask`` of the tokens between the prompt and stage 2's output (chat layout).
+
+        The model's stage-1 turn (its text re-tokenised, and the end-of-turn token when the model
+        stopped there itself) is trained; the rest -- the template's text after the turn, the user
+        message with the caption and the crop, the next generation prompt -- is not.
+        """
+        end_id = int(tokenizer.convert_tokens_to_ids(end))
+        if end_id not in middle:
+            raise RolloutError(NO_TURN_END_TEMPLATE.format(qid=key, end=end))
+        j = list(middle).index(end_id)
+        stopped = bool(toks1) and int(toks1[-1]) in eos
+        return [1] * j + [1 if stopped else 0] + [0] * (len(middle) - j - 1)
 
     # ---- the hook --------------------------------------------------------------------------------
 
@@ -490,6 +597,7 @@ class TwoStageRollout:
                 row = self.rows[key]
                 overview = self._overview(str(row["overview"]))
                 frame = frame_from_row(row, self.box_frame)
+                agent = str(row.get("profile") or "agent") != "zoomearth"
                 prompt1 = self._stage1_prompt(processor, row)
                 in1 = processor(text=[prompt1], images=[overview], return_tensors="pt").to(device)
                 prompt_ids = [int(t) for t in in1["input_ids"][0]]
@@ -508,15 +616,26 @@ class TwoStageRollout:
                         self.last_regions.append(None)
                         self.last_notes.append(None)
                         continue
-                    crop_img, region, note = self._crop(row, text1, frame)
+                    crop_img, view, note, label = self._crop(row, text1, frame)
+                    if agent:
+                        continuation, end = self._agent_stage2(
+                            processor, row, prompt1, text1, view, label
+                        )
+                    else:
+                        continuation, end = stage2_prefix(text1) + placeholder, None
                     in2 = stage2_inputs(
-                        processor, in1, prompt1, stage2_prefix(text1) + placeholder,
-                        [overview, crop_img],
+                        processor, in1, prompt1, continuation, [overview, crop_img]
                     ).to(device)
                     ids2 = [int(t) for t in in2["input_ids"][0]]
                     if ids2[: len(prompt_ids)] != prompt_ids:
                         raise RolloutError(PREFIX_MISMATCH_TEMPLATE.format(qid=key))
                     middle = ids2[len(prompt_ids) :]
+                    if end is None:
+                        # zoomearth: the crop continues the turn; only its vision tokens are
+                        # not the model's.
+                        mask = [0 if t in vision_ids else 1 for t in middle]
+                    else:
+                        mask = self._turn_mask(middle, tokenizer, end, toks1, eos, key)
                     toks2 = self._trim(
                         sample(model, in2, 1, self.stage2.max_new_tokens, 2, row)[0].tolist(),
                         eos,
@@ -527,11 +646,9 @@ class TwoStageRollout:
                     stage2_texts.append(tokenizer.decode(toks2, skip_special_tokens=False).strip())
                     out_prompt.append(prompt_ids)
                     out_completion.append(middle + toks2)
-                    out_mask.append(
-                        [0 if t in vision_ids else 1 for t in middle] + [1] * len(toks2)
-                    )
+                    out_mask.append(mask + [1] * len(toks2))
                     self.last_images.append([overview, crop_img])
-                    self.last_regions.append(region)
+                    self.last_regions.append(view.region)
                     self.last_notes.append(note)
         finally:
             if was_training:
@@ -609,7 +726,8 @@ def make_grpo_trainer(
         ``(trainer, processor, rollout)``.
 
     Raises:
-        TrainError: Missing extra, unloadable model, empty data, or data mixing profiles.
+        TrainError: Missing extra, unloadable model, empty data, data mixing profiles, or
+            ``agent`` data without its ``agent_prompt.json`` (prepared by an earlier version).
     """
     require_rl()
     from datasets import Dataset
@@ -625,7 +743,16 @@ def make_grpo_trainer(
     if not rows:
         raise TrainError(EMPTY_GRPO_TEMPLATE.format(path=config.data.path))
     g, r = config.grpo, config.rewards
-    box_frame = resolve_box_frame(r.box_frame, rows_profile(rows))
+    profile = rows_profile(rows)
+    box_frame = resolve_box_frame(r.box_frame, profile)
+    agent_prompt = None
+    if profile == "agent":
+        from zoomearth.train.chat import AgentPrompt, ChatLayoutError
+
+        try:
+            agent_prompt = AgentPrompt.read(Path(config.data.path).parent)
+        except ChatLayoutError as exc:
+            raise TrainError(str(exc)) from None
     stage1, stage2 = g.stages()
     model, processor, device, precision = load_model_and_processor(config)
     args = GRPOConfig(
@@ -653,6 +780,7 @@ def make_grpo_trainer(
         min_crop=config.min_crop,
         settings=settings,
         sample=sample,
+        agent_prompt=agent_prompt,
     )
     rewards = make_reward_funcs(
         box_frame=box_frame,  # type: ignore[arg-type]

@@ -14,12 +14,21 @@ planner sees and writes at inference, in the protocol profile the data was prepa
   ``prompt_text`` and ``target_text`` are written by ``prepare`` from the profile and
   :func:`~zoomearth.agent.protocol.format_turn`.
 
-``agent`` -- the chat template's rendering of the user message (overview + the agent template's
-text) by :func:`zoomearth.agent.backends.hf.build_prompt_text`, then the same continuation (stage-1
-text cut, crop, stage-2 text, end-of-turn).
+``agent`` -- the planner's ``chat`` layout: the row's ``messages`` (the conversation the graph's
+requests give, :mod:`zoomearth.train.chat`) rendered turn by turn with
+:func:`zoomearth.agent.backends.hf.build_prompt_text`, the planner's own renderer::
 
-The loss covers the model's text only: the prompt tokens and the crop's vision tokens
-(``<|vision_start|>``, image pads, ``<|vision_end|>``) are masked (-100).
+    <|im_start|>user <overview> question, scene facts, tools <|im_end|> <|im_start|>assistant
+    stage-1 text <|im_end|>
+    <|im_start|>user View 1: <zoom caption> <crop> <|im_end|> <|im_start|>assistant
+    stage-2 text <|im_end|>
+
+  (:func:`~zoomearth.train.chat.assistant_segments`): the text before the first assistant turn is
+  the planner's stage-1 input, the text before the second its stage-2 input.
+
+The loss covers the model's turns only (its text and the end-of-turn token it stops at): the
+prompts, the user turns between (caption, crop) and every vision token (``<|vision_start|>``,
+image pads, ``<|vision_end|>``) are masked (-100).
 
 :class:`ZoomSFTCollator` builds those batches; ``SFTTrainer`` runs with
 ``dataset_kwargs={"skip_prepare_dataset": True}`` so it uses them as given.
@@ -31,11 +40,13 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from zoomearth.train.common import (
     METRICS_FILE,
+    TrainError,
     TrainResult,
     build_args_common,
     finish,
@@ -49,70 +60,107 @@ from zoomearth.train.common import (
 if TYPE_CHECKING:
     from zoomearth.train.config import TrainConfig
 
-__all__ = ["ZoomSFTCollator", "sft_texts", "train_sft"]
+__all__ = ["SFTSequence", "ZoomSFTCollator", "sft_sequence", "train_sft"]
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX: Final = -100
-PROMPT_PREFIX_TEMPLATE: Final = (
-    "The tokens of SFT example {qid} do not start with its prompt's tokens: the prompt's last "
-    "token merged with the target's first. End the prompt text (planner_prompt) on a token "
-    "boundary such as a newline or a special token, then run `zoomearth train prepare` again."
+PREFIX_TEMPLATE: Final = (
+    "The tokens of SFT example {qid} do not start with the tokens of its text up to character "
+    "{chars}: a boundary between the prompt and the model's text merged into one token. End the "
+    "prompt text (planner_prompt) on a token boundary such as a newline or a special token, then "
+    "run `zoomearth train prepare` again."
 )
 EMPTY_DATA_TEMPLATE: Final = "No SFT examples in {path}; run `zoomearth train prepare` first."
+OLD_LAYOUT_TEMPLATE: Final = (
+    "SFT example {qid} was prepared by an earlier version (the crop continues the assistant "
+    "turn), which the agent profile's chat layout never shows the planner; run `zoomearth train "
+    "prepare ... --profile agent` again."
+)
+LAYOUT_TEMPLATE: Final = "SFT example {qid}: {error}"
 
 
-def sft_texts(processor: Any, row: dict[str, Any]) -> tuple[str, str, list[str]]:
-    r"""The prompt text, the target text and the image paths of one ``sft.jsonl`` row.
+@dataclass(frozen=True)
+class SFTSequence:
+    """One SFT example as text segments.
+
+    Attributes:
+        segments: ``(text, trained)`` in order; joined they are the whole sequence. Trained
+            segments are the model's turns (their vision tokens are masked all the same).
+        images: Image paths (relative to the data folder) in placeholder order.
+    """
+
+    segments: tuple[tuple[str, bool], ...]
+    images: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The whole sequence."""
+        return "".join(text for text, _ in self.segments)
+
+    @property
+    def prompt(self) -> str:
+        """The text before the model's first turn: the planner's stage-1 input."""
+        out = ""
+        for text, trained in self.segments:
+            if trained:
+                break
+            out += text
+        return out
+
+    def before(self, turn: int) -> str:
+        """The text before the model's ``turn``-th turn (1-based): that turn's planner input."""
+        out, seen = "", 0
+        for text, trained in self.segments:
+            if trained:
+                seen += 1
+                if seen == turn:
+                    return out
+            out += text
+        raise IndexError(f"the sequence has {seen} model turns")
+
+    @property
+    def targets(self) -> list[str]:
+        """The trained segments (the model's turns)."""
+        return [text for text, trained in self.segments if trained]
+
+
+def sft_sequence(processor: Any, row: dict[str, Any]) -> SFTSequence:
+    """The text segments and image paths of one ``sft.jsonl`` row.
 
     Args:
-        processor: A Qwen2-VL-family processor (chat template, image token).
-        row: The row: ``zoomearth`` rows carry ``prompt_text``, ``target_text`` and ``images``;
-            ``agent`` rows (and rows without ``profile``) ``messages`` -- a user message with the
-            overview and the text, an assistant message with text and at most one crop image.
+        processor: A Qwen2-VL-family processor (chat template, tokenizer).
+        row: ``zoomearth`` rows carry ``prompt_text``, ``target_text`` and ``images``; ``agent``
+            rows (and rows without ``profile``) ``messages``, the trajectory's conversation.
 
     Returns:
-        ``(prompt, target, images)``: ``prompt`` is the model's input before it writes
-        (``zoomearth``: the raw stage-1 text; ``agent``: ending with the generation prompt
-        ``<|im_start|>assistant\n``); ``target`` is what it writes, with the crop's vision
-        placeholder and the end-of-sequence token; ``images`` are the overview then the crop
-        (paths relative to the data folder).
+        ``zoomearth``: the raw stage-1 text (untrained), then the target text with the crop's
+        placeholder and the end-of-sequence token (trained). ``agent``: the segments of
+        :func:`~zoomearth.train.chat.assistant_segments`.
+
+    Raises:
+        TrainError: An ``agent`` row of the old continuation layout, or a chat template that
+            cannot render the conversation as one growing text.
     """
-    tokenizer = getattr(processor, "tokenizer", processor)
-    eos = str(getattr(tokenizer, "eos_token", None) or "<|im_end|>")
     if row.get("profile") == "zoomearth":
-        return str(row["prompt_text"]), str(row["target_text"]) + eos, list(row["images"])
+        tokenizer = getattr(processor, "tokenizer", processor)
+        eos = str(getattr(tokenizer, "eos_token", None) or "<|im_end|>")
+        return SFTSequence(
+            ((str(row["prompt_text"]), False), (str(row["target_text"]) + eos, True)),
+            tuple(row["images"]),
+        )
 
-    from zoomearth.agent.backends.hf import build_prompt_text
-    from zoomearth.agent.conversation import ChatMessage, Conversation, ImagePart, TextPart
+    from zoomearth.train.chat import ChatLayoutError, assistant_segments, messages_from_dicts
 
-    user, assistant = row["messages"][0], row["messages"][1]
-    images: list[str] = []
-    parts: list[Any] = []
-    for part in user["content"]:
-        if part["type"] == "image":
-            images.append(part["image"])
-            parts.append(ImagePart(len(images) - 1))
-        else:
-            parts.append(TextPart(part["text"]))
-    conversation = Conversation((ChatMessage("user", tuple(parts)),), "chat")
-    prompt = build_prompt_text(processor, conversation)
-
-    placeholder = _placeholder(processor)
-    target = ""
-    for part in assistant["content"]:
-        if part["type"] == "image":
-            images.append(part["image"])
-            target += placeholder
-        else:
-            target += part["text"]
-    return prompt, target + eos, images
-
-
-def _placeholder(processor: Any) -> str:
-    """One image in the processor's text: ``<|vision_start|><image token><|vision_end|>``."""
-    image_token = str(getattr(processor, "image_token", "<|image_pad|>"))
-    return f"<|vision_start|>{image_token}<|vision_end|>"
+    qid = row.get("question_id")
+    messages, images = messages_from_dicts(row["messages"])
+    if any(m.role == "assistant" and m.image_view_ids for m in messages):
+        raise TrainError(OLD_LAYOUT_TEMPLATE.format(qid=qid))
+    try:
+        segments = assistant_segments(processor, messages)
+    except ChatLayoutError as exc:
+        raise TrainError(LAYOUT_TEMPLATE.format(qid=qid, error=exc)) from None
+    return SFTSequence(segments, tuple(images))
 
 
 class ZoomSFTCollator:
@@ -147,16 +195,21 @@ class ZoomSFTCollator:
         ids_list, label_list, pixels, grids = [], [], [], []
         for feature in features:
             row = json.loads(feature["row"]) if "row" in feature else dict(feature)
-            prompt, target, paths = sft_texts(self.processor, row)
-            images = [load_image(self.root, p) for p in paths]
-            full = self.processor(text=[prompt + target], images=images, return_tensors="pt")
+            sequence = sft_sequence(self.processor, row)
+            images = [load_image(self.root, p) for p in sequence.images]
+            full = self.processor(text=[sequence.text], images=images, return_tensors="pt")
             ids = full["input_ids"][0]
-            n_prompt = self._prompt_length(prompt, ids, full["image_grid_thw"], row)
             if self.max_length is not None and ids.shape[0] > self.max_length:
                 log.warning("dropping %s: %d tokens > max_length", row.get("question_id"), len(ids))
                 continue
-            labels = ids.clone()
-            labels[:n_prompt] = IGNORE_INDEX
+            labels = torch.full_like(ids, IGNORE_INDEX)
+            chars = 0
+            for text, trained in sequence.segments:
+                if trained:
+                    start = self._prefix_length(sequence.text[:chars], ids, full, row)
+                    end = self._prefix_length(sequence.text[: chars + len(text)], ids, full, row)
+                    labels[start:end] = ids[start:end]
+                chars += len(text)
             for token in self.masked_ids:
                 labels[ids == token] = IGNORE_INDEX
             ids_list.append(ids)
@@ -181,15 +234,17 @@ class ZoomSFTCollator:
             "image_grid_thw": torch.cat(grids),
         }
 
-
-    def _prompt_length(self, prompt: str, ids: Any, grids: Any, row: dict[str, Any]) -> int:
-        """Tokens of ``prompt`` at the start of ``ids`` (its image pads expanded).
+    def _prefix_length(self, prefix: str, ids: Any, full: Any, row: dict[str, Any]) -> int:
+        """Tokens of ``prefix`` at the start of ``ids`` (its image pads expanded).
 
         Raises:
-            ValueError: ``ids`` does not start with the prompt's tokens (the target's first token
-                merged with the prompt's last one; the prompt must end on a token boundary).
+            ValueError: ``ids`` does not start with the prefix's tokens (a token across the
+                boundary; the boundaries must be token boundaries).
         """
-        prompt_ids = [int(t) for t in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        if len(prefix) == 0:
+            return 0
+        grids = full["image_grid_thw"]
+        prompt_ids = [int(t) for t in self.tokenizer(prefix, add_special_tokens=False)["input_ids"]]
         n_images = prompt_ids.count(self.image_id)
         pads = [int(g.prod()) // (self.merge * self.merge) for g in grids[:n_images]]
         expanded: list[int] = []
@@ -201,7 +256,7 @@ class ZoomSFTCollator:
             else:
                 expanded.append(token)
         if [int(t) for t in ids[: len(expanded)]] != expanded:
-            raise ValueError(PROMPT_PREFIX_TEMPLATE.format(qid=row.get("question_id")))
+            raise ValueError(PREFIX_TEMPLATE.format(qid=row.get("question_id"), chars=len(prefix)))
         return len(expanded)
 
 
@@ -212,8 +267,6 @@ def _rows(config: TrainConfig) -> list[dict[str, Any]]:
     if config.data.limit is not None:
         rows = rows[: config.data.limit]
     if not rows:
-        from zoomearth.train.common import TrainError
-
         raise TrainError(EMPTY_DATA_TEMPLATE.format(path=config.data.path))
     return rows
 
