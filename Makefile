@@ -44,9 +44,11 @@ demo: install
 	@mkdir -p $(DEMO_DIR)
 	$(PY) -m zoomearth.demo $(DEMO_DIR)
 
+# mypy checks the package as installed (agent/ as zoomearth.agent, ...) through a mirror of links
+# that scripts/typecheck.py builds in build/typecheck/; it reports the source files' paths.
 lint: install
-	$(PY) -m ruff check zoomearth agent tools graphs tests benchmarks
-	$(PY) -m mypy
+	$(PY) -m ruff check zoomearth agent tools graphs tests benchmarks scripts
+	$(PY) scripts/typecheck.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -22,8 +22,8 @@ from zoomearth.errors import ZoomEarthError
 
 if TYPE_CHECKING:
     import numpy as np
-    from zoomearth.agent.parsing import ParsedResponse
 
+    from zoomearth.agent.parsing import ParsedResponse
     from zoomearth.geometry import ViewSpec
 
 __all__ = [

@@ -22,7 +22,6 @@ from typing import Any, Final, Literal
 
 from zoomearth.agent.base import CoordMode, Layout, PlanRequest, TranscriptEntry
 from zoomearth.agent.prompting import PromptTemplate, load_template, render_tool_section
-
 from zoomearth.geometry import PixelBox
 
 __all__ = [

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from zoomearth.agent.base import CoordMode
-
 from zoomearth.errors import BoxError
 from zoomearth.geometry import PixelBox, ViewSpec, min_crop_xyxy, validate_box
 

@@ -73,7 +73,8 @@ def main() -> int:
     image = tmp / "scene.tif"
     with rasterio.open(image, "w", driver="GTiff", width=2048, height=2048, count=3,
                        dtype="uint8", tiled=True, blockxsize=256, blockysize=256,
-                       crs="EPSG:32633", transform=rasterio.Affine(1, 0, 500_000, 0, -1, 5_000_000)) as dst:
+                       crs="EPSG:32633",
+                       transform=rasterio.Affine(1, 0, 500_000, 0, -1, 5_000_000)) as dst:
         dst.write(np.zeros((3, 2048, 2048), np.uint8))
     settings = load_settings(flags={"data_dir": tmp / "data", "cache_dir": tmp / "cache",
                                     "max_steps": args.steps + 1})
@@ -96,8 +97,10 @@ def main() -> int:
     sqlite = measure(lambda run: open_sqlite_checkpointer(tmp / f"ck{run}.sqlite"))
     memory = measure(lambda run: InMemorySaver())
     print(f"{args.steps} tool steps + 1 answer step, median of {args.runs} runs")
-    print(f"  SQLite checkpointer (durability=sync): {statistics.median(sqlite) * 1e3:6.2f} ms/step")
-    print(f"  in-memory checkpointer:                {statistics.median(memory) * 1e3:6.2f} ms/step")
+    print(f"  SQLite checkpointer (durability=sync): "
+          f"{statistics.median(sqlite) * 1e3:6.2f} ms/step")
+    print(f"  in-memory checkpointer:                "
+          f"{statistics.median(memory) * 1e3:6.2f} ms/step")
     print(f"  SQLite / memory: {statistics.median(sqlite) / statistics.median(memory):.2f}x "
           "(target: SQLite under 20 ms/step)")
     return 0

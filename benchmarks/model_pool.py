@@ -421,8 +421,9 @@ def zoomearth_stages(device: str, scale: str, cycles: int, workdir: Path) -> int
             tokens[stage] = reply.visual_tokens
             chars[stage] = len(reply.text)
     print(
-        f"zoomearth profile, {scale} Qwen2.5-VL ({'3B architecture' if scale == 'full' else 'tiny'},"
-        f" random weights) on {device}; build {build_s:.1f} s, load {load_s:.1f} s"
+        f"zoomearth profile, {scale} Qwen2.5-VL "
+        f"({'3B architecture' if scale == 'full' else 'tiny'}, random weights) on {device};"
+        f" build {build_s:.1f} s, load {load_s:.1f} s"
     )
     print(f"{'stage':<8}{'median s':>10}{'min s':>9}{'max s':>9}{'visual tokens':>15}{'chars':>8}")
     for stage in (1, 2):

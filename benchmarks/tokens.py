@@ -41,7 +41,6 @@ from zoomearth.agent.frames import (
     seen_size,
     zoom_region,
 )
-
 from zoomearth.geometry import PixelBox
 
 REPO = Path(__file__).resolve().parents[1]

@@ -61,11 +61,10 @@ def _peak_rss_mb() -> float:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one tool call as described by ``spec``; return timings and memory."""
-    from zoomearth.tools import ToolContext, get_registry, run_tool
-
     from zoomearth.config import load_settings
     from zoomearth.geometry import PixelBox
     from zoomearth.scene import Scene
+    from zoomearth.tools import ToolContext, get_registry, run_tool
 
     cls = get_registry().get_class(spec["tool"])
     if spec.get("one_piece"):

@@ -33,6 +33,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send, interrupt
+
 from zoomearth.agent.base import PlanRequest, TranscriptEntry
 from zoomearth.agent.conversation import zoom_entry_text
 from zoomearth.agent.parsing import (
@@ -44,16 +45,16 @@ from zoomearth.agent.parsing import (
     resolve_turn,
 )
 from zoomearth.agent.profiles import reference_resized_size
+from zoomearth.errors import BoxError
+from zoomearth.geometry import PixelBox, min_crop_xyxy, validate_box
 from zoomearth.graphs.runtime import GraphRuntime, view_spec_of
 from zoomearth.graphs.state import ActionPayload, AgentState, ViewRecord
 from zoomearth.graphs.zoomearth_stages import plan_zoomearth, reference_view_size
 
-from zoomearth.errors import BoxError
-from zoomearth.geometry import PixelBox, min_crop_xyxy, validate_box
-
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.graph.state import CompiledStateGraph
+
     from zoomearth.agent.base import Planner
 
 __all__ = ["CORE_NODES", "build_graph", "make_tool_planner", "route_after_plan"]
@@ -280,7 +281,7 @@ def build_graph(
         reply = planner.plan(request)
         elapsed = time.perf_counter() - t0
         parsed: ParsedResponse = reply.parsed or parse_response(reply.text)
-        seen_updates = {
+        seen_updates: dict[str, ViewRecord] = {
             str(vid): {"seen": [int(w), int(h)]} for vid, (w, h) in reply.seen_sizes.items()
         }
         all_views = {**state["views"]}
@@ -655,8 +656,8 @@ def _box_to_full(
     from zoomearth.agent.frames import planner_box_to_full
 
     rec = views[str(view_key)]
-    seen = tuple(rec.get("seen") or (rec["width"], rec["height"]))
-    return planner_box_to_full(tuple(box), planner.coord_mode, view_spec_of(rec), seen)
+    seen_w, seen_h = rec.get("seen") or (rec["width"], rec["height"])
+    return planner_box_to_full(tuple(box), planner.coord_mode, view_spec_of(rec), (seen_w, seen_h))
 
 
 def _zoom_region(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["DURABILITY", "open_sqlite_checkpointer"]
 
-DURABILITY = "sync"
+DURABILITY: Final = "sync"
 
 
 def open_sqlite_checkpointer(path: str | Path) -> Any:

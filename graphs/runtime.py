@@ -19,9 +19,8 @@ import numpy as np
 from zoomearth.geometry import PixelBox, ViewSpec
 
 if TYPE_CHECKING:
-    from zoomearth.graphs.state import SceneRef, ViewRecord
-
     from zoomearth.config import Settings
+    from zoomearth.graphs.state import SceneRef, ViewRecord
     from zoomearth.scene import Scene
 
 __all__ = ["GraphRuntime", "view_spec_of"]
@@ -69,7 +68,8 @@ class GraphRuntime:
         """The open :class:`Scene` for a reference (opened once per process)."""
         from zoomearth.scene import Scene
 
-        key = (ref["path"], tuple(ref["bands"]) if ref.get("bands") else None)
+        bands = ref.get("bands")
+        key = (ref["path"], tuple(bands) if bands else None)
         with self._lock:
             scene = self._scenes.get(key)
             if scene is None:
@@ -96,10 +96,12 @@ class GraphRuntime:
         scene = self.scene(ref)
         scene.band_mapping()  # fail early on an ambiguous band layout
         ref.update(
-            width=scene.width,
-            height=scene.height,
-            crs=scene.crs_string,
-            transform=list(scene.transform)[:6] if scene.georeferenced else None,
+            {
+                "width": scene.width,
+                "height": scene.height,
+                "crs": scene.crs_string,
+                "transform": list(scene.transform)[:6] if scene.georeferenced else None,
+            }
         )
         return ref
 

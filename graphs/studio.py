@@ -30,11 +30,10 @@ __all__ = ["make_chat_graph", "make_graph"]
 
 def _build_agent_graph() -> Any:
     from zoomearth.agent.backends import make_planner
+    from zoomearth.config import load_settings
     from zoomearth.graphs.builder import build_graph
     from zoomearth.graphs.runtime import GraphRuntime
     from zoomearth.tools.registry import get_registry
-
-    from zoomearth.config import load_settings
 
     settings = load_settings()
     runtime = GraphRuntime(settings=settings)

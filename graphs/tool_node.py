@@ -25,9 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from zoomearth.graphs.runtime import view_spec_of
-
 from zoomearth.geometry import PixelBox
+from zoomearth.graphs.runtime import view_spec_of
 
 if TYPE_CHECKING:
     from zoomearth.graphs.runtime import GraphRuntime
@@ -92,6 +91,7 @@ def run_tool_action(
         state_views: Views of the thread (tools may read them).
         state_artifacts: Artifact records of the thread (``artifact:N`` references).
     """
+    from zoomearth.artifacts import Artifact, ArtifactStore
     from zoomearth.tools.base import (
         ToolCancelled,
         ToolContext,
@@ -99,15 +99,14 @@ def run_tool_action(
         run_tool,
     )
 
-    from zoomearth.artifacts import Artifact, ArtifactStore
-
     name = tool_entry.name
     # One cached instance per registry (tools keep expensive setup, e.g. a predictor, lazily).
     tool = registry.get_tool(name) if hasattr(registry, "get_tool") else tool_entry.cls()
     scene_ref = payload["scene"]  # type: ignore[typeddict-item]
     scene = runtime.scene(scene_ref)
     out_dir = runtime.run_dir(thread_id, run_dir)
-    region = PixelBox(*payload["region_xyxy"]) if payload.get("region_xyxy") else None
+    region_xyxy = payload.get("region_xyxy")
+    region = PixelBox(*region_xyxy) if region_xyxy else None
     views = [view_spec_of(v) for v in (state_views or {}).values()]
     artifacts = {int(a["id"]): Artifact.model_validate(a) for a in (state_artifacts or [])}
     step = int(payload.get("step", 0))

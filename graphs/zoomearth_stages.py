@@ -176,8 +176,8 @@ def plan_zoomearth(
         "transcript": [{"kind": "planner", "text": text, "view_id": None, "data": {"step": step}}],
         "visual_tokens": int(reply.visual_tokens),
     }
-    for note in reply.notes:
-        emit({"event": "note", "text": note})
+    for reply_note in reply.notes:
+        emit({"event": "note", "text": reply_note})
 
     if stage == 2:
         if answer is None:

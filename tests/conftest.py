@@ -8,11 +8,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
-
-import tempfile
 
 # Keep tests away from the user's config, data and cache directories (XDG, read by platformdirs),
 # also for the CLI subprocesses the tests start.

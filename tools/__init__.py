@@ -4,6 +4,7 @@ Importing this package is light: no torch, no rasterio, no plugin is imported (p
 registry's first listing; built-ins when first used). See ``docs/tools.md``.
 """
 
+from zoomearth.artifacts import Artifact, ArtifactDraft, ArtifactKind, ArtifactStore
 from zoomearth.tools.base import (
     CONTRACT_VERSION,
     RESERVED_ARGS,
@@ -42,8 +43,6 @@ from zoomearth.tools.registry import (
     list_tools,
     reset_registry,
 )
-
-from zoomearth.artifacts import Artifact, ArtifactDraft, ArtifactKind, ArtifactStore
 
 __all__ = [
     "BUILTIN_TOOLS",

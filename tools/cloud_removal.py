@@ -47,6 +47,8 @@ from importlib import util
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from zoomearth.artifacts import ArtifactKind
 from zoomearth.tools._cloudmask import CLOUD, HAZE, MASK_NODATA, MaskThresholds, cloud_mask
 from zoomearth.tools.base import (
     BackendStatus,
@@ -59,14 +61,12 @@ from zoomearth.tools.base import (
     input_path,
 )
 
-from zoomearth.artifacts import ArtifactKind
-
 if TYPE_CHECKING:
     import numpy as np
-    from zoomearth.tools.base import Tile
 
     from zoomearth.geometry import PixelBox
     from zoomearth.scene import Scene
+    from zoomearth.tools.base import Tile
 
 __all__ = ["CloudRemoval"]
 
@@ -490,7 +490,8 @@ class _Layout:
         #: Bands that are corrected (everything but quality and alpha bands).
         self.work = [b for b in range(count) if b not in (quality, alpha)]
         #: Positions of R, G, B and NIR within ``work``.
-        self.rgb_w = tuple(self.work.index(b) for b in rgb)
+        red, green, blue = rgb
+        self.rgb_w = (self.work.index(red), self.work.index(green), self.work.index(blue))
         self.nir_w = None if nir is None else self.work.index(nir)
 
     @classmethod
@@ -760,6 +761,7 @@ class _Job:
     def prepare(self, region: PixelBox) -> None:
         """Atmospheric light and radiometric matching, once, from the region's overview."""
         import numpy as np
+
         from zoomearth.tools._haze import atmospheric_light, fill_invalid
 
         scene = self.ctx.scene
@@ -825,6 +827,7 @@ class _Job:
             ``(h, w)`` bool map of pixels whose values were changed.
         """
         import numpy as np
+
         from zoomearth.tools._haze import dehaze, fill_invalid
 
         lay = self.layout
@@ -935,9 +938,9 @@ class _Job:
     def _diffusion(self, x: np.ndarray, thick: np.ndarray) -> np.ndarray | None:
         """RGB filled by the diffusion pipeline (float, scaled), or None after an OOM fallback."""
         import numpy as np
-        from zoomearth.tools._sd_inpaint import diffusion_fill, inpaint_spec
 
         from zoomearth.errors import ModelFallbackRequired
+        from zoomearth.tools._sd_inpaint import diffusion_fill, inpaint_spec
 
         lay = self.layout
         rgb8 = np.clip(np.rint(np.moveaxis(x[list(lay.rgb_w)], 0, -1) * 255.0), 0, 255)

@@ -62,6 +62,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from zoomearth.artifacts import ArtifactKind
 from zoomearth.tools._outputs import before_after_preview, output_photometric
 from zoomearth.tools.base import (
     BackendStatus,
@@ -71,8 +73,6 @@ from zoomearth.tools.base import (
     ToolInputError,
     ToolResult,
 )
-
-from zoomearth.artifacts import ArtifactKind
 
 if TYPE_CHECKING:
     import numpy as np

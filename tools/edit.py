@@ -53,6 +53,8 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from zoomearth.artifacts import ArtifactKind
 from zoomearth.tools.base import (
     BackendStatus,
     Capabilities,
@@ -62,8 +64,6 @@ from zoomearth.tools.base import (
     ToolResult,
     artifact_ref,
 )
-
-from zoomearth.artifacts import ArtifactKind
 
 if TYPE_CHECKING:
     import numpy as np
@@ -297,9 +297,8 @@ def instruct_edit_spec(model: str) -> ModelSpec:
     on CUDA, float32 elsewhere; local files only when ``HF_HUB_OFFLINE`` is set), progress bars
     off.
     """
-    from zoomearth.tools._sd_inpaint import _pipeline_bytes
-
     from zoomearth.models import ModelSpec
+    from zoomearth.tools._sd_inpaint import _pipeline_bytes
 
     def load(device: str) -> Any:
         import os
@@ -480,10 +479,10 @@ class Edit(Tool):
         """Build the edit mask, inpaint or generate, write the edited raster, mask and preview."""
         import cv2
         import numpy as np
-        from zoomearth.tools._outputs import before_after_preview, output_photometric
 
         from zoomearth.errors import BandLayoutError
         from zoomearth.scene.writing import SourceGeoref, write_png, write_window_array
+        from zoomearth.tools._outputs import before_after_preview, output_photometric
 
         scene = ctx.scene
         settings = ctx.settings
@@ -682,6 +681,7 @@ class Edit(Tool):
     ) -> np.ndarray:
         """Diffusion on bands 1-3 as 8-bit RGB; other bands by Telea in the same mask."""
         import numpy as np
+
         from zoomearth.tools._sd_inpaint import diffusion_fill, inpaint_spec
 
         settings = ctx.settings

@@ -13,6 +13,9 @@ from importlib import metadata
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from zoomearth.artifacts import ArtifactKind
+from zoomearth.errors import BandLayoutError
 from zoomearth.tools.base import (
     BackendStatus,
     Capabilities,
@@ -21,9 +24,6 @@ from zoomearth.tools.base import (
     ToolInputError,
     ToolResult,
 )
-
-from zoomearth.artifacts import ArtifactKind
-from zoomearth.errors import BandLayoutError
 
 __all__ = ["ExportRegion"]
 
@@ -113,7 +113,7 @@ class ExportRegion(Tool):
         with writer:
             for tile in tiles:
                 pixels = tile.crop(ctx.read(tile.read_box, bands=bands))
-                ok = ~np.ma.getmaskarray(pixels).any(axis=0)
+                ok = np.logical_not(np.ma.getmaskarray(pixels).any(axis=0))
                 valid += int(ok.sum())
                 writer.write(np.ma.getdata(pixels), tile.window, valid=ok if keep_mask else None)
                 ctx.report(tile.index + 1, len(tiles), "export_region: writing tiles")

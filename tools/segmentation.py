@@ -63,6 +63,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from zoomearth.artifacts import ArtifactKind
+from zoomearth.errors import BandLayoutError, ModelFallbackRequired
+from zoomearth.geometry import PixelBox
 from zoomearth.tools.base import (
     BackendStatus,
     Capabilities,
@@ -71,10 +75,6 @@ from zoomearth.tools.base import (
     ToolInputError,
     ToolResult,
 )
-
-from zoomearth.artifacts import ArtifactKind
-from zoomearth.errors import BandLayoutError, ModelFallbackRequired
-from zoomearth.geometry import PixelBox
 
 if TYPE_CHECKING:
     from zoomearth.models import ModelSpec
@@ -959,9 +959,8 @@ class Segmentation(Tool):
         labels: np.ndarray,
         cached: bool,
     ) -> ToolResult:
-        from zoomearth.tools._polygons import mask_to_polygons, polygons_to_geojson
-
         from zoomearth.scene.writing import SourceGeoref, atomic_path, write_window_array
+        from zoomearth.tools._polygons import mask_to_polygons, polygons_to_geojson
 
         col, row, width, height = region.to_window()
         n_labels = int(labels_map.max())

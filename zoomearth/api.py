@@ -19,13 +19,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 from zoomearth.config import Settings, load_settings
 from zoomearth.errors import ZoomEarthError
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
 
 __all__ = [
     "Agent",
@@ -281,7 +284,7 @@ class Agent:
         )
 
     # ------------------------------------------------------------------------------------------
-    def _config(self, thread_id: str, run_dir: str | Path | None) -> dict[str, Any]:
+    def _config(self, thread_id: str, run_dir: str | Path | None) -> RunnableConfig:
         run = self.runtime.run_dir(thread_id, run_dir)
         return {
             "configurable": {"thread_id": thread_id, "run_dir": str(run)},
@@ -404,7 +407,7 @@ class Agent:
             self._drive_until_cancelled(None, config)
         return self.result(thread, seconds=time.perf_counter() - t0)
 
-    def stream_events(self, payload: Any, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream_events(self, payload: Any, config: RunnableConfig) -> Iterator[dict[str, Any]]:
         """Run the graph, yielding progress events (custom stream) as they happen."""
         from zoomearth.graphs.persistence import DURABILITY
 
@@ -420,7 +423,7 @@ class Agent:
                         **(intr.value if isinstance(intr.value, dict) else {"value": intr.value}),
                     }
 
-    def _drive_until_cancelled(self, payload: Any, config: dict[str, Any]) -> None:
+    def _drive_until_cancelled(self, payload: Any, config: RunnableConfig) -> None:
         """Drive the graph; a tool stopped by a cancellation request ends the run, resumable.
 
         The cancelled call's task error stays in the checkpoint, so the record shows the call as
@@ -433,7 +436,7 @@ class Agent:
         except ToolCancelled:
             return
 
-    def _drive(self, payload: Any, config: dict[str, Any]) -> None:
+    def _drive(self, payload: Any, config: RunnableConfig) -> None:
         from zoomearth.graphs.tool_node import clear_cancel
 
         clear_cancel(config["configurable"]["thread_id"])  # an old request must not stop this run

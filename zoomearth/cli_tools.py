@@ -135,8 +135,10 @@ def cmd_tools(args: argparse.Namespace, settings: Any) -> int:
         (r["name"], _source(r), _backends(r), _first_sentence(r["description"])) for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
-    for row in table:
-        print("  ".join(f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:3])) + "  " + row[3])
+    for cells in table:
+        print(
+            "  ".join(f"{cell:<{widths[i]}}" for i, cell in enumerate(cells[:3])) + "  " + cells[3]
+        )
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0

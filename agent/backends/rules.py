@@ -29,6 +29,11 @@ it (:attr:`PlanRequest.tools`); its arguments are filled from its JSON Schema wi
 question gives (a box argument, a text prompt, an instruction, a mode) and validated; when a
 required argument cannot be inferred the tool is skipped and the answer says why.
 
+It reads at most :data:`MAX_QUESTION_CHARS` characters of the question (the reply says when the
+rest was ignored), and every pattern is linear in the text's length (see ``_NUM`` below), so one
+``plan`` call is bounded; ``benchmarks/adversarial_text.py`` measures the patterns on adversarial
+text.
+
 Turns:
 
 * first turn (empty transcript): zoom boxes (in pixels of the overview view *as seen*: this backend
@@ -62,7 +67,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from zoomearth.agent.base import CoordMode, Layout, Planner, PlanReply, PlanRequest
 from zoomearth.agent.protocol import clean_text, format_turn, format_zoom
-
 from zoomearth.errors import BoxError
 from zoomearth.geometry import PixelBox, ViewSpec, full_to_view, min_crop_xyxy, validate_box
 
@@ -71,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOCATION_PHRASES",
+    "MAX_QUESTION_CHARS",
     "NEGATIVE_PHRASES",
     "TOOL_INTENTS",
     "CoordinateMention",
@@ -124,6 +129,14 @@ POINT_OUTSIDE_TEMPLATE: Final = (
 BOX_PROBLEM_TEMPLATE: Final = "The box {phrase} cannot be used: {reason}"
 NO_STEPS_TEMPLATE: Final = "No steps were left to look closer."
 FEEDBACK_TEMPLATE: Final = "The agent reported: {text}"
+QUESTION_CUT_TEMPLATE: Final = (
+    "The question is {length:,} characters long; the rules planner read only its first {read:,} "
+    "characters and ignored the rest."
+)
+
+#: The longest question the rules planner reads, in characters; text after it is ignored and the
+#: reply says so. With every pattern linear, this bounds the work of one ``plan`` call.
+MAX_QUESTION_CHARS: Final = 4000
 
 # ---------------------------------------------------------------------------------------------
 # Location phrases
@@ -304,8 +317,22 @@ class LocationMatch:
     start: int
 
 
-def _mask(text: str, start: int, end: int) -> str:
-    return text[:start] + " " * (end - start) + text[end:]
+def _mask(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` with each span blanked to spaces, in one pass (spans ascending, disjoint).
+
+    One pattern's ``finditer`` matches are masked together after its loop (the loop reads the
+    string it started with anyway), so masking stays linear however many matches there are.
+    """
+    if not spans:
+        return text
+    parts: list[str] = []
+    last = 0
+    for start, end in spans:
+        parts.append(text[last:start])
+        parts.append(" " * (end - start))
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def find_locations(text: str) -> list[LocationMatch]:
@@ -322,15 +349,16 @@ def find_locations(text: str) -> list[LocationMatch]:
     """
     work = text
     for negative in NEGATIVE_PHRASES:
-        for m in negative.finditer(work):
-            work = _mask(work, m.start(), m.end())
+        work = _mask(work, [m.span() for m in negative.finditer(work)])
     found: list[LocationMatch] = []
     for rule in LOCATION_PHRASES:
+        spans: list[tuple[int, int]] = []
         for m in rule.pattern.finditer(work):
             found.append(
                 LocationMatch(rule.name, rule.region, text[m.start() : m.end()], m.start())
             )
-            work = _mask(work, m.start(), m.end())
+            spans.append(m.span())
+        work = _mask(work, spans)
     found.sort(key=lambda match: match.start)
     unique: list[LocationMatch] = []
     for match in found:
@@ -343,8 +371,21 @@ def find_locations(text: str) -> list[LocationMatch]:
 # Coordinates
 # ---------------------------------------------------------------------------------------------
 
-_NUM: Final = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
-_SEP4: Final = r"(?:\s*[,;]\s*|\s+)"
+# Every pattern over the question is linear in its length (issue #14), because:
+# * whitespace is possessive (``\s*+``): a run is never shared out between two quantifiers;
+# * a number is possessive and starts only where no digit precedes it, so no start position
+#   inside a digit run rescans the run;
+# * a pattern starts at a keyword, a bracket or a number, never inside a whitespace run (a
+#   leading "(" is ``(?:\(\s*+)?``, not ``\(?\s*``);
+# so each character is scanned from a bounded number of start positions, without backtracking.
+# The forms matched are those of the greedy patterns these replace; only a match no longer
+# begins with whitespace, so its start is that of its first word and its phrase never includes
+# text that an earlier match blanked out.
+_WS: Final = r"\s*+"
+_NUM: Final = r"[-+]?+(?<!\d)(?:\d++(?:\.\d*+)?+|\.\d++)"
+_SEP4: Final = r"(?:\s*+[,;]\s*+|\s++)"
+_COMMA: Final = r"\s*+,\s*+"
+_OPEN: Final = r"(?:\(\s*+)?"  # an optional "(" a pattern starts with
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,18 +414,20 @@ class CoordinateMention:
 
 _BOX_PATTERNS: Final = (
     re.compile(
-        r"\b(?:bbox(?:_2d)?|box|rectangle|window|crop|pixels?|px)\b\s*[:=]?\s*[\[(]?\s*"
-        rf"({_NUM}){_SEP4}({_NUM}){_SEP4}({_NUM}){_SEP4}({_NUM})\s*[\])]?",
+        rf"\b(?:bbox(?:_2d)?|box|rectangle|window|crop|pixels?|px)\b{_WS}[:=]?{_WS}[\[(]?{_WS}"
+        rf"({_NUM}){_SEP4}({_NUM}){_SEP4}({_NUM}){_SEP4}({_NUM}){_WS}[\])]?",
         re.I,
     ),
-    re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]"),
+    re.compile(rf"[\[(]{_WS}({_NUM}){_COMMA}({_NUM}){_COMMA}({_NUM}){_COMMA}({_NUM}){_WS}[\])]"),
     re.compile(
-        rf"\bfrom\s*\(?\s*({_NUM})\s*,\s*({_NUM})\s*\)?\s*to\s*\(?\s*({_NUM})\s*,\s*({_NUM})\s*\)?",
+        rf"\bfrom{_WS}\(?{_WS}({_NUM}){_COMMA}({_NUM}){_WS}\)?{_WS}"
+        rf"to{_WS}\(?{_WS}({_NUM}){_COMMA}({_NUM}){_WS}\)?",
         re.I,
     ),
 )
 _KEYED_RE: Final = re.compile(
-    rf"\b(x1|y1|x2|y2|x_?min|y_?min|x_?max|y_?max|left|top|right|bottom)\s*[=:]\s*({_NUM})", re.I
+    rf"\b(x1|y1|x2|y2|x_?min|y_?min|x_?max|y_?max|left|top|right|bottom){_WS}[=:]{_WS}({_NUM})",
+    re.I,
 )
 _KEY_INDEX: Final = {
     "x1": 0, "xmin": 0, "x_min": 0, "left": 0,
@@ -396,8 +439,8 @@ _LONLAT_PATTERNS: Final = (
     # (pattern, index of lon group, index of lat group)
     (
         re.compile(
-            rf"\b(?:lon|lng|long|longitude)\s*[:=]?\s*({_NUM})\s*°?\s*,?\s*(?:and\s+)?"
-            rf"(?:lat|latitude)\s*[:=]?\s*({_NUM})\s*°?",
+            rf"\b(?:lon|lng|long|longitude){_WS}[:=]?{_WS}({_NUM}){_WS}°?{_WS},?{_WS}(?:and\s++)?"
+            rf"(?:lat|latitude){_WS}[:=]?{_WS}({_NUM}){_WS}°?",
             re.I,
         ),
         1,
@@ -405,8 +448,8 @@ _LONLAT_PATTERNS: Final = (
     ),
     (
         re.compile(
-            rf"\b(?:lat|latitude)\s*[:=]?\s*({_NUM})\s*°?\s*,?\s*(?:and\s+)?"
-            rf"(?:lon|lng|long|longitude)\s*[:=]?\s*({_NUM})\s*°?",
+            rf"\b(?:lat|latitude){_WS}[:=]?{_WS}({_NUM}){_WS}°?{_WS},?{_WS}(?:and\s++)?"
+            rf"(?:lon|lng|long|longitude){_WS}[:=]?{_WS}({_NUM}){_WS}°?",
             re.I,
         ),
         2,
@@ -414,8 +457,8 @@ _LONLAT_PATTERNS: Final = (
     ),
     (
         re.compile(
-            rf"\b(?:lat(?:itude)?\s*[/,]\s*lon(?:gitude)?)\s*[:=]?\s*\(?\s*({_NUM})\s*,\s*"
-            rf"({_NUM})\s*\)?",
+            rf"\b(?:lat(?:itude)?{_WS}[/,]{_WS}lon(?:gitude)?){_WS}[:=]?{_WS}\(?{_WS}({_NUM})"
+            rf"{_COMMA}({_NUM}){_WS}\)?",
             re.I,
         ),
         2,
@@ -423,8 +466,8 @@ _LONLAT_PATTERNS: Final = (
     ),
     (
         re.compile(
-            rf"\b(?:lon(?:gitude)?\s*[/,]\s*lat(?:itude)?)\s*[:=]?\s*\(?\s*({_NUM})\s*,\s*"
-            rf"({_NUM})\s*\)?",
+            rf"\b(?:lon(?:gitude)?{_WS}[/,]{_WS}lat(?:itude)?){_WS}[:=]?{_WS}\(?{_WS}({_NUM})"
+            rf"{_COMMA}({_NUM}){_WS}\)?",
             re.I,
         ),
         1,
@@ -432,7 +475,8 @@ _LONLAT_PATTERNS: Final = (
     ),
     (
         re.compile(
-            rf"\(?\s*({_NUM})\s*,\s*({_NUM})\s*\)?\s*\(\s*lat(?:itude)?\s*,\s*lon(?:gitude)?\s*\)",
+            rf"{_OPEN}({_NUM}){_COMMA}({_NUM}){_WS}\)?{_WS}"
+            rf"\({_WS}lat(?:itude)?{_COMMA}lon(?:gitude)?{_WS}\)",
             re.I,
         ),
         2,
@@ -440,33 +484,45 @@ _LONLAT_PATTERNS: Final = (
     ),
     (
         re.compile(
-            rf"\(?\s*({_NUM})\s*,\s*({_NUM})\s*\)?\s*\(\s*lon(?:gitude)?\s*,\s*lat(?:itude)?\s*\)",
+            rf"{_OPEN}({_NUM}){_COMMA}({_NUM}){_WS}\)?{_WS}"
+            rf"\({_WS}lon(?:gitude)?{_COMMA}lat(?:itude)?{_WS}\)",
             re.I,
         ),
         1,
         2,
     ),
 )
-_HEMI_RE: Final = re.compile(rf"({_NUM})\s*°?\s*([NSEW])\b\s*[,;]?\s*({_NUM})\s*°?\s*([NSEW])\b")
+_HEMI_RE: Final = re.compile(
+    rf"({_NUM}){_WS}°?{_WS}([NSEW])\b{_WS}[,;]?{_WS}({_NUM}){_WS}°?{_WS}([NSEW])\b"
+)
 _EASTING_RE: Final = re.compile(
-    rf"\beasting\s*[:=]?\s*({_NUM})\s*m?\s*,?\s*(?:and\s+)?northing\s*[:=]?\s*({_NUM})", re.I
+    rf"\beasting{_WS}[:=]?{_WS}({_NUM}){_WS}m?{_WS},?{_WS}(?:and\s++)?northing{_WS}[:=]?{_WS}"
+    rf"({_NUM})",
+    re.I,
 )
 _PIXEL_POINT_PATTERNS: Final = (
-    re.compile(rf"\b(?:pixel|px)\s*(?:at\s*)?[:=]?\s*\(?\s*({_NUM})\s*,\s*({_NUM})\s*\)?", re.I),
-    re.compile(rf"\(?\s*({_NUM})\s*,\s*({_NUM})\s*\)?\s*(?:px|pixels?)\b", re.I),
     re.compile(
-        rf"\b(?:col|column)\s*[=:]?\s*({_NUM})\s*,?\s*(?:and\s+)?row\s*[=:]?\s*({_NUM})", re.I
+        rf"\b(?:pixel|px){_WS}(?:at{_WS})?[:=]?{_WS}\(?{_WS}({_NUM}){_COMMA}({_NUM}){_WS}\)?",
+        re.I,
     ),
-)
-_XY_PATTERNS: Final = (
-    re.compile(rf"\bx\s*[=:]\s*({_NUM})\s*,?\s*(?:and\s+)?y\s*[=:]\s*({_NUM})", re.I),
+    re.compile(rf"{_OPEN}({_NUM}){_COMMA}({_NUM}){_WS}\)?{_WS}(?:px|pixels?)\b", re.I),
     re.compile(
-        r"\b(?:at|near|around|coordinates?|coords?|point|location|position|cent(?:red|ered)\s+on)"
-        rf"\s*[:=]?\s*\(?\s*({_NUM})\s*,\s*({_NUM})\s*\)?",
+        rf"\b(?:col|column){_WS}[=:]?{_WS}({_NUM}){_WS},?{_WS}(?:and\s++)?row{_WS}[=:]?{_WS}"
+        rf"({_NUM})",
         re.I,
     ),
 )
-_EPSG_RE: Final = re.compile(r"\bEPSG\s*:\s*(\d{4,6})\b", re.I)
+_XY_PATTERNS: Final = (
+    re.compile(
+        rf"\bx{_WS}[=:]{_WS}({_NUM}){_WS},?{_WS}(?:and\s++)?y{_WS}[=:]{_WS}({_NUM})", re.I
+    ),
+    re.compile(
+        r"\b(?:at|near|around|coordinates?|coords?|point|location|position|cent(?:red|ered)\s++on)"
+        rf"{_WS}[:=]?{_WS}\(?{_WS}({_NUM}){_COMMA}({_NUM}){_WS}\)?",
+        re.I,
+    ),
+)
+_EPSG_RE: Final = re.compile(rf"\bEPSG{_WS}:{_WS}(\d{{4,6}})\b", re.I)
 _MAX_COORDINATES: Final = 8
 
 
@@ -484,23 +540,29 @@ def find_coordinates(text: str) -> list[CoordinateMention]:
     """
     work = text
     found: list[CoordinateMention] = []
+    spans: list[tuple[int, int]] = []  # taken by the current pattern, masked after its loop
     epsg = _EPSG_RE.search(text)
     named_crs = f"EPSG:{epsg.group(1)}" if epsg else None
 
     def take(
         m: re.Match[str], kind: str, frame: str, values: Sequence[float], crs: str | None = None
     ) -> None:
-        nonlocal work
         found.append(
             CoordinateMention(
                 kind, frame, tuple(values), text[m.start() : m.end()].strip(), m.start(), crs
             )
         )
-        work = _mask(work, m.start(), m.end())
+        spans.append(m.span())
+
+    def masked() -> str:
+        out = _mask(work, spans)
+        spans.clear()
+        return out
 
     for pattern, lon_i, lat_i in _LONLAT_PATTERNS:
         for m in pattern.finditer(work):
             take(m, "point", "lonlat", (float(m.group(lon_i)), float(m.group(lat_i))))
+        work = masked()
     for m in _HEMI_RE.finditer(work):
         a, ha, b, hb = float(m.group(1)), m.group(2), float(m.group(3)), m.group(4)
         pair = {ha: a, hb: b}
@@ -511,11 +573,14 @@ def find_coordinates(text: str) -> list[CoordinateMention]:
                 take(m, "point", "lonlat", (lon, lat))
             elif {ha, hb} == {"N", "E"}:  # UTM-style "500123E 4999870N"
                 take(m, "point", "map", (pair["E"], pair["N"]), named_crs)
+    work = masked()
     for m in _EASTING_RE.finditer(work):
         take(m, "point", "map", (float(m.group(1)), float(m.group(2))), named_crs)
+    work = masked()
     for pattern in _BOX_PATTERNS:
         for m in pattern.finditer(work):
             take(m, "box", "pixel", [float(m.group(i)) for i in range(1, 5)])
+        work = masked()
     keyed = list(_KEYED_RE.finditer(work))
     values: dict[int, float] = {}
     for m in keyed:
@@ -527,14 +592,16 @@ def find_coordinates(text: str) -> list[CoordinateMention]:
                 "box", "pixel", tuple(values[i] for i in range(4)), text[start:end], start
             )
         )
-        work = _mask(work, start, end)
+        work = _mask(work, [(start, end)])
     for pattern in _PIXEL_POINT_PATTERNS:
         for m in pattern.finditer(work):
             take(m, "point", "pixel", (float(m.group(1)), float(m.group(2))))
+        work = masked()
     for pattern in _XY_PATTERNS:
         for m in pattern.finditer(work):
             frame = "map" if named_crs else "xy"
             take(m, "point", frame, (float(m.group(1)), float(m.group(2))), named_crs)
+        work = masked()
     found.sort(key=lambda c: c.start)
     return found[:_MAX_COORDINATES]
 
@@ -648,6 +715,7 @@ def find_tool_intents(text: str) -> list[ToolIntent]:
     work = text
     found: list[ToolIntent] = []
     for kind, pattern in _INTENT_PATTERNS:
+        spans: list[tuple[int, int]] = []
         for m in pattern.finditer(work):
             groups = m.groupdict()
             target = (groups.get("target") or "").strip() or None
@@ -661,7 +729,8 @@ def find_tool_intents(text: str) -> list[ToolIntent]:
                 instruction = f"{verb_word} the {target}"
             phrase = text[start : m.end()].strip()
             found.append(ToolIntent(kind, phrase, start, target, instruction))
-            work = _mask(work, m.start(), m.end())
+            spans.append(m.span())
+        work = _mask(work, spans)
     found.sort(key=lambda intent: intent.start)
     unique: list[ToolIntent] = []
     for intent in found:
@@ -856,6 +925,7 @@ class _Analysis:
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    user_notes: list[str] = field(default_factory=list)  # also written into the reply text
 
 
 def _scene_size(request: PlanRequest, overview: ViewSpec | None) -> tuple[int, int]:
@@ -984,16 +1054,36 @@ def _resolve_coordinate(
     out.targets.append(_Target(label, box, box))
 
 
+def _read_question(question: str) -> tuple[str, str | None]:
+    """The part of ``question`` the planner reads, and a note when the rest is ignored.
+
+    At most :data:`MAX_QUESTION_CHARS` characters are read; a word or number cut in two at the
+    limit is ignored too.
+    """
+    if len(question) <= MAX_QUESTION_CHARS:
+        return question, None
+    head = question[:MAX_QUESTION_CHARS]
+    if not (head[-1].isspace() or question[MAX_QUESTION_CHARS].isspace()):
+        words = head.rsplit(maxsplit=1)
+        if len(words) == 2:
+            head = words[0]
+    return head, QUESTION_CUT_TEMPLATE.format(length=len(question), read=len(head))
+
+
 def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
     """Read the question of ``request``: where to look and which tools to call."""
     out = _Analysis()
+    question, cut = _read_question(request.question)
+    if cut is not None:
+        out.notes.append(cut)
+        out.user_notes.append(cut)
     overview = request.views.get(request.overview_id)
     size = _scene_size(request, overview)
-    for mention in find_coordinates(request.question):
+    for mention in find_coordinates(question):
         _resolve_coordinate(mention, request, size, min_crop, out)
     if not out.targets and not out.errors and overview is not None:
         region = overview.region
-        for match in find_locations(request.question):
+        for match in find_locations(question):
             fx1, fy1, fx2, fy2 = match.region
             box = PixelBox(
                 region.x1 + fx1 * region.width,
@@ -1004,7 +1094,7 @@ def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
             out.targets.append(_Target(match.name, box, box))
     whole = PixelBox(0.0, 0.0, float(size[0]), float(size[1]))
     offered = [t for t in request.tools if isinstance(t, Mapping)]
-    for intent in find_tool_intents(request.question):
+    for intent in find_tool_intents(question):
         human = TOOL_INTENTS[intent.kind][0]
         tool = _find_tool(intent.kind, offered)
         if tool is None:
@@ -1110,12 +1200,14 @@ class RulesPlanner(Planner):
         overview = request.views.get(request.overview_id)
         if a.errors and not a.targets:
             return format_turn(
-                "The question's coordinates cannot be used.", answer=" ".join(a.errors)
+                "The question's coordinates cannot be used.",
+                answer=" ".join([*a.errors, *a.user_notes]),
             )
         if (not a.targets or overview is None) and not a.tool_calls:
             reasons = " ".join(a.skipped) if a.skipped else NOTHING_TO_DO_TEMPLATE
             if not a.skipped:
                 reasons = NOTHING_TO_DO_TEMPLATE + " " + VLM_NEEDED_TEMPLATE.format(where="")
+            reasons = " ".join([reasons, *a.user_notes])
             return format_turn("Rules planner: nothing I can act on.", answer=reasons)
         lines: list[str] = ["Rules planner (no vision-language model)."]
         zooms: list[str] = []
@@ -1131,6 +1223,7 @@ class RulesPlanner(Planner):
             lines.append(f"Calling {name}{where}.")
         lines.extend(a.skipped)
         lines.extend(a.errors)
+        lines.extend(a.user_notes)
         think = " ".join(clean_text(line) for line in lines)
         return format_turn(think, zooms, a.tool_calls)
 
@@ -1174,5 +1267,6 @@ class RulesPlanner(Planner):
             pieces.append(VLM_NEEDED_TEMPLATE.format(where=where))
         pieces.extend(a.skipped)
         pieces.extend(a.errors)
+        pieces.extend(a.user_notes)
         pieces.extend(feedback[-3:])
         return format_turn("Rules planner: summarising what was done.", answer="\n".join(pieces))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from zoomearth.agent import backends
 from zoomearth.agent.backends import (
     BACKENDS,
@@ -18,7 +19,6 @@ from zoomearth.agent.backends import (
 from zoomearth.agent.backends.rules import RulesPlanner
 from zoomearth.agent.backends.script import ScriptError, ScriptPlanner
 from zoomearth.agent.base import PlannerError
-
 from zoomearth.config import Settings
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from zoomearth.agent.backends.hf import (
     DEFAULT_MODEL,
     TransformersPlanner,
@@ -21,7 +22,6 @@ from zoomearth.agent.backends.hf import (
 )
 from zoomearth.agent.base import PlannerError, PlanReply, PlanRequest, TranscriptEntry
 from zoomearth.agent.frames import qwen_visual_tokens, seen_size
-
 from zoomearth.config import load_settings
 from zoomearth.geometry import PixelBox, ViewSpec
 from zoomearth.models.pool import ModelPool

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+
 from zoomearth.agent import parse_response
 from zoomearth.agent.backends.openai_compat import PASSTHROUGH_CHAT_TEMPLATE, OpenAIPlanner
 from zoomearth.agent.base import PlannerError, PlanRequest, TranscriptEntry
-
 from zoomearth.config import load_settings
 from zoomearth.geometry import PixelBox, ViewSpec
 

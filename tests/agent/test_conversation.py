@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from zoomearth.agent.base import PlanRequest, TranscriptEntry
 from zoomearth.agent.conversation import (
     ChatMessage,
@@ -15,7 +16,6 @@ from zoomearth.agent.conversation import (
     to_chat_dicts,
 )
 from zoomearth.agent.prompting import load_template, render_prompt
-
 from zoomearth.geometry import PixelBox, ViewSpec
 
 STAGE1 = (

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zoomearth.agent.frames import (
     QWEN25_VL,
     VisionSpec,
@@ -29,7 +30,6 @@ from zoomearth.agent.frames import (
     seen_size,
     zoom_region,
 )
-
 from zoomearth.errors import BoxError
 from zoomearth.geometry import PixelBox, ViewSpec
 

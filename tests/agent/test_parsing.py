@@ -9,6 +9,7 @@ import string
 from pathlib import Path
 
 import pytest
+
 from zoomearth.agent import (
     ParsedResponse,
     Problem,

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+
 from zoomearth.agent.base import PlannerError, PlanRequest, TranscriptEntry
 from zoomearth.agent.profiles import (
     ZoomEarthProfile,
@@ -19,7 +20,6 @@ from zoomearth.agent.profiles import (
     resolve_profile,
     stage_inputs,
 )
-
 from zoomearth.geometry import PixelBox, ViewSpec
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from zoomearth.agent.prompting import (
     SECTIONS,
     PromptError,
@@ -15,7 +16,6 @@ from zoomearth.agent.prompting import (
     render_tool_section,
     tool_json,
 )
-
 from zoomearth.errors import ZoomEarthError
 
 COMMON = {"coord_mode": "pixels", "layout": "zoomearth"}

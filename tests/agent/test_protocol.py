@@ -9,6 +9,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zoomearth.agent.parsing import parse_response
 from zoomearth.agent.protocol import (
     clean_text,

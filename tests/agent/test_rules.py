@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zoomearth.agent.backends.rules import (
     LOCATION_PHRASES,
     NEGATIVE_PHRASES,
@@ -17,7 +18,6 @@ from zoomearth.agent.backends.rules import (
 )
 from zoomearth.agent.base import PlanRequest, TranscriptEntry
 from zoomearth.agent.parsing import parse_response
-
 from zoomearth.config import Settings
 from zoomearth.geometry import PixelBox, ViewBox, ViewSpec, view_to_full
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
 from zoomearth.agent.backends.script import (
     SCRIPT_SCHEMA,
     ScriptError,
@@ -19,7 +20,6 @@ from zoomearth.agent.backends.script import (
 )
 from zoomearth.agent.base import PlannerError, PlanRequest, TranscriptEntry
 from zoomearth.agent.parsing import ZoomRequest, parse_response
-
 from zoomearth.config import Settings
 from zoomearth.geometry import PixelBox, ViewSpec
 

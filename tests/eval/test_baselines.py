@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+
 from zoomearth.agent.base import Planner, PlanReply, PlanRequest, TranscriptEntry
 from zoomearth.agent.parsing import parse_response
-
 from zoomearth.eval.baselines import NoZoomPlanner, OraclePlanner, select_question
 from zoomearth.geometry import PixelBox, ViewSpec
 

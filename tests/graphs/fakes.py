@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from zoomearth.agent.base import PlanReply, Planner, PlanRequest
+from zoomearth.agent.base import Planner, PlanReply, PlanRequest
 from zoomearth.tools.base import Capabilities, Tool, ToolResult
 
 

@@ -29,7 +29,9 @@ def ask(*args: str, env: dict | None = None, check: bool = True) -> subprocess.C
         stdin=subprocess.DEVNULL,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
     return proc
 
 
@@ -96,7 +98,8 @@ def test_approval_without_terminal_prints_resume_commands(scene, tmp_path):
     plan.write_text(
         "turns:\n"
         "  - - {zoom: [600, 600, 700, 700], frame: full}\n"
-        "    - {tool: edit, args: {instruction: remove the object, target_box: [620, 620, 680, 680]}}\n"
+        "    - {tool: edit, args: {instruction: remove the object,"
+        " target_box: [620, 620, 680, 680]}}\n"
         "  - - {answer: edited}\n"
     )
     env = {"ZOOMEARTH_DATA_DIR": str(tmp_path / "data")}

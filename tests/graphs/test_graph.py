@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 
@@ -38,7 +37,8 @@ def make_agent(settings, turns, *tools, checkpointer=None, **kw):
 
 def test_zoom_then_answer_maps_boxes_to_full_resolution(settings, scene_path):
     agent, planner = make_agent(settings, [
-        '<think>zoom {"bbox_2d": [256, 128, 264, 136], "label": "car"}</think><answer>a car?</answer>',
+        '<think>zoom {"bbox_2d": [256, 128, 264, 136], "label": "car"}</think>'
+        "<answer>a car?</answer>",
         "<think>clear now</think><answer>a red car</answer>",
     ])
     result = agent.ask(scene_path, "what vehicle is in the centre?")
@@ -70,7 +70,8 @@ def test_several_zooms_fan_out(settings, scene_path):
 
 def test_tool_call_gets_region_of_same_turn_zoom_and_artifact(settings, scene_path):
     agent, planner = make_agent(settings, [
-        '{"bbox_2d": [0, 0, 64, 64]}<tool_call>{"name": "region_stats", "arguments": {}}</tool_call>',
+        '{"bbox_2d": [0, 0, 64, 64]}'
+        '<tool_call>{"name": "region_stats", "arguments": {}}</tool_call>',
         "<answer>done</answer>",
     ], StatsTool)
     result = agent.ask(scene_path, "stats of the top-left")
@@ -110,8 +111,10 @@ def test_budget_exhaustion_asks_for_best_effort(settings, scene_path):
 
 
 def test_zoom_budget(settings, scene_path):
-    agent, planner = make_agent(settings, ['{"bbox_2d": [0, 0, 10, 10]}' * 1 + '{"bbox_2d": [20, 20, 30, 30]}',
-                                           "<answer>x</answer>"])
+    agent, planner = make_agent(
+        settings,
+        ['{"bbox_2d": [0, 0, 10, 10]}' * 1 + '{"bbox_2d": [20, 20, 30, 30]}', "<answer>x</answer>"],
+    )
     result = agent.ask(scene_path, "q", max_zooms=1)
     assert len(result.zooms) == 1
     assert any("zoom budget" in p["message"] for p in result.problems)

@@ -9,11 +9,11 @@ import io
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
-from zoomearth.tools.registry import ToolRegistry
 
 from tests.agent.test_backend_openai import FakeServer, Scripted, completion
 from tests.scene.rasters import write_raster
 from zoomearth.api import Agent
+from zoomearth.tools.registry import ToolRegistry
 
 
 @pytest.fixture(scope="module")

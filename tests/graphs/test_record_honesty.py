@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 import yaml
 from langgraph.checkpoint.memory import InMemorySaver
-from zoomearth.tools.base import Tool, ToolResult
-from zoomearth.tools.registry import ToolRegistry, get_registry
 
 from tests.graphs.fakes import ScriptedPlanner
 from tests.scene.rasters import write_raster
 from zoomearth.api import Agent, AskResult, run_outcome
+from zoomearth.tools.base import Tool, ToolResult
+from zoomearth.tools.registry import ToolRegistry, get_registry
 
 REPO = Path(__file__).resolve().parents[2]
 EXIT = {"answered": 0, "awaiting_approval": 3, "partial": 4, "failed": 5, "cancelled": 130}

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
-from zoomearth.agent.base import Planner, PlanReply, PlanRequest
-from zoomearth.agent.profiles import ZoomEarthProfile, stage_inputs
-from zoomearth.tools.registry import ToolRegistry
 
 from tests.scene.rasters import write_raster
+from zoomearth.agent.base import Planner, PlanReply, PlanRequest
+from zoomearth.agent.profiles import ZoomEarthProfile, stage_inputs
 from zoomearth.api import Agent
+from zoomearth.tools.registry import ToolRegistry
 
 PROMPT = (
     "\n<|im_start|>system\nYou are a test assistant. <|im_end|>\n<|im_start|>user\n"

@@ -20,7 +20,11 @@ from zoomearth.scene.cache import SceneCache, cache_key
 def small_prepare(tmp_path):
     # Treat anything above 256 px without tiles/overviews as needing a prepared copy.
     return load_settings(
-        flags={"data_dir": tmp_path / "data", "cache_dir": tmp_path / "cache", "prepare_min_side": 256},
+        flags={
+            "data_dir": tmp_path / "data",
+            "cache_dir": tmp_path / "cache",
+            "prepare_min_side": 256,
+        },
         environ={},
     )
 
@@ -95,7 +99,8 @@ def test_corrupt_png_prepare_fails_cleanly(tmp_path, small_prepare):
 
     with pytest.raises(SceneReadError):
         Scene.open(png, settings=small_prepare).render()
-    leftovers = list(small_prepare.scene_cache_dir.glob("*")) if small_prepare.scene_cache_dir.exists() else []
+    cache_dir = small_prepare.scene_cache_dir
+    leftovers = list(cache_dir.glob("*")) if cache_dir.exists() else []
     assert not [p for p in leftovers if p.suffix in {".tif", ".json"} or "tmp" in p.name]
 
 

@@ -15,8 +15,8 @@ import pytest
 import rasterio
 from affine import Affine
 from PIL import Image
-from zoomearth.agent.profiles import reference_crop_xyxy
 
+from zoomearth.agent.profiles import reference_crop_xyxy
 from zoomearth.errors import BoxError
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
-from zoomearth.tools.base import Tool, ToolResult
 
 from tests.scene.rasters import write_raster
+from zoomearth.tools.base import Tool, ToolResult
 
 
 def free_port() -> int:
@@ -160,10 +160,9 @@ def agent_factory(plans: dict[str, list[str]], *tools: type[Tool]) -> Any:
     """An agent factory for create_app: the dispatch planner, export_region plus ``tools``."""
 
     def factory(settings, on_event):  # noqa: ANN001, ANN202
+        from zoomearth.api import Agent
         from zoomearth.tools.export import ExportRegion
         from zoomearth.tools.registry import ToolRegistry
-
-        from zoomearth.api import Agent
 
         registry = ToolRegistry(builtins={t.name: t for t in (ExportRegion, *tools)},
                                 entry_point_group=None)

@@ -7,11 +7,11 @@ import json
 
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
-from zoomearth.tools.export import ExportRegion
-from zoomearth.tools.registry import ToolRegistry
 
 from tests.server.helpers import DispatchPlanner, GatedEdit, geotiff_bytes, tool_call
 from zoomearth.server.chat_graph import build_chat_graph
+from zoomearth.tools.export import ExportRegion
+from zoomearth.tools.registry import ToolRegistry
 
 PLANS = {
     "edit": [tool_call("gated_edit"), "<answer>edit done</answer>"],

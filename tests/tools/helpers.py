@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from zoomearth.scene import Scene
+from zoomearth.scene.writing import atomic_path
 from zoomearth.tools import (
     Capabilities,
     Tool,
@@ -13,9 +16,6 @@ from zoomearth.tools import (
     artifact_ref,
     input_path,
 )
-
-from zoomearth.scene import Scene
-from zoomearth.scene.writing import atomic_path
 
 
 class EchoTool(Tool):

@@ -9,18 +9,6 @@ import sys
 import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
-from zoomearth.tools import (
-    Capabilities,
-    Tool,
-    ToolCancelled,
-    ToolDefinitionError,
-    ToolFailure,
-    ToolInputError,
-    ToolOutcome,
-    ToolResult,
-    describe_arguments,
-    split_region_args,
-)
 
 from tests.scene.rasters import write_raster
 from tests.tools.helpers import EchoTool, make_ctx, open_scene
@@ -33,6 +21,18 @@ from zoomearth.artifacts import (
 )
 from zoomearth.errors import ZoomEarthError
 from zoomearth.geometry import PixelBox
+from zoomearth.tools import (
+    Capabilities,
+    Tool,
+    ToolCancelled,
+    ToolDefinitionError,
+    ToolFailure,
+    ToolInputError,
+    ToolOutcome,
+    ToolResult,
+    describe_arguments,
+    split_region_args,
+)
 
 
 def _define(**attrs):

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from zoomearth.tools import ToolContext, ToolInputError, run_tool
-from zoomearth.tools._cloudmask import CLOUD, HAZE, MASK_NODATA, MaskThresholds, cloud_mask
-from zoomearth.tools._haze import atmospheric_light, dark_channel, dehaze, guided_filter
-from zoomearth.tools.cloud_removal import CloudRemoval
 
 from zoomearth.config import load_settings
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene
+from zoomearth.tools import ToolContext, ToolInputError, run_tool
+from zoomearth.tools._cloudmask import CLOUD, HAZE, MASK_NODATA, MaskThresholds, cloud_mask
+from zoomearth.tools._haze import atmospheric_light, dark_channel, dehaze, guided_filter
+from zoomearth.tools.cloud_removal import CloudRemoval
 
 NAIP_YEARS = ("20090818", "20140720", "20170827", "20200831")
 
@@ -422,9 +422,8 @@ def test_diffusion_inpainting_tiny_pipeline(cloudy_naip, tmp_path: Path) -> None
 
 
 def test_missing_model_is_a_clear_failure(cloudy_naip, tmp_path: Path) -> None:
-    from zoomearth.tools import ToolFailure
-
     from zoomearth.models import ModelPool
+    from zoomearth.tools import ToolFailure
 
     scene, *_ = cloudy_naip
     settings = make_settings(tmp_path, [tmp_path], inpaint_model=str(tmp_path / "nope"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from pydantic import BaseModel
-from zoomearth.tools import Capabilities, Tool, ToolResult
-from zoomearth.tools.export import ExportRegion
 
 from zoomearth.testing import check_tool, write_kit_scene
+from zoomearth.tools import Capabilities, Tool, ToolResult
+from zoomearth.tools.export import ExportRegion
 
 
 def test_export_region_passes_the_kit(tmp_path):

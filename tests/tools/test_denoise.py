@@ -10,6 +10,11 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
+
+from zoomearth.geometry import PixelBox
+from zoomearth.models import ModelPool
+from zoomearth.scene import Scene
+from zoomearth.testing import check_tool
 from zoomearth.tools import ToolContext, ToolInputError, get_registry, run_tool
 from zoomearth.tools.denoise import (
     Denoise,
@@ -17,11 +22,6 @@ from zoomearth.tools.denoise import (
     lee_filter,
     load_restoration_model,
 )
-
-from zoomearth.geometry import PixelBox
-from zoomearth.models import ModelPool
-from zoomearth.scene import Scene
-from zoomearth.testing import check_tool
 
 NAIP = "naip/m_4709963_se_14_1_20090818.tif"
 

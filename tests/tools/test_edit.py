@@ -10,8 +10,6 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
-from zoomearth.tools import ToolContext, ToolInputError, get_registry, run_tool
-from zoomearth.tools.edit import Edit, is_removal
 
 from zoomearth.artifacts import ArtifactDraft, ArtifactStore
 from zoomearth.geometry import PixelBox
@@ -19,6 +17,8 @@ from zoomearth.models import ModelPool
 from zoomearth.scene import Scene
 from zoomearth.scene.writing import write_window_array
 from zoomearth.testing import check_tool
+from zoomearth.tools import ToolContext, ToolInputError, get_registry, run_tool
+from zoomearth.tools.edit import Edit, is_removal
 
 NAIP = "naip/m_4709963_se_14_1_20090818.tif"
 CAR = (100, 60, 112, 68)  # x1, y1, x2, y2 in the test image's pixels

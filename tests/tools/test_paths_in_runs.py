@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field
-from zoomearth.tools import Tool, ToolContext, ToolInputError, ToolResult, input_path, run_tool
-from zoomearth.tools.base import absolute_dir, path_argument_values
 
 from tests.scene.rasters import write_raster
 from tests.tools.helpers import EchoTool, make_ctx, open_scene
 from zoomearth.geometry import PixelBox
+from zoomearth.tools import Tool, ToolContext, ToolInputError, ToolResult, input_path, run_tool
+from zoomearth.tools.base import absolute_dir, path_argument_values
 
 SMALL = PixelBox(0, 0, 16, 16)
 

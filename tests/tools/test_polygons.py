@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
+
 from zoomearth.tools._polygons import _unit_factor
 
 

@@ -7,6 +7,8 @@ import importlib.metadata
 import json
 
 import pytest
+
+from tests.tools.helpers import EchoTool
 from zoomearth.tools import (
     DuplicateToolError,
     PluginLoadError,
@@ -17,8 +19,6 @@ from zoomearth.tools import (
 )
 from zoomearth.tools.export import ExportRegion
 from zoomearth.tools.registry import BUILTIN_TOOLS
-
-from tests.tools.helpers import EchoTool
 
 EXAMPLE_HINT = "install the example plugin: pip install -e tests/plugins/example_plugin"
 

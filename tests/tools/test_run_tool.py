@@ -9,6 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.scene.rasters import write_raster
+from tests.tools.helpers import EchoTool, make_ctx, open_scene
+from zoomearth.artifacts import ArtifactDraft, ArtifactStore
+from zoomearth.geometry import PixelBox
 from zoomearth.tools import (
     Capabilities,
     PathNotAllowedError,
@@ -20,11 +25,6 @@ from zoomearth.tools import (
     check_allowed_path,
     run_tool,
 )
-
-from tests.scene.rasters import write_raster
-from tests.tools.helpers import EchoTool, make_ctx, open_scene
-from zoomearth.artifacts import ArtifactDraft, ArtifactStore
-from zoomearth.geometry import PixelBox
 
 
 @pytest.fixture()

@@ -13,6 +13,11 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.warp import transform as warp_transform
+
+from zoomearth.geometry import PixelBox
+from zoomearth.models import ModelPool
+from zoomearth.scene import Scene
+from zoomearth.testing import check_tool
 from zoomearth.tools import ToolContext, ToolFailure, ToolInputError, run_tool
 from zoomearth.tools.segmentation import (
     SAM_PRESETS,
@@ -22,11 +27,6 @@ from zoomearth.tools.segmentation import (
     load_sam,
     sam_model_spec,
 )
-
-from zoomearth.geometry import PixelBox
-from zoomearth.models import ModelPool
-from zoomearth.scene import Scene
-from zoomearth.testing import check_tool
 
 UTM = "EPSG:32633"
 GSD = 0.5
@@ -488,6 +488,7 @@ def test_naip_tile_end_to_end_cli(shared_data, tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_polygons_keep_holes_and_measure_in_each_kind_of_crs():
     from rasterio.crs import CRS
+
     from zoomearth.tools._polygons import mask_to_polygons, polygons_to_geojson
 
     mask = np.zeros((120, 120), np.uint8)

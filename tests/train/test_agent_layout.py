@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from zoomearth.agent.backends.hf import TransformersPlanner, build_prompt_text
 from zoomearth.agent.base import PlanReply, PlanRequest
 from zoomearth.agent.frames import seen_size
@@ -91,9 +92,9 @@ def test_training_sequences_are_the_planners_inputs(
     variant: str, tmp_path: Path, scenes: dict, tiny_model: Path, processor: Any
 ) -> None:
     from langgraph.checkpoint.memory import InMemorySaver
-    from zoomearth.tools.registry import ToolRegistry
 
     from zoomearth.api import Agent
+    from zoomearth.tools.registry import ToolRegistry
     from zoomearth.train.common import load_image
     from zoomearth.train.data import load_jsonl, prepare
     from zoomearth.train.grpo import TwoStageRollout

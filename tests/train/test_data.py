@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from zoomearth.agent.frames import planner_box_to_full, seen_size, zoom_region
 from zoomearth.agent.protocol import (
     VISION_PLACEHOLDER,
@@ -16,7 +17,6 @@ from zoomearth.agent.protocol import (
     reference_bboxes,
     stage2_prefix,
 )
-
 from zoomearth.geometry import PixelBox, ViewSpec
 from zoomearth.train.data import (
     PrepareError,
@@ -149,13 +149,13 @@ def test_prepare_zoomearth_profile(
     prepared_zoomearth: Path, scenes: dict, prompt_file: Path
 ) -> None:
     from PIL import Image
+
     from zoomearth.agent.profiles import (
         ZoomEarthProfile,
         load_zoomearth_prompt,
         reference_crop_xyxy,
         reference_resized_size,
     )
-
     from zoomearth.scene import Scene
 
     profile = ZoomEarthProfile(load_zoomearth_prompt(prompt_file))

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from zoomearth.agent.frames import seen_size
 from zoomearth.agent.profiles import reference_resized_size
-
 from zoomearth.train.data import bbox_to_full
 from zoomearth.train.grpo import grpo_dataset_rows
 from zoomearth.train.rewards import make_reward_funcs

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from zoomearth.agent.profiles import reference_crop_xyxy
 
+from zoomearth.agent.profiles import reference_crop_xyxy
 from zoomearth.geometry import PixelBox, ViewSpec
 from zoomearth.train.common import TrainError
 from zoomearth.train.grpo import (

@@ -284,8 +284,8 @@ def test_grpo_zoomearth_profile_rollout(
     import re
 
     from transformers import AutoProcessor
-    from zoomearth.agent.profiles import ZoomEarthProfile, load_zoomearth_prompt
 
+    from zoomearth.agent.profiles import ZoomEarthProfile, load_zoomearth_prompt
     from zoomearth.train.grpo import make_grpo_trainer
 
     processor = AutoProcessor.from_pretrained(tiny_model)
@@ -416,8 +416,8 @@ def test_stage2_inputs_appending_equals_whole_text_tokenisation(tiny_model: Path
     import torch
     from PIL import Image
     from transformers import AutoProcessor
-    from zoomearth.agent.protocol import VISION_PLACEHOLDER
 
+    from zoomearth.agent.protocol import VISION_PLACEHOLDER
     from zoomearth.train.grpo import stage2_inputs
 
     from .conftest import TEST_PROMPT

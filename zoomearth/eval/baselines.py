@@ -138,10 +138,11 @@ class OraclePlanner(Planner):
             ),
             "oracle",
         )
+        x1, y1, x2, y2 = self._box
         zoom = ZoomRequest(
-            tuple(self._box),
+            (x1, y1, x2, y2),
             "oracle",
-            None,  # type: ignore[arg-type]
+            None,
             format_zoom(self._box, frame="full"),
             "full",
         )

@@ -127,7 +127,7 @@ def build_chat_graph(
             if key == "__interrupt__":
                 continue
             if key in _ADDITIVE:
-                before = state.get(key)  # type: ignore[misc]
+                before: Any = state.get(key)
                 if isinstance(value, list):
                     new = value[len(before or []):]
                     if new:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-from zoomearth.tools import ToolContext, run_tool
 from zoomearth_example_plugin import BrightnessStats
 
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene
 from zoomearth.testing import check_tool, write_kit_scene
+from zoomearth.tools import ToolContext, run_tool
 
 
 def test_contract():

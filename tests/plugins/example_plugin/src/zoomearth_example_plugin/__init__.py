@@ -13,6 +13,7 @@ from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
 from zoomearth.tools import (
     BackendStatus,
     Capabilities,
