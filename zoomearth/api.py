@@ -13,7 +13,9 @@ is ``partial`` or ``failed``, never ``answered``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
+import logging
 import re
 import time
 import uuid
@@ -35,6 +37,7 @@ __all__ = [
     "AskResult",
     "RUN_STATUS_RULE",
     "RunStatus",
+    "ThreadBusyError",
     "ThreadError",
     "ToolCallRecord",
     "run_outcome",
@@ -78,6 +81,23 @@ RUN_DIR_TEMPLATE = (
     "Thread {thread!r} writes into {old}; a thread keeps one run directory (artifact ids are "
     "unique within it). Omit --out, or start a new thread."
 )
+THREAD_RUNNING_TEMPLATE = (
+    "Thread {thread!r} is running in {holder}; wait for it to finish, or stop it (kill {pid}) "
+    "and continue it with: zoomearth ask --thread {thread} --resume."
+)
+THREAD_RUNNING_ELSEWHERE_TEMPLATE = (
+    "Thread {thread!r} is running in {where}; wait for it to finish before asking again or "
+    "resuming it."
+)
+THREAD_LOCK_ORPHANED_TEMPLATE = (
+    "Thread {thread!r} is locked, but its run ({holder}) has exited: a process it started still "
+    "holds the lock file {path}. Stop that process, then continue with: zoomearth ask --thread "
+    "{thread} --resume."
+)
+LOCK_TAKEN_OVER_TEMPLATE = (
+    "Thread {thread!r} was left locked by {holder}, which is no longer running (killed?); this "
+    "run took the lock over."
+)
 FAILED_REASON_TEMPLATE = "No tool request of the question succeeded: {details}."
 PARTIAL_REASON_TEMPLATE = "{bad} of {total} tool requests did not succeed: {details}."
 CANCELLED_REASON_TEMPLATE = (
@@ -93,6 +113,26 @@ _ACTION_ID = re.compile(r"^s(\d+)t(\d+)$")
 
 class ThreadError(ZoomEarthError, ValueError):
     """A thread id is unknown, finished, or used with another image."""
+
+
+class ThreadBusyError(ThreadError):
+    """Another run (process, server worker or thread) is running this thread right now.
+
+    Attributes:
+        thread: The thread id.
+        pid: The running process's id (None when unknown, e.g. a worker on another host found
+            through the PostgreSQL advisory lock).
+        holder: The lock file's record of that run (``pid``, ``host``, ``started``, ``command``).
+    """
+
+    def __init__(self, message: str, thread: str, holder: Any = None) -> None:
+        super().__init__(message)
+        self.thread = thread
+        self.holder = holder
+        self.pid: int | None = holder.pid if holder is not None and holder.pid else None
+
+
+log = logging.getLogger("zoomearth.api")
 
 
 class ZoomRecord(BaseModel):
@@ -318,11 +358,51 @@ class Agent:
             bands: Explicit band mapping (1-based R, G, B or a single band).
             max_steps: Step budget override.
             max_zooms: Zoom budget override.
+
+        Raises:
+            ThreadBusyError: Another run of ``thread`` is going (it names its process); nothing
+                was read or written.
+            ThreadError: Unknown thread, unfinished run, another image or run directory.
         """
         t0 = time.perf_counter()
-        existing = self._existing(thread) if thread else None
+        new_thread = not thread
+        if new_thread:
+            if image is None or not question:
+                raise ThreadError(NEED_IMAGE_TEMPLATE)
+            thread = default_thread_id(image, question)
+        assert thread is not None
+        with self.thread_lock(thread):
+            return self._ask(
+                image,
+                question,
+                thread=thread,
+                new_thread=new_thread,
+                question_id=question_id,
+                run_dir=run_dir,
+                bands=bands,
+                max_steps=max_steps,
+                max_zooms=max_zooms,
+                t0=t0,
+            )
+
+    def _ask(
+        self,
+        image: str | Path | None,
+        question: str,
+        *,
+        thread: str,
+        new_thread: bool,
+        question_id: str | None,
+        run_dir: str | Path | None,
+        bands: list[int] | None,
+        max_steps: int | None,
+        max_zooms: int | None,
+        t0: float,
+    ) -> AskResult:
+        """:meth:`ask` with the thread's lock held."""
+        existing = None if new_thread else self._existing(thread)
         if existing is not None:
-            self._check_finished(thread)  # type: ignore[arg-type]
+            self._check_finished(thread)
             old_dir = existing.get("run_dir")
             if run_dir is not None and old_dir and Path(run_dir).resolve() != Path(old_dir):
                 raise ThreadError(RUN_DIR_TEMPLATE.format(thread=thread, old=old_dir))
@@ -330,13 +410,10 @@ class Agent:
         if existing is None:
             if image is None or not question:
                 raise ThreadError(
-                    NEED_IMAGE_TEMPLATE
-                    if not thread
-                    else NO_THREAD_TEMPLATE.format(
+                    NO_THREAD_TEMPLATE.format(
                         thread=thread, db=self.settings.checkpoint_db, runs=self.settings.runs_dir
                     )
                 )
-            thread = thread or default_thread_id(image, question)
             payload["scene"] = self.runtime.scene_ref(image, bands)
         elif image is not None:
             new = str(Path(image).expanduser().resolve())
@@ -350,13 +427,96 @@ class Agent:
             payload["max_steps"] = max_steps
         if max_zooms is not None:
             payload["max_zooms"] = max_zooms
-        assert thread is not None
         if existing is not None and run_dir is None:
             run_dir = existing.get("run_dir")
         config = self._config(thread, run_dir)
         payload["run_dir"] = config["configurable"]["run_dir"]
         self._drive_until_cancelled(payload, config)
         return self.result(thread, seconds=time.perf_counter() - t0)
+
+    @property
+    def lock_dir(self) -> Path:
+        """Folder of the per-thread lock files (``DATA_DIR/locks``)."""
+        return Path(self.settings.data_dir).expanduser() / "locks"
+
+    @contextlib.contextmanager
+    def thread_lock(self, thread: str) -> Iterator[None]:
+        """Hold ``thread``'s lock: one writer per thread, across processes and threads.
+
+        The file lock (:class:`zoomearth.threadlock.ThreadLock`) always; with a PostgreSQL
+        checkpointer also its advisory lock (:class:`zoomearth.threadlock.PgAdvisoryLock`), so
+        server workers on other hosts are excluded too. Both are released however the block ends
+        (exceptions and ``KeyboardInterrupt`` included); a process killed while holding them
+        loses them (kernel, database session), and the next run takes the file over with a note.
+
+        Raises:
+            ThreadBusyError: A live run holds the lock; nothing was read or written.
+        """
+        from zoomearth.threadlock import ThreadBusy, ThreadLock
+
+        lock = ThreadLock(self.lock_dir, thread)
+        try:
+            lock.acquire()
+        except ThreadBusy as exc:
+            raise self._busy_error(thread, exc, lock.path) from None
+        try:
+            if lock.taken_over is not None:
+                text = LOCK_TAKEN_OVER_TEMPLATE.format(
+                    thread=thread, holder=lock.taken_over.describe()
+                )
+                log.warning(text)
+                if self.on_event is not None:
+                    self.on_event({"event": "note", "text": text})
+            with contextlib.ExitStack() as stack:
+                pg = self._pg_lock(thread)
+                if pg is not None:
+                    try:
+                        pg.acquire()
+                    except ThreadBusy as exc:
+                        raise self._busy_error(thread, exc, lock.path) from None
+                    stack.callback(pg.release)
+                yield
+        finally:
+            lock.release()
+
+    def _pg_lock(self, thread: str) -> Any:
+        """The PostgreSQL advisory lock of ``thread`` when the checkpointer is a PostgresSaver."""
+        if type(self.checkpointer).__name__ != "PostgresSaver":
+            return None
+        pool = getattr(self.checkpointer, "conn", None)
+        if pool is None or not hasattr(pool, "getconn"):
+            return None  # a single connection: the file lock is the only mechanism
+        from zoomearth.threadlock import PgAdvisoryLock
+
+        return PgAdvisoryLock(pool, thread)
+
+    @staticmethod
+    def _busy_error(thread: str, exc: Any, path: Path) -> ThreadBusyError:
+        holder = exc.holder
+        if holder is None or not holder.pid:
+            where = exc.where or f"another process (lock file {path})"
+            text = THREAD_RUNNING_ELSEWHERE_TEMPLATE.format(thread=thread, where=where)
+        elif holder.alive() is False:
+            text = THREAD_LOCK_ORPHANED_TEMPLATE.format(
+                thread=thread, holder=holder.describe(), path=path
+            )
+        else:
+            text = THREAD_RUNNING_TEMPLATE.format(
+                thread=thread, holder=holder.describe(), pid=holder.pid
+            )
+        return ThreadBusyError(text, thread, holder)
+
+    def running(self, thread: str) -> Any:
+        """The live run of ``thread`` in any process sharing the data directory, or None.
+
+        Returns:
+            A :class:`zoomearth.threadlock.LockHolder` (``pid``, ``host``, ``started``,
+            ``command``) while a run holds the thread's lock; None otherwise. A record whose
+            status is ``running`` and for which this is None was stopped or killed (resumable).
+        """
+        from zoomearth.threadlock import running_holder
+
+        return running_holder(self.lock_dir, thread)
 
     def _check_finished(self, thread: str) -> None:
         """Refuse a new question while the thread's last run is unfinished (it would be lost)."""
@@ -375,12 +535,18 @@ class Agent:
         """Continue a thread stopped at an approval point (``approve``) or killed mid-run.
 
         Raises:
+            ThreadBusyError: Another run of ``thread`` is going (it names its process).
             ThreadError: Unknown or finished thread, or an approval is pending and ``approve``
                 is None (say approve or deny explicitly).
         """
+        t0 = time.perf_counter()
+        with self.thread_lock(thread):
+            return self._resume(thread, approve, t0)
+
+    def _resume(self, thread: str, approve: bool | None, t0: float) -> AskResult:
+        """:meth:`resume` with the thread's lock held."""
         from langgraph.types import Command
 
-        t0 = time.perf_counter()
         snapshot = self.graph.get_state({"configurable": {"thread_id": thread}})
         if not snapshot or not snapshot.values:
             raise ThreadError(

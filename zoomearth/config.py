@@ -251,8 +251,15 @@ class Settings(BaseModel):
 def _parse_env_value(key: str, raw: str) -> Any:
     field = Settings.model_fields[key]
     text = raw.strip()
-    # Lists, tuples and dicts are JSON in the environment; plain strings stay strings.
-    if text[:1] in "[{" or str(field.annotation).startswith(("list", "tuple", "dict")):
+    if key == "api_token" and not text:
+        # An empty token would silently mean "no token": refuse it rather than open the server.
+        raise ConfigError(
+            f"Environment variable {ENV_PREFIX}API_TOKEN is empty: set a token (e.g. "
+            "$(openssl rand -hex 32)) or unset the variable."
+        )
+    # Lists, tuples and dicts are JSON in the environment; plain strings stay strings. (An empty
+    # value is not JSON: "" is a substring of every string, so test for it first.)
+    if (text and text[:1] in "[{") or str(field.annotation).startswith(("list", "tuple", "dict")):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:

@@ -94,3 +94,14 @@ def test_config_command_shows_sources(tmp_path):
     assert rows["min_crop"] == {**rows["min_crop"], "value": 640, "source": "file"}
     assert rows["view_side"]["value"] == 768 and rows["view_side"]["source"] == "env"
     assert rows["overview_side"]["value"] == 1024 and rows["overview_side"]["source"] == "flag"
+
+
+def test_empty_api_token_is_refused_with_a_clear_message():
+    # An empty token used to become "must be JSON" (and a blank one would silently mean no token).
+    from zoomearth.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="ZOOMEARTH_API_TOKEN is empty"):
+        load_settings(environ={"ZOOMEARTH_API_TOKEN": ""})
+    with pytest.raises(ConfigError, match="is empty"):
+        load_settings(environ={"ZOOMEARTH_API_TOKEN": "   "})
+    assert load_settings(environ={"ZOOMEARTH_PLANNER_MODEL": ""}).planner_model is None

@@ -118,3 +118,11 @@ def test_graphs_named_in_langgraph_json_load(settings, monkeypatch):
         else:
             assert {"observe", "plan", "zoom", "answer"} <= nodes, name
             assert "export_region" in nodes
+
+
+def test_a_busy_thread_is_a_409_conflict():
+    from zoomearth.api import ThreadBusyError
+    from zoomearth.server.runs import _map_error
+
+    error = _map_error(ThreadBusyError("Thread 'T' is running in process 42", thread="T"))
+    assert error.status == 409 and error.code == "thread_busy" and "process 42" in str(error)

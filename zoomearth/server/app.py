@@ -40,7 +40,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoomearth.server.errors import INTERNAL_TEMPLATE, ApiError, error_body
-from zoomearth.server.ingest import FileStore, ImageRef, Ingestor, parse_conversation
+from zoomearth.server.ingest import (
+    FileStore,
+    ImageRef,
+    Ingestor,
+    parse_conversation,
+    sniff_extension,
+)
 from zoomearth.server.security import check_bind_security, conversation_id_for, is_loopback
 
 if TYPE_CHECKING:
@@ -91,7 +97,15 @@ BODY_TOO_LARGE_TEMPLATE = (
     "upload large images with POST /v1/files or use file:// paths under allowed_roots."
 )
 BAD_JSON_TEMPLATE = "Request body is not valid JSON: {reason}"
+TOO_DEEP_TEMPLATE = (
+    "Request body is nested too deeply: this server accepts JSON nested up to {limit} levels."
+)
+SURROGATE_TEMPLATE = (
+    "Request body holds a lone UTF-16 surrogate ({char}) at {where}; send text as valid "
+    "Unicode (escape characters outside the BMP as a surrogate pair)."
+)
 BAD_FIELD_TEMPLATE = "Field {name!r} must be {what}."
+UNSUPPORTED_PARAM_TEMPLATE = "Parameter {name!r} is not supported by this server: {why}"
 NO_FILE_MESSAGE = "The upload needs a 'file' form field holding the image."
 BAD_FORM_TEMPLATE = "The upload is not a valid multipart form: {reason}"
 NOT_FOUND_MESSAGE = "Not found: {path}"
@@ -107,6 +121,9 @@ RUN_NOT_CLEAN_TEMPLATE = "Run status: {status}. {reason}"
 #: Record statuses of finished runs (they carry an answer).
 FINISHED_STATUSES = frozenset({"answered", "partial", "failed"})
 
+#: Deepest JSON nesting a chat request may use (a chat request needs about six levels).
+MAX_JSON_DEPTH = 64
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _CONV_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "okay", "go", "go ahead", "run it",
@@ -402,9 +419,19 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
-            status["code"] = status["code"] or 500
-            raise
+        except Exception as exc:
+            # Handled here, not by Starlette's outermost error middleware: that one runs after
+            # this middleware, without the request id (in the body or the header).
+            log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+            if status["code"]:
+                raise  # the response has started; nothing more can be sent
+            status["code"] = 500
+            body = json.dumps(error_body(INTERNAL_TEMPLATE.format(request_id=rid),
+                                         "server_error", "internal_error")).encode()
+            await send_wrapper({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode())]})
+            await send_wrapper({"type": "http.response.body", "body": body})
         finally:
             log.info("request", extra={
                 "request_id": rid, "method": scope.get("method"), "path": scope.get("path"),
@@ -518,7 +545,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
     def base_url(request: Request) -> str:
         return str(request.base_url).rstrip("/")
 
-    async def read_body(request: Request, limit: int) -> bytes:
+    async def read_body(request: Request, limit: int) -> bytearray:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(limit=limit),
@@ -529,7 +556,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
             if len(chunks) > limit:
                 raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(limit=limit),
                                code="body_too_large")
-        return bytes(chunks)
+        return chunks  # parsed as is: no second copy of a large body
 
     def model_card() -> dict[str, Any]:
         agent = state.require_agent()
@@ -634,13 +661,13 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
         require_auth(request)
         return _file_record(state.store.meta(file_id), request)
 
-    @app.get("/v1/files/{file_id}/content")
+    @app.api_route("/v1/files/{file_id}/content", methods=["GET", "HEAD"])
     async def file_content(file_id: str, request: Request) -> Response:
         require_link_or_auth(request)
         path = state.store.path_of(file_id)
-        return FileResponse(path, filename=state.store.meta(file_id)["filename"])
+        return _download(path, filename=state.store.meta(file_id)["filename"])
 
-    @app.get("/artifacts/{rel_path:path}")
+    @app.api_route("/artifacts/{rel_path:path}", methods=["GET", "HEAD"])
     async def artifact(rel_path: str, request: Request) -> Response:
         require_link_or_auth(request)
         from zoomearth.artifacts import guess_media_type
@@ -656,17 +683,14 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                                       purpose="Artifact")
         except PathNotAllowedError:
             raise not_found from None
-        return FileResponse(path, media_type=guess_media_type(path))
+        return _download(path, fallback=guess_media_type(path))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         require_auth(request)
         limit = settings.max_upload_bytes * 16 // 3 + (1 << 20)  # ~4 images as base64 + text
         raw = await read_body(request, limit)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, BAD_JSON_TEMPLATE.format(reason=exc), code="bad_json") from None
+        body = await run_in_threadpool(_parse_json_body, raw)
         if not isinstance(body, dict):
             raise ApiError(400, BAD_JSON_TEMPLATE.format(reason="expected an object"),
                            code="bad_json")
@@ -678,6 +702,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
         if not isinstance(stream, bool):
             raise ApiError(400, BAD_FIELD_TEMPLATE.format(name="stream", what="true or false"),
                            param="stream")
+        _check_unsupported(body)
         turn = await run_in_threadpool(_prepare_turn, state, body,
                                        request.headers.get("x-conversation-id"))
         rid = REQUEST_ID.get()
@@ -799,6 +824,98 @@ def _abandon_unstarted(state: ServerState, ticket: Any) -> None:
     # A client gone before the stream's first chunk: its admitted run never started.
     if ticket is not None and not ticket.entered:
         state.manager.abandon(ticket)
+
+
+#: Sniffed image extension -> the content type downloads are served with.
+_SNIFFED_MEDIA = {"tif": "image/tiff", "png": "image/png", "jpg": "image/jpeg",
+                  "jp2": "image/jp2", "j2k": "image/jp2", "gif": "image/gif",
+                  "bmp": "image/bmp", "webp": "image/webp"}
+#: Content types a browser would render as active content: served as plain text instead.
+_ACTIVE_MEDIA = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/javascript",
+                 "application/javascript", "text/xml", "application/xml")
+
+
+def _download(path: Path, *, filename: str | None = None,
+              fallback: str = "application/octet-stream") -> FileResponse:
+    """A file response whose content type comes from the file's first bytes, with nosniff.
+
+    Images get their sniffed type (never the uploaded name's); other files get ``fallback``
+    (artifacts: derived from the server-chosen name), except types a browser would run.
+    """
+    with open(path, "rb") as fh:
+        ext = sniff_extension(fh.read(16))
+    media = _SNIFFED_MEDIA.get(ext or "") or fallback
+    if media.split(";")[0].strip().lower() in _ACTIVE_MEDIA:
+        media = "text/plain"
+    return FileResponse(path, media_type=media, filename=filename,
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _check_unsupported(body: dict[str, Any]) -> None:
+    """Refuse (400) request parameters whose values this server cannot honour."""
+    def refuse(name: str, why: str) -> ApiError:
+        return ApiError(400, UNSUPPORTED_PARAM_TEMPLATE.format(name=name, why=why), param=name,
+                        code="unsupported_parameter")
+
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise refuse("n", "it returns exactly one choice; send n=1 or leave it out.")
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise refuse(name, "the agent uses its own tools (see GET /v1/models); leave it "
+                               "out.")
+    for name in ("tool_choice", "function_call"):
+        if body.get(name) not in (None, "none", "auto"):
+            raise refuse(name, "the agent chooses its own tools; leave it out.")
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise refuse("response_format", "answers are plain text (markdown); leave it out or "
+                                        "send {\"type\": \"text\"}.")
+    for name, high in (("temperature", 2), ("top_p", 1)):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value <= high):
+            raise ApiError(400, BAD_FIELD_TEMPLATE.format(
+                name=name, what=f"a number from 0 to {high}"), param=name, code="bad_parameter")
+
+
+def _parse_json_body(raw: bytes | bytearray) -> Any:
+    """Parse a request body, refusing (400) invalid JSON, deep nesting and lone surrogates."""
+    too_deep = ApiError(400, TOO_DEEP_TEMPLATE.format(limit=MAX_JSON_DEPTH), code="bad_json")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:
+        raise ApiError(400, BAD_JSON_TEMPLATE.format(reason=exc), code="bad_json") from None
+    stack: list[tuple[Any, int, str]] = [(body, 1, "$")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, str):
+            _refuse_surrogate(value, where)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _refuse_surrogate(key, f"a key of {where}")
+                stack.append((item, depth + 1, f"{where}.{_safe_key(key)}"))
+        else:
+            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
+    return body
+
+
+def _refuse_surrogate(text: str, where: str) -> None:
+    match = _SURROGATE_RE.search(text)
+    if match:
+        char = f"\\u{ord(match.group()):04x}"
+        raise ApiError(400, SURROGATE_TEMPLATE.format(char=char, where=where), code="bad_unicode")
+
+
+def _safe_key(key: str) -> str:
+    return key[:40] if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", key[:40]) else "?"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -319,7 +320,9 @@ class Ingestor:
         try:
             scene = Scene.open(path, settings=self.settings)
         except SceneTooLargeError as exc:
-            raise ApiError(413, str(exc), code="image_too_large") from None
+            # The scene names its file: hide the server-side (temporary) name.
+            raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
+                           code="image_too_large") from None
         except (SceneError, OSError, ValueError) as exc:
             raise ApiError(400, CORRUPT_TEMPLATE.format(what=what, reason=_short(exc, path)),
                            code="corrupt_image") from None
@@ -386,12 +389,21 @@ class Ingestor:
                        param="messages")
 
     def _allowed(self, url: str) -> Path:
-        from zoomearth.tools.paths import PathNotAllowedError, check_allowed_path
+        from zoomearth.tools.paths import (
+            PathNotAllowedError,
+            check_allowed_path,
+            path_from_file_url,
+        )
 
         try:
             return check_allowed_path(url, self.settings.allowed_roots, purpose="Image path")
         except PathNotAllowedError as exc:
-            raise ApiError(403, FILE_URL_TEMPLATE.format(reason=exc), code="path_not_allowed",
+            reason = str(exc)
+            with contextlib.suppress(Exception):
+                # A symbolic link leading out of the roots: do not disclose where it leads.
+                target = Path(path_from_file_url(url)).resolve()
+                reason = reason.replace(f" resolves to {target},", " leads", 1)
+            raise ApiError(403, FILE_URL_TEMPLATE.format(reason=reason), code="path_not_allowed",
                            type="permission_error", param="messages") from None
 
     def ingest(self, url: str, dest_dir: Path) -> ImageRef:
@@ -468,6 +480,13 @@ def _pil_decode(path: Path) -> None:
 
     with Image.open(path) as im:
         im.load()
+
+
+def _hide_path(text: str, path: Path, name: str) -> str:
+    """``text`` with the server-side file ``path`` (as given or resolved) replaced by ``name``."""
+    for form in sorted({str(path.resolve()), str(path)}, key=len, reverse=True):
+        text = text.replace(form, name)
+    return text
 
 
 def _short(exc: BaseException, path: Path | None = None) -> str:

@@ -323,9 +323,13 @@ class RunManager:
 def _map_error(exc: Exception) -> ApiError:
     """HTTP status of a deliberate zoomearth error raised inside a run."""
     from zoomearth.agent.base import PlannerError
+    from zoomearth.api import ThreadBusyError
     from zoomearth.errors import SceneError
 
     text = " ".join(str(exc).split())[:1000]
+    if isinstance(exc, ThreadBusyError):
+        # Another process or worker is running this thread: a conflict, not a bad request.
+        return ApiError(409, text, code="thread_busy")
     if isinstance(exc, PlannerError):
         return ApiError(502, f"The planner failed: {text}", type="server_error",
                         code="planner_error")
