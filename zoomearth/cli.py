@@ -3,7 +3,9 @@
 Every subcommand is a small function taking parsed arguments and the effective settings. Imports
 are done inside the commands, so commands that need no model import no torch/transformers and
 start fast. Errors raised on purpose (:class:`~zoomearth.errors.ZoomEarthError`) are printed as one
-clear line on stderr with exit status 2; anything else is a bug and shows its traceback.
+clear line on stderr with exit status 2, as are errors of the environment (a read-only or full
+disk, missing permissions, a folder where a file belongs, a non-UTF-8 argument, an unwritable
+database); anything else is a bug and shows its traceback.
 
 ``--set KEY=VALUE`` and ``--config FILE`` are accepted before the subcommand and after it (also
 after nested ones such as ``planner inputs``): :func:`build_parser` adds them to every subcommand
@@ -14,8 +16,11 @@ so for the same key the value after the subcommand wins (:data:`SETTINGS_OPTIONS
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import re
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +73,120 @@ def _parse_bands(text: str | None) -> tuple[int, ...] | None:
         raise argparse.ArgumentTypeError(
             f"--bands expects 1-based band numbers like 3,2,1; got {text!r}"
         ) from None
+
+
+# Keep in step with zoomearth.scene.synth.MIN_SIZE (not imported: the parser must start light).
+SYNTH_MIN_SIZE = 64
+
+
+def _synth_size(text: str) -> int:
+    """``synth --size``: a whole number of pixels, at least :data:`SYNTH_MIN_SIZE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expects a whole number of pixels, e.g. 1024; got {text!r}"
+        ) from None
+    if value < SYNTH_MIN_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {SYNTH_MIN_SIZE} px a side; got {value}. Give e.g. --size 1024"
+        )
+    return value
+
+
+def _synth_clouds(text: str) -> float:
+    """``synth --clouds``: a finite cloud-cover fraction in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"is the cloud-cover fraction, a number from 0 to 1 (e.g. 0.2); got {text!r}"
+        )
+    return value
+
+
+def _synth_seed(text: str) -> int:
+    """``synth --seed``: a non-negative whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 0; got {text!r}")
+    return value
+
+
+# errno -> what to do about it, for the one-line message of an operating-system error.
+_OS_ERROR_ADVICE: dict[int, str] = {
+    errno.EACCES: "choose a writable folder (--out/-o) or fix its permissions",
+    errno.EPERM: "choose a writable folder (--out/-o) or fix its permissions",
+    errno.EROFS: "the file system is read-only: write elsewhere (--out/-o, --set data_dir=...)",
+    errno.ENOSPC: "no space left on the device: free space or write elsewhere (--out/-o)",
+    errno.EDQUOT: "disk quota exceeded: free space or write elsewhere (--out/-o)",
+    errno.EFBIG: "the file is too large for this file system: write elsewhere (--out/-o)",
+    errno.EISDIR: "that path is a folder: give a file name (e.g. -o out.png)",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: fix the path",
+    errno.ENOENT: "a folder in that path does not exist: create it or fix the path",
+    errno.EEXIST: "it already exists (a file where a folder is needed?): choose another path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter name",
+    errno.EIO: "the device reported an I/O error: check the disk or write elsewhere",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or close other programs",
+}
+
+# sqlite3.OperationalError messages that mean the database's folder or disk, not a bug.
+_SQLITE_ADVICE: tuple[tuple[str, str], ...] = (
+    ("unable to open database file", "choose a writable data folder (--set data_dir=...)"),
+    ("readonly database", "choose a writable data folder (--set data_dir=...)"),
+    ("database or disk is full", "no space left on the device: free space or move data_dir"),
+    ("disk i/o error", "check the disk or choose another data folder (--set data_dir=...)"),
+    ("database is locked", "another zoomearth process holds the database: wait and retry"),
+)
+
+NON_UTF8_TEMPLATE = (
+    "{what} is not valid UTF-8 ({value}): rename the file to a UTF-8 name or re-type the text "
+    "in UTF-8"
+)
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """One line naming an operating-system error, its path and what to do; None if unknown."""
+    advice = _OS_ERROR_ADVICE.get(exc.errno or 0)
+    if advice is None:
+        return None
+    what = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = f" ({' -> '.join(str(p) for p in paths)})" if paths else ""
+    return f"{what}{where}: {advice}"
+
+
+def _sqlite_error_line(exc: sqlite3.OperationalError) -> str | None:
+    text = str(exc)
+    for needle, advice in _SQLITE_ADVICE:
+        if needle in text.lower():
+            return f"database error: {text}: {advice}"
+    return None
+
+
+def _non_utf8_argument(args: argparse.Namespace) -> str | None:
+    """The message for the first argument that is not valid UTF-8 (undecodable bytes), or None."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return NON_UTF8_TEMPLATE.format(what=f"argument {name}", value=ascii(item))
+    return None
+
+
+def _require_file_output(path: str, option: str, example: str) -> None:
+    """Refuse an output path that names an existing folder (one clear line, not a traceback)."""
+    if Path(path).is_dir():
+        raise ZoomEarthError(
+            f"{option} {path} is a folder: give a file name, e.g. {Path(path) / example}"
+        )
 
 
 def _print_json(obj: Any) -> None:
@@ -131,6 +250,7 @@ def cmd_view(args: argparse.Namespace, settings: Any) -> int:
     from zoomearth.scene import Scene
     from zoomearth.scene.writing import write_png
 
+    _require_file_output(args.output, "-o", "view.png")
     box = parse_box(args.box) if args.box else None
     with Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene:
         view = scene.render(box, max_side=args.side)
@@ -162,6 +282,7 @@ def cmd_synth(args: argparse.Namespace, settings: Any) -> int:
     """Generate a synthetic georeferenced scene with planted objects."""
     from zoomearth.scene.synth import generate_scene
 
+    _require_file_output(args.output, "OUTPUT", "scene.tif")
     result = generate_scene(
         Path(args.output),
         args.size,
@@ -293,9 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate a synthetic UHR scene (COG + sidecar JSON)")
     s.add_argument("output")
-    s.add_argument("--size", type=int, required=True, help="side length in pixels")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--clouds", type=float, default=0.0, help="cloud cover fraction 0..1")
+    s.add_argument(
+        "--size",
+        type=_synth_size,
+        required=True,
+        help=f"side length in pixels (at least {SYNTH_MIN_SIZE})",
+    )
+    s.add_argument("--seed", type=_synth_seed, default=0, help="random seed >= 0 (default 0)")
+    s.add_argument(
+        "--clouds", type=_synth_clouds, default=0.0, help="cloud cover fraction 0..1 (default 0)"
+    )
     s.add_argument("--bands-count", type=int, default=3, choices=(3, 4), help="3=RGB, 4=RGBN")
 
     s = sub.add_parser("cache", help="list or clear the prepared-raster cache")
@@ -401,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
+    non_utf8 = _non_utf8_argument(args)
+    if non_utf8:
+        print(f"zoomearth {args.command}: error: {non_utf8}", file=sys.stderr)
+        return 2
     try:
         from zoomearth.config import load_settings, parse_set_flags
 
@@ -416,6 +548,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # Permissions, read-only or full disks, a folder where a file belongs ...: the
+        # environment, not a bug. Anything else keeps its traceback.
+        line = _os_error_line(exc)
+        if line is None:
+            raise
+        print(f"zoomearth {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    except sqlite3.OperationalError as exc:
+        line = _sqlite_error_line(exc)
+        if line is None:
+            raise
+        print(f"zoomearth {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    except UnicodeEncodeError as exc:
+        # Undecodable bytes (a non-UTF-8 file name or text) met an encoder further down.
+        if "surrogates not allowed" not in str(exc.reason):
+            raise
+        value = exc.object if isinstance(exc.object, str) else repr(exc.object)
+        message = NON_UTF8_TEMPLATE.format(what="a file name or text", value=ascii(value))
+        print(f"zoomearth {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

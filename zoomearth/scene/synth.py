@@ -164,7 +164,8 @@ SIDECAR_SCHEMA: dict[str, Any] = {
     },
 }
 
-SIZE_TEMPLATE = "Scene size must be >= 64 px a side; got {width}x{height}."
+MIN_SIZE = 64  # smallest scene side (px) the generator accepts
+SIZE_TEMPLATE = "Scene size must be >= " + str(MIN_SIZE) + " px a side; got {width}x{height}."
 CLOUDS_TEMPLATE = "clouds must be a fraction in [0, 1]; got {clouds}."
 SEED_TEMPLATE = "seed must be a non-negative integer; got {seed}."
 BANDS_TEMPLATE = "bands must be 3 (RGB) or 4 (RGB + NIR); got {bands}."
@@ -641,7 +642,7 @@ class SyntheticScene:
             ValueError: Bad size, cloud fraction, band count or seed.
         """
         self.width, self.height = _as_size(size)
-        if min(self.width, self.height) < 64:
+        if min(self.width, self.height) < MIN_SIZE:
             raise ValueError(SIZE_TEMPLATE.format(width=self.width, height=self.height))
         if not 0.0 <= clouds <= 1.0:
             raise ValueError(CLOUDS_TEMPLATE.format(clouds=clouds))
