@@ -90,24 +90,11 @@ def tiny_roles(workdir: Path) -> list[Role]:
 def _qwen_config(scale: str) -> Any:
     from transformers import Qwen2_5_VLConfig
 
-    if scale == "full":  # Qwen2.5-VL-3B-Instruct's config.json
-        text = dict(
-            vocab_size=151936,
-            hidden_size=2048,
-            intermediate_size=11008,
-            num_hidden_layers=36,
-            num_attention_heads=16,
-            num_key_value_heads=2,
-            max_position_embeddings=128000,
-        )
-        vision = dict(
-            depth=32,
-            hidden_size=1280,
-            intermediate_size=3420,
-            num_heads=16,
-            out_hidden_size=2048,
-            fullatt_block_indexes=[7, 15, 23, 31],
-        )
+    if scale == "full":  # Qwen2.5-VL-3B-Instruct's config.json (one definition, shared)
+        from zoomearth.testing_models import QWEN25_VL_3B_TEXT, QWEN25_VL_3B_VISION
+
+        text = {k: v for k, v in QWEN25_VL_3B_TEXT.items() if k != "rope_parameters"}
+        vision = dict(QWEN25_VL_3B_VISION)
     else:
         text = dict(
             vocab_size=152000,  # must hold the special image/vision token ids

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from zoomearth.agent.backends.rules import is_box_argument
 from zoomearth.agent.parsing import parse_response
 from zoomearth.agent.profiles import (
     REFERENCE_SIDE,
@@ -297,7 +298,7 @@ def _tool_calls(
         parameters = specs.get(call.name, {}).get("parameters") or {}
         properties = parameters.get("properties", {}) if isinstance(parameters, Mapping) else {}
         for key in list(args):
-            if _is_box_key(str(key).lower()) and key in properties:
+            if is_box_argument(str(key).lower()) and key in properties:
                 if region is None:
                     args.pop(key)
                 else:
@@ -311,8 +312,3 @@ def _tool_calls(
             + f", run on {where}"
         )
     return calls, notes
-
-
-def _is_box_key(key: str) -> bool:
-    """Whether an argument holds a full-resolution box (``target_box``, ``roi_xyxy`` ...)."""
-    return key.endswith(("_xyxy", "_box")) or "bbox" in key or key in {"box", "region", "roi"}

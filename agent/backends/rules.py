@@ -86,6 +86,7 @@ __all__ = [
     "find_coordinates",
     "find_locations",
     "find_tool_intents",
+    "is_box_argument",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -844,7 +845,7 @@ def _fill_arguments(
         key = str(name).lower()
         is_required = name in required and "default" not in schema
         value: Any = None
-        if _is_box_key(key):
+        if is_box_argument(key):
             if box is not None:
                 value = _box_value(box, schema)
             elif is_required:
@@ -1133,11 +1134,11 @@ def _box_keys(parameters: Mapping[str, Any]) -> list[str]:
     return [
         str(k)
         for k in properties
-        if k not in _REGION_ARGS and _is_box_key(str(k).lower())
+        if k not in _REGION_ARGS and is_box_argument(str(k).lower())
     ]
 
 
-def _is_box_key(key: str) -> bool:
+def is_box_argument(key: str) -> bool:
     """Whether an argument name holds a full-resolution box (``target_box``, ``roi_xyxy`` ...)."""
     return key in _BOX_ARGS or key.endswith(("_xyxy", "_box")) or "bbox" in key
 
