@@ -89,6 +89,14 @@ class Settings(BaseModel):
     scene_cache_max_bytes: int = Field(
         20 * 1024**3, ge=0, description="Size cap of the prepared-raster cache (LRU cleanup)"
     )
+    max_prepare_pixels: int = Field(
+        1_000_000_000,
+        gt=0,
+        description=(
+            "Work budget: largest raster (pixels) the scene engine prepares (tiled, overviewed "
+            "copy) for one request; larger rasters must come with tiles and overviews (a COG)"
+        ),
+    )
     gdal_cache_mb: int = Field(128, gt=0, description="GDAL block cache (GDAL_CACHEMAX) in MB")
     stretch_percentiles: tuple[float, float] = Field(
         (2.0, 98.0), description="Percentiles for scaling 16-bit/float imagery to 8 bits"
@@ -211,6 +219,11 @@ class Settings(BaseModel):
         None, description="Bearer token; required when the server binds a non-loopback address"
     )
     max_upload_bytes: int = Field(200 * 1024**2, gt=0, description="Largest accepted upload")
+    max_json_body_bytes: int = Field(
+        8_000_000,
+        gt=0,
+        description="Largest JSON request body (bytes); larger images go through /v1/files",
+    )
     max_upload_pixels: int = Field(
         2_000_000_000, gt=0, description="Largest accepted image (pixels) for uploads"
     )
@@ -221,6 +234,17 @@ class Settings(BaseModel):
         False, description="Stream progress in content instead of reasoning_content"
     )
     link_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed artifact links")
+    public_base_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of links the server hands out (e.g. https://zoom.example.org); default: "
+            "the address the server binds"
+        ),
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Client addresses whose X-Forwarded-Host/-Proto headers are trusted",
+    )
     postgres_url: str | None = Field(
         None, description="Postgres checkpointer URL (shared threads across server workers)"
     )
