@@ -51,4 +51,4 @@ lint: install
 	$(PY) scripts/typecheck.py
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) .pytest_cache build/typecheck

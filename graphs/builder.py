@@ -454,12 +454,32 @@ def build_graph(
 
     # ---------------------------------------------------------------------------------------
     def make_tool_node(entry: Any) -> Any:
-        from zoomearth.graphs.tool_node import run_tool_action
+        from zoomearth.graphs.tool_node import check_tool_action, run_tool_action
 
         tool_cls = entry.cls
 
         def tool_node(payload: ActionPayload, config: RunnableConfig) -> dict[str, Any]:
+            configurable = (config or {}).get("configurable", {})
+            call = (
+                entry,
+                payload,
+                runtime,
+                registry,
+                configurable.get("thread_id", "default"),
+                _emit,
+            )
+            where = {
+                "run_dir": configurable.get("run_dir"),
+                "state_views": payload.get("views"),
+                "state_artifacts": payload.get("artifacts"),
+            }
             if getattr(tool_cls, "needs_approval", False) and not runtime.auto_approve:
+                # Never ask the user about a call the tool would refuse: the refusal goes back
+                # to the planner as the call's result. (Re-run when the interrupt resumes: the
+                # check is cheap and side-effect free.)
+                refused = check_tool_action(*call, **where)  # type: ignore[arg-type]
+                if refused is not None:
+                    return refused
                 decision = interrupt(
                     {
                         "type": "approval",
@@ -495,18 +515,7 @@ def build_graph(
                             }
                         ],
                     }
-            configurable = (config or {}).get("configurable", {})
-            return run_tool_action(
-                entry,
-                payload,
-                runtime,
-                registry,
-                configurable.get("thread_id", "default"),
-                _emit,
-                run_dir=configurable.get("run_dir"),
-                state_views=payload.get("views"),  # type: ignore[arg-type]
-                state_artifacts=payload.get("artifacts"),  # type: ignore[arg-type]
-            )
+            return run_tool_action(*call, **where)  # type: ignore[arg-type]
 
         tool_node.__name__ = f"tool_{tool_cls.name}"
         return tool_node

@@ -7,6 +7,7 @@ by the nodes through the graph factory's closure.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,6 +27,26 @@ if TYPE_CHECKING:
 __all__ = ["GraphRuntime", "view_spec_of"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def _stream_writer() -> Callable[[Any], None] | None:
+    """LangGraph's custom-stream writer of the run executing this code, or None outside one."""
+    try:
+        from langgraph.config import get_stream_writer
+
+        return get_stream_writer()
+    except Exception:  # noqa: BLE001 - not inside a runnable context
+        return None
+
+
+def _current_thread_id() -> str | None:
+    """The thread id of the graph run executing this code, or None outside one."""
+    try:
+        from langgraph.config import get_config
+
+        return str(get_config()["configurable"]["thread_id"])
+    except Exception:  # noqa: BLE001 - not inside a runnable context
+        return None
 
 
 def view_spec_of(rec: ViewRecord) -> ViewSpec:
@@ -73,7 +94,12 @@ class GraphRuntime:
         with self._lock:
             scene = self._scenes.get(key)
             if scene is None:
-                scene = Scene.open(ref["path"], bands=key[1], settings=self.settings)
+                scene = Scene.open(
+                    ref["path"],
+                    bands=key[1],
+                    settings=self.settings,
+                    progress=self._prepare_progress(ref["path"]),
+                )
                 self._scenes[key] = scene
                 # A long-running server sees many uploads: keep a bounded set of open scenes.
                 while len(self._scenes) > self.max_open_scenes:
@@ -82,6 +108,48 @@ class GraphRuntime:
             else:
                 self._scenes.move_to_end(key)
             return scene
+
+    def _prepare_progress(self, path: str) -> Callable[[int, int, str], None]:
+        """How a scene reports building its prepared copy (a one-time, possibly long step).
+
+        The scene is opened once per process, but its copy is built lazily, inside whichever run
+        first reads its pixels, so where the report goes is decided at each call: inside a graph
+        run (or with ``on_event``) as ``prepare`` events
+        ``{"event": "prepare", "scene": FILE NAME, "done": d, "total": t, "message": text}``
+        (at least once a second; ``done`` of ``total`` progress units, see
+        :func:`zoomearth.scene.cache.build_tiled_copy`), else as two lines on stderr. A pending
+        cancellation of the run's thread raises
+        :class:`~zoomearth.errors.ScenePrepareCancelled`, which stops the preparation worker.
+        """
+        name = Path(path).name
+        announced: list[bool] = []
+
+        def progress(done: int, total: int, message: str) -> None:
+            event = {
+                "event": "prepare",
+                "scene": name,
+                "done": int(done),
+                "total": int(total),
+                "message": message,
+            }
+            if not self.emit(event):
+                if not announced:
+                    announced.append(True)
+                    print(f"Preparing a tiled copy of {name} (one-time) ...", file=sys.stderr,
+                          flush=True)
+                elif total and done >= total:
+                    print(f"Prepared {name}.", file=sys.stderr, flush=True)
+            thread = _current_thread_id()
+            if thread is not None:
+                from zoomearth.errors import ScenePrepareCancelled
+                from zoomearth.graphs.tool_node import thread_cancelled
+
+                if thread_cancelled(thread):
+                    raise ScenePrepareCancelled(
+                        f"Preparing {name} was cancelled with the run; nothing was kept."
+                    )
+
+        return progress
 
     def scene_ref(self, path: str | Path, bands: list[int] | None = None) -> SceneRef:
         """Open a scene and return the small reference stored in state."""
@@ -189,10 +257,21 @@ class GraphRuntime:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def emit(self, event: dict[str, Any]) -> None:
-        """Send a progress event to the live display, if any (never raises into the graph)."""
+    def emit(self, event: dict[str, Any]) -> bool:
+        """Send a progress event to the run's stream (or ``on_event``); False if nobody listens.
+
+        Inside a graph run the event goes on LangGraph's custom stream, which the facade forwards
+        to its ``on_event`` (CLI live display, server stream); outside a run (direct calls) it
+        goes to this runtime's ``on_event``, if any.
+        """
+        writer = _stream_writer()
+        if writer is not None:
+            writer(event)
+            return True
         if self.on_event is not None:
             self.on_event(event)
+            return True
+        return False
 
     def close(self) -> None:
         """Close open scenes and drop cached pixels."""

@@ -15,7 +15,13 @@ with its status, which the ``--json`` record and the run's status are built from
   ``runtime.strict`` it is re-raised;
 * ``ToolCancelled`` (a cancellation request, :func:`cancel_thread`) is re-raised: the run stops,
   the checkpointer keeps the task's error (read back as status ``cancelled``) and resuming the
-  thread runs the call again.
+  thread runs the call again -- with the same arguments, so a tool that keeps its finished tiles
+  (``ToolContext.map_tiles``) computes only the rest.
+
+Before a ``needs_approval`` tool interrupts for the user's approval, :func:`check_tool_action`
+runs the call's checks without running it (``zoomearth.tools.check_tool_call``: arguments,
+region, references, the tool's own ``check``); a call that would be refused comes back to the
+planner as an ``invalid_arguments`` result and the user is never asked.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from zoomearth.graphs.runtime import view_spec_of
 if TYPE_CHECKING:
     from zoomearth.graphs.runtime import GraphRuntime
     from zoomearth.graphs.state import ActionPayload, ViewRecord
+    from zoomearth.tools.base import ToolContext
 
-__all__ = ["run_tool_action", "cancel_thread", "clear_cancel"]
+__all__ = ["check_tool_action", "run_tool_action", "cancel_thread", "clear_cancel"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,12 @@ def cancel_thread(thread_id: str) -> None:
         _CANCELLED.add(thread_id)
 
 
+def thread_cancelled(thread_id: str) -> bool:
+    """Whether a cancellation request for this thread is pending."""
+    with _CANCEL_LOCK:
+        return thread_id in _CANCELLED
+
+
 def clear_cancel(thread_id: str) -> None:
     """Forget a cancellation request (before a thread runs again)."""
     with _CANCEL_LOCK:
@@ -67,37 +80,20 @@ def _call_data(name: str, payload: ActionPayload) -> dict[str, Any]:
     return {"tool": name, "arguments": dict(payload.get("arguments") or {})}
 
 
-def run_tool_action(
+def _tool_and_context(
     tool_entry: Any,
     payload: ActionPayload,
     runtime: GraphRuntime,
     registry: Any,
     thread_id: str,
     emit: Callable[[dict[str, Any]], None],
-    run_dir: str | None = None,
-    state_views: dict[str, ViewRecord] | None = None,
-    state_artifacts: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Run one tool action and return the state update.
-
-    Args:
-        tool_entry: The registry entry (``.name``, ``.cls``) of the tool.
-        payload: The action sent by the router (region already in full-resolution pixels).
-        runtime: Shared resources (scene, pool, settings, strictness).
-        registry: The tool registry.
-        thread_id: The LangGraph thread (run directory, cancellation).
-        emit: Progress event sink (LangGraph custom stream).
-        run_dir: The run directory (default: ``runs_dir/<thread>``).
-        state_views: Views of the thread (tools may read them).
-        state_artifacts: Artifact records of the thread (``artifact:N`` references).
-    """
+    run_dir: str | None,
+    state_views: dict[str, ViewRecord] | None,
+    state_artifacts: list[dict[str, Any]] | None,
+) -> tuple[Any, ToolContext, int]:
+    """The tool instance, the call's context and its step (see :func:`run_tool_action`)."""
     from zoomearth.artifacts import Artifact, ArtifactStore
-    from zoomearth.tools.base import (
-        ToolCancelled,
-        ToolContext,
-        ToolInputError,
-        run_tool,
-    )
+    from zoomearth.tools.base import ToolContext
 
     name = tool_entry.name
     # One cached instance per registry (tools keep expensive setup, e.g. a predictor, lazily).
@@ -145,6 +141,107 @@ def run_tool_action(
         step=step,
         store=ArtifactStore(out_dir),
     )
+    return tool, ctx, step
+
+
+def _input_error_update(
+    name: str,
+    payload: ActionPayload,
+    exc: Exception,
+    emit: Callable[[dict[str, Any]], None],
+    base: dict[str, Any],
+) -> dict[str, Any]:
+    """State update of a call the tool layer refused (a ToolInputError): feedback, no run."""
+    text = TOOL_INPUT_TEMPLATE.format(tool=name, reason=exc)
+    emit(
+        {
+            "event": "tool",
+            "tool": name,
+            "text": text,
+            "ok": False,
+            "status": "invalid_arguments",
+            "step": base.get("step"),
+        }
+    )
+    code = str(getattr(exc, "code", "") or "invalid_arguments")
+    return {
+        "transcript": [_entry(text, None, **_call_data(name, payload), error="input")],
+        "results": [{**base, "status": "invalid_arguments", "error": str(exc), "code": code}],
+    }
+
+
+def check_tool_action(
+    tool_entry: Any,
+    payload: ActionPayload,
+    runtime: GraphRuntime,
+    registry: Any,
+    thread_id: str,
+    emit: Callable[[dict[str, Any]], None],
+    run_dir: str | None = None,
+    state_views: dict[str, ViewRecord] | None = None,
+    state_artifacts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """Check a tool action without running it (before asking the user to approve it).
+
+    Arguments as for :func:`run_tool_action`. Runs :func:`~zoomearth.tools.check_tool_call`:
+    the runner's checks and the tool's :meth:`~zoomearth.tools.Tool.check`. Writes nothing.
+
+    Returns:
+        None when the call may go ahead; else the state update of the refused call (the same
+        ``invalid_arguments`` result :func:`run_tool_action` gives), for the planner to read.
+        A check that itself breaks is not a refusal: the call goes ahead and the run reports
+        the failure.
+    """
+    from zoomearth.tools.base import ToolCancelled, ToolInputError, check_tool_call
+
+    tool, ctx, step = _tool_and_context(
+        tool_entry, payload, runtime, registry, thread_id, emit, run_dir, state_views,
+        state_artifacts,
+    )
+    try:
+        check_tool_call(tool, ctx, payload.get("arguments") or {}, registry=registry)
+    except ToolInputError as exc:
+        base = {"action_id": payload["action_id"], "tool": tool_entry.name, "step": step}
+        return _input_error_update(tool_entry.name, payload, exc, emit, base)
+    except ToolCancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported when the call runs
+        log.warning("preflight check of %s failed (%s); asking for approval", tool_entry.name, exc)
+    return None
+
+
+def run_tool_action(
+    tool_entry: Any,
+    payload: ActionPayload,
+    runtime: GraphRuntime,
+    registry: Any,
+    thread_id: str,
+    emit: Callable[[dict[str, Any]], None],
+    run_dir: str | None = None,
+    state_views: dict[str, ViewRecord] | None = None,
+    state_artifacts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run one tool action and return the state update.
+
+    Args:
+        tool_entry: The registry entry (``.name``, ``.cls``) of the tool.
+        payload: The action sent by the router (region already in full-resolution pixels).
+        runtime: Shared resources (scene, pool, settings, strictness).
+        registry: The tool registry.
+        thread_id: The LangGraph thread (run directory, cancellation).
+        emit: Progress event sink (LangGraph custom stream).
+        run_dir: The run directory (default: ``runs_dir/<thread>``).
+        state_views: Views of the thread (tools may read them).
+        state_artifacts: Artifact records of the thread (``artifact:N`` references).
+    """
+    from zoomearth.tools.base import ToolCancelled, ToolInputError, run_tool
+
+    name = tool_entry.name
+    tool, ctx, step = _tool_and_context(
+        tool_entry, payload, runtime, registry, thread_id, emit, run_dir, state_views,
+        state_artifacts,
+    )
+    pool = ctx.pool
     emit(
         {
             "event": "tool_start",
@@ -164,22 +261,7 @@ def run_tool_action(
         else:
             outcome = run_tool(tool, ctx, payload.get("arguments") or {}, registry=registry)
     except ToolInputError as exc:
-        text = TOOL_INPUT_TEMPLATE.format(tool=name, reason=exc)
-        emit(
-            {
-                "event": "tool",
-                "tool": name,
-                "text": text,
-                "ok": False,
-                "status": "invalid_arguments",
-                "step": step,
-            }
-        )
-        code = str(getattr(exc, "code", "") or "invalid_arguments")
-        return {
-            "transcript": [_entry(text, None, **_call_data(name, payload), error="input")],
-            "results": [{**base, "status": "invalid_arguments", "error": str(exc), "code": code}],
-        }
+        return _input_error_update(name, payload, exc, emit, base)
     except ToolCancelled as exc:
         emit(
             {

@@ -35,13 +35,19 @@ The class is validated when it is defined (:class:`ToolDefinitionError` names th
    setting ``allowed_roots`` (:mod:`zoomearth.tools.paths`); a path the user typed on the command
    line for this run (``ToolContext.typed_paths``) is allowed as well -- a path only a planner or
    a client wrote stays confined to ``allowed_roots``,
-5. calls ``run`` and turns anything unexpected into a :class:`ToolFailure` (the cause chained),
-6. checks the returned artifacts (inside the run directory, never the input, the input unchanged),
+5. calls the tool's optional preflight :meth:`Tool.check` (steps 1-5 alone:
+   :func:`check_tool_call`, which the graph runs before asking for approval),
+6. calls ``run`` and turns anything unexpected into a :class:`ToolFailure` (the cause chained; a
+   full disk named as such, temporary file names replaced by the outputs' names),
+7. checks the returned artifacts (inside the run directory, never the input, the input unchanged),
    registers them in the run's :class:`~zoomearth.artifacts.ArtifactStore` and returns a small,
    JSON-serialisable :class:`ToolOutcome`.
 
 A cancelled call (``ctx.is_cancelled()`` true at any check, or once ``run`` returns) raises
-:class:`ToolCancelled` and leaves no artifact behind.
+:class:`ToolCancelled` and leaves no artifact behind. A tool declaring
+``Capabilities(independent_tiles=True)`` that processes its tiles through
+:meth:`ToolContext.map_tiles` keeps its finished tiles (:class:`TileCache`) when it is cancelled or
+fails, and the same call reuses them; they are removed once the call succeeds.
 
 Error policy: :class:`ToolInputError` is a problem the planner can fix (its message is shown to the
 model); :class:`ToolFailure` is a broken tool or environment (recorded, the run goes on to a
@@ -50,20 +56,24 @@ best-effort answer; tests run strict and re-raise it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import hashlib
 import inspect
 import json
 import keyword
 import os
 import re
 import secrets
+import shutil
 import time
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.json_schema import PydanticJsonSchemaWarning
@@ -101,7 +111,9 @@ __all__ = [
     "InputPath",
     "NoArgs",
     "PathArgSpec",
+    "TILE_CACHE_DIR",
     "Tile",
+    "TileCache",
     "Tool",
     "ToolCancelled",
     "ToolContext",
@@ -114,6 +126,7 @@ __all__ = [
     "UnknownToolError",
     "absolute_dir",
     "artifact_ref",
+    "check_tool_call",
     "describe_arguments",
     "input_path",
     "path_argument_values",
@@ -140,6 +153,12 @@ _FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
 
 ProgressCallback = Callable[[int, int, str], None]
 CancelCheck = Callable[[], bool]
+T = TypeVar("T")
+
+#: Folder of the tile caches (:class:`TileCache`) inside a run directory.
+TILE_CACHE_DIR: Final = ".tiles"
+#: Layout version of the tile cache; part of every fingerprint, so a new layout never reuses.
+TILE_CACHE_FORMAT: Final = 1
 
 # --------------------------------------------------------------------------------------------
 # Message templates
@@ -243,6 +262,24 @@ NO_REGION_TEMPLATE = (
     "ToolContext.region is only set inside run_tool; call the tool through run_tool"
 )
 UNKNOWN_TOOL_TEMPLATE = "Unknown tool {name!r}. Available tools: {valid}."
+BAD_TOOL_VERSION_PROBLEM = "version must be a non-empty string (e.g. '2'); got {got!r}"
+NO_SPACE_TEMPLATE = (
+    "Tool '{tool}' could not write its outputs: no space left on the device holding {run_dir}; "
+    "free space and resume{kept}."
+)
+TILES_KEPT_TEMPLATE = " (the {count} finished tile(s) are kept and will be reused)"
+TILES_KEPT_CANCEL_TEMPLATE = (
+    "Its {count} finished tile(s) are kept in {run_dir}/.tiles: the same call in the same run "
+    "directory resumes from them (zoomearth tool: the same command with --out {run_dir})."
+)
+TILES_REUSED_TEMPLATE = (
+    "Resumed a stopped call: {reused} of {total} tiles were finished before and reused."
+)
+TILE_RESULT_TEMPLATE = (
+    "map_tiles: the function must return a numpy array or a mapping of names to arrays or "
+    "numbers; got {got}"
+)
+TILE_KEY_TEMPLATE = "map_tiles: key must be JSON-serialisable ({reason})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,6 +364,10 @@ class Capabilities(BaseModel):
             map coordinates).
         device_memory_mb: Estimate of accelerator (or RAM on CPU) memory the tool needs at its
             one-piece limit, in MiB, models included; 0 for classical tools.
+        independent_tiles: Each tile's result depends only on the pixels of its ``read_box`` and
+            on values fixed for the whole call (arguments, statistics computed before the tiles),
+            never on other tiles. :meth:`ToolContext.map_tiles` then keeps every finished tile on
+            disk, so a stopped call (timeout, Ctrl-C, SIGTERM, kill) resumes where it stopped.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -338,6 +379,7 @@ class Capabilities(BaseModel):
     tile_overlap: Annotated[int, Field(ge=0)] = 0
     requires_georeference: bool = False
     device_memory_mb: Annotated[int, Field(ge=0)] = 0
+    independent_tiles: bool = False
 
     @field_validator("bands")
     @classmethod
@@ -655,6 +697,9 @@ class ToolContext:
     _issued: list[Path] = field(default_factory=list, init=False, repr=False)
     _resolved_refs: dict[str, Artifact] = field(default_factory=dict, init=False, repr=False)
     _protected: list[Path] = field(default_factory=list, init=False, repr=False)
+    # What a finished tile depends on (set by run_tool; None outside it: nothing is cached).
+    _fingerprint: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _tile_caches: list[TileCache] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = absolute_dir(self.run_dir)
@@ -712,7 +757,8 @@ class ToolContext:
 
         Returns:
             Masked array ``(bands, height, width)`` in the source dtype; mask True where nodata,
-            transparent or NaN.
+            transparent, NaN or infinite (no tool can compute with +-Inf; their source values
+            stay under the mask).
 
         Raises:
             ToolFailure: A full-resolution read above the declared one-piece limit (a contract
@@ -735,9 +781,10 @@ class ToolContext:
                 ),
                 tool=self.tool_name,
             )
-        return self.scene.read(
+        data = self.scene.read(
             target, out_size=out_size, bands=tuple(bands) if bands else None, resampling=resampling
         )
+        return _mask_non_finite(data)
 
     def tiles(self, side: int | None = None, overlap: int | None = None) -> list[Tile]:
         """Split the region into tiles in row-major order (a single tile when it fits).
@@ -775,6 +822,90 @@ class ToolContext:
                 )
             )
         return tiles
+
+    def map_tiles(
+        self,
+        fn: Callable[[Tile], T],
+        tiles: Sequence[Tile] | None = None,
+        *,
+        key: Any = None,
+        message: str = "",
+    ) -> Iterator[tuple[Tile, T]]:
+        """Compute ``fn(tile)`` for every tile, in order; finished tiles survive a stop.
+
+        The one place a tool's tiles are processed. Yields ``(tile, result)`` in row-major order,
+        so one writer can write the output in order; after each yielded tile it reports progress
+        (``done`` of ``total`` tiles) and checks for cancellation.
+
+        When the tool declares ``Capabilities(independent_tiles=True)``, every result is stored
+        in a :class:`TileCache` as soon as ``fn`` returns, under ``RUN_DIR/.tiles/``, keyed by a
+        fingerprint of the call: tool name, ``Tool.version`` and the source file of the tool,
+        the validated arguments, the region, the tile layout, the input files (path, size,
+        modification time: the scene, ``artifact:N`` inputs and path arguments) and ``key``.
+        When the same call runs again -- a resumed thread, a re-sent request -- the tiles it
+        finished are read back instead of computed (progress counts them at once) and a note
+        says how many were reused. The cache is removed when the call succeeds (or is refused
+        with a :class:`ToolInputError`) and kept when it is cancelled or fails. A different
+        fingerprint never reuses a tile; an unreadable tile file is computed again.
+
+        Args:
+            fn: ``fn(tile)`` -> a numpy array, or a mapping of names to arrays / numbers (e.g.
+                ``{"pixels": (bands, h, w) array, "changed": 12}``). With independent tiles it
+                must depend only on the tile and on values fixed for the call; a later version
+                may run it in another process.
+            tiles: The tiles (default: :meth:`tiles`).
+            key: Anything else the results depend on that the fingerprint does not cover:
+                statistics computed before the tiles, a model checkpoint, the device
+                (JSON-serialisable; numpy values are accepted).
+            message: Progress message (default ``"<tool>: tiles"``).
+
+        Yields:
+            ``(tile, result)``; a mapping result comes back as ``dict[str, np.ndarray]`` (numbers
+            as 0-d arrays), the same whether computed or reused.
+        """
+        tiles = list(self.tiles() if tiles is None else tiles)
+        cache = self._tile_cache(tiles, key)
+        label = message or f"{self.tool_name or 'tool'}: tiles"
+        total, reused = len(tiles), 0
+        try:
+            for done, tile in enumerate(tiles, 1):
+                result = cache.load(tile) if cache is not None else None
+                if result is None:
+                    self.check_cancelled()  # never start a tile once the call is cancelled
+                    result = _normalise_tile_result(fn(tile), self.tool_name)
+                    if cache is not None:
+                        cache.store(tile, result)
+                else:
+                    reused += 1
+                yield tile, result
+                self.report(done, total, label)
+        except ToolCancelled as exc:
+            kept = cache.tile_count() if cache is not None else 0
+            if not kept:
+                raise
+            raise ToolCancelled(
+                f"{exc} " + TILES_KEPT_CANCEL_TEMPLATE.format(count=kept, run_dir=self.run_dir),
+                tool=self.tool_name,
+            ) from None
+        if reused:
+            self.note(TILES_REUSED_TEMPLATE.format(reused=reused, total=total))
+
+    def _tile_cache(self, tiles: Sequence[Tile], key: Any) -> TileCache | None:
+        if not self._caps.independent_tiles or self._fingerprint is None:
+            return None
+        material = {
+            **self._fingerprint,
+            "tiles": [[*t.box.as_list(), *t.read_box.as_list()] for t in tiles],
+            "key": key,
+        }
+        try:
+            cache = TileCache.open(self.run_dir, self.tool_name, material)
+        except (TypeError, ValueError) as exc:
+            raise ToolFailure(
+                TILE_KEY_TEMPLATE.format(reason=exc), tool=self.tool_name
+            ) from exc
+        self._tile_caches.append(cache)
+        return cache
 
     def view(self, view_id: int) -> ViewSpec:
         """The current view with this id (raises ToolInputError listing the valid ids)."""
@@ -907,6 +1038,17 @@ class ToolContext:
         return self.store
 
 
+def _mask_non_finite(data: np.ma.MaskedArray) -> np.ma.MaskedArray:
+    """Mask +-Inf (and NaN) of a floating-point read in place; other dtypes are returned as is."""
+    import numpy as np
+
+    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
+        bad = ~np.isfinite(np.ma.getdata(data))
+        if bad.any():
+            data.mask = np.ma.getmaskarray(data) | bad
+    return data
+
+
 def absolute_dir(path: str | os.PathLike[str]) -> Path:
     """A directory path made absolute once, where it is created (``~`` expanded, symlinks resolved).
 
@@ -934,6 +1076,185 @@ def _available(known: Mapping[int, Artifact], limit: int = 20) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Finished tiles kept across a stop
+# --------------------------------------------------------------------------------------------
+def _json_default(value: Any) -> Any:
+    """JSON form of the numpy values and paths a fingerprint may hold."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _normalise_tile_result(result: Any, tool: str) -> Any:
+    """A tile result as arrays: an ndarray stays one; a mapping becomes ``{name: ndarray}``."""
+    import numpy as np
+
+    if isinstance(result, np.ndarray):
+        arrays = {"": result}
+    elif isinstance(result, Mapping) and all(isinstance(k, str) and k for k in result):
+        arrays = {k: np.asarray(v) for k, v in result.items()}
+    else:
+        raise ToolFailure(TILE_RESULT_TEMPLATE.format(got=type(result).__name__), tool=tool)
+    for name, arr in arrays.items():
+        if arr.dtype.hasobject:
+            raise ToolFailure(
+                TILE_RESULT_TEMPLATE.format(got=f"{name or 'the array'} of dtype object"),
+                tool=tool,
+            )
+    return result if isinstance(result, np.ndarray) else arrays
+
+
+class TileCache:
+    """The finished tiles of one tool call, on disk, so a stopped call resumes where it stopped.
+
+    One folder per call fingerprint (see :meth:`ToolContext.map_tiles`):
+    ``RUN_DIR/.tiles/<tool>-<digest>/`` holds ``fingerprint.json`` (the canonical JSON the
+    digest covers) and one ``tile-NNNNNN.npz`` per finished tile (uncompressed numpy arrays,
+    ``allow_pickle`` off; plus the tile's box, checked on reading). Each tile file is written
+    under an owner-named temporary (:func:`zoomearth.temporaries.temporary_sibling`), flushed to
+    disk and renamed, so a file under the final name is always complete; a killed writer's
+    temporary is swept when the cache is opened again.
+
+    Disk use: the uncompressed size of the finished part of the outputs, until the call
+    succeeds.
+    """
+
+    MANIFEST = "fingerprint.json"
+
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def open(cls, run_dir: Path, tool: str, material: Mapping[str, Any]) -> TileCache:
+        """The cache of a call in ``run_dir`` (nothing is created until a tile is stored).
+
+        Raises:
+            TypeError, ValueError: ``material`` is not JSON-serialisable.
+        """
+        from zoomearth.temporaries import sweep_stale_temporaries
+
+        text = _canonical_json(material)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+        cache = cls(Path(run_dir) / TILE_CACHE_DIR / f"{tool or 'tool'}-{digest}", text)
+        if cache.folder.is_dir():
+            sweep_stale_temporaries(cache.folder)
+            try:
+                same = (cache.folder / cls.MANIFEST).read_text(encoding="utf-8") == text
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if not same:  # another layout version, a damaged manifest: start afresh
+                cache.discard()
+        return cache
+
+    def path(self, index: int) -> Path:
+        """The file of tile ``index``."""
+        return self.folder / f"tile-{index:06d}.npz"
+
+    def tile_count(self) -> int:
+        """Number of finished tiles stored."""
+        if not self.folder.is_dir():
+            return 0
+        return sum(1 for p in self.folder.glob("tile-*.npz"))
+
+    def load(self, tile: Tile) -> Any:
+        """The stored result of ``tile`` (as :func:`_normalise_tile_result` gives it), or None.
+
+        A file that cannot be read back completely (truncated, corrupt, another tile's) is
+        removed and None returned, so the tile is computed again.
+        """
+        import zipfile
+
+        import numpy as np
+
+        path = self.path(tile.index)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            box = arrays.pop("__box__")
+            if box.tolist() != [int(v) for v in tile.box.as_list()]:
+                raise ValueError("the file belongs to another tile")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        if set(arrays) == {"a:"}:
+            return arrays["a:"]
+        return {name[2:]: arr for name, arr in arrays.items()}
+
+    def store(self, tile: Tile, result: Any) -> None:
+        """Keep the result of ``tile`` (an ndarray or ``{name: ndarray}``), atomically."""
+        import numpy as np
+
+        from zoomearth.temporaries import temporary_sibling
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        manifest = self.folder / self.MANIFEST
+        if not manifest.exists():
+            _write_atomically(manifest, self.fingerprint.encode("utf-8"))
+        if isinstance(result, np.ndarray):
+            arrays = {"a:": result}
+        else:
+            arrays = {f"k:{name}": np.asarray(arr) for name, arr in result.items()}
+        arrays["__box__"] = np.asarray([int(v) for v in tile.box.as_list()], np.int64)
+        final = self.path(tile.index)
+        tmp = temporary_sibling(final)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+                fh.flush()
+                os.fsync(fh.fileno())  # a power cut must not leave a renamed, empty tile
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    def discard(self) -> None:
+        """Remove the folder (and ``.tiles`` when it is left empty); never raises."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.parent.rmdir()  # only when empty
+
+
+def _write_atomically(final: Path, data: bytes) -> None:
+    from zoomearth.temporaries import temporary_sibling
+
+    tmp = temporary_sibling(final)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+_SOURCE_DIGESTS: dict[type, str] = {}
+
+
+def _source_digest(cls: type) -> str:
+    """A digest of the file defining a tool class: edited code never reuses old tiles."""
+    if cls not in _SOURCE_DIGESTS:
+        try:
+            source = inspect.getsourcefile(cls)
+            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else ""
+        except (OSError, TypeError):
+            digest = ""
+        _SOURCE_DIGESTS[cls] = digest
+    return _SOURCE_DIGESTS[cls]
+
+
+# --------------------------------------------------------------------------------------------
 # The tool base class
 # --------------------------------------------------------------------------------------------
 def _definition_error(cls: type, problem: str) -> ToolDefinitionError:
@@ -956,6 +1277,11 @@ class Tool:
         needs_approval: The graph asks the user before running it (e.g. generative edits).
         capabilities: :class:`Capabilities` (bands, dtypes, one-piece limit, streaming, memory).
         contract_version: The contract version the tool was written for.
+        version: The tool's own version (default ``"1"``); bump it when results change. Part of
+            the fingerprint of finished tiles (:meth:`ToolContext.map_tiles`), as is a digest of
+            the file defining the class.
+
+    Methods to override: :meth:`run` (required) and :meth:`check` (optional preflight).
 
     Pass ``abstract=True`` in the class statement for an intermediate base class that is not a
     tool itself (``class MyBase(Tool, abstract=True)``).
@@ -970,6 +1296,7 @@ class Tool:
     needs_approval: ClassVar[bool] = False
     capabilities: ClassVar[Capabilities] = Capabilities()
     contract_version: ClassVar[int] = CONTRACT_VERSION
+    version: ClassVar[str] = "1"
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -1014,6 +1341,8 @@ class Tool:
             )
         if not isinstance(cls.needs_approval, bool):
             raise _definition_error(cls, BAD_APPROVAL_PROBLEM.format(got=cls.needs_approval))
+        if not isinstance(cls.version, str) or not cls.version.strip():
+            raise _definition_error(cls, BAD_TOOL_VERSION_PROBLEM.format(got=cls.version))
         if cls.contract_version not in SUPPORTED_CONTRACT_VERSIONS:
             raise _definition_error(
                 cls,
@@ -1046,6 +1375,18 @@ class Tool:
         regularly, raise :class:`ToolInputError` for problems the planner can fix.
         """
         raise NotImplementedError
+
+    def check(self, ctx: ToolContext, args: Any) -> None:
+        """Optional preflight: raise :class:`ToolInputError` for a call that cannot succeed.
+
+        Called by :func:`run_tool` (and :func:`check_tool_call`) after the runner's own checks
+        (arguments, capabilities, region, references, paths) and before :meth:`run`; the graph
+        calls it before asking the user to approve a ``needs_approval`` tool, so the user is
+        never asked about a call that would then be refused. Keep it cheap and free of side
+        effects: read what is needed (``ctx.read``, ``ctx.get_artifact``), write nothing. The
+        default accepts every call.
+        """
+        return None
 
     @classmethod
     def backend_status(cls) -> list[BackendStatus]:
@@ -1415,8 +1756,14 @@ def _check_draft(ctx: ToolContext, draft: ArtifactDraft) -> str | None:
     return None
 
 
-def _cleanup(ctx: ToolContext) -> None:
-    """Remove every file issued to the call (final, temporary and sidecar names)."""
+def _cleanup(ctx: ToolContext, created: bool = False) -> None:
+    """Remove every file issued to the call (final, temporary and sidecar names).
+
+    Args:
+        ctx: The call's context.
+        created: The call created the run directory: remove it too when it is left empty (a
+            refused or failed call leaves no empty folder; kept tiles keep it).
+    """
     from contextlib import suppress
 
     for path in ctx._issued:
@@ -1425,6 +1772,9 @@ def _cleanup(ctx: ToolContext) -> None:
             for extra in (c, *(c.with_name(c.name + s) for s in (".aux.xml", ".ovr", ".msk"))):
                 with suppress(FileNotFoundError, IsADirectoryError):
                     extra.unlink()
+    if created:
+        with suppress(OSError):
+            ctx.run_dir.rmdir()  # only when empty
 
 
 def _resolve_tool(tool: Tool | type[Tool] | str, registry: Any) -> Tool:
@@ -1439,6 +1789,63 @@ def _resolve_tool(tool: Tool | type[Tool] | str, registry: Any) -> Tool:
     if isinstance(tool, Tool):
         return tool
     raise TypeError(f"run_tool needs a Tool, a Tool subclass or a tool name; got {tool!r}")
+
+
+def _prepare_call(
+    instance: Tool, ctx: ToolContext, args: Mapping[str, Any] | BaseModel | None
+) -> tuple[ToolContext, BaseModel]:
+    """The runner's checks, in order, on a copy of ``ctx``; returns the copy and the arguments."""
+    ctx = dataclasses.replace(ctx)
+    ctx.tool_name = instance.name
+    ctx._caps = instance.capabilities
+    if ctx.step is not None:
+        ctx._call_id = f"s{ctx.step:03d}-{secrets.token_hex(2)}"
+    ctx.check_cancelled()
+
+    validated = _validate_args(instance, args)
+    _check_capabilities(instance, ctx.scene)
+    ctx.region, ctx.streamed = _check_region(instance, ctx)
+    _resolve_refs(instance, ctx, validated)
+    validated = _check_paths(instance, ctx, validated)
+    return ctx, validated
+
+
+def _preflight(instance: Tool, ctx: ToolContext, validated: BaseModel) -> None:
+    """The tool's own :meth:`Tool.check`; unexpected exceptions become a ToolFailure."""
+    try:
+        instance.check(ctx, validated)
+    except ToolError:
+        raise
+    except BoxError as exc:
+        raise ToolInputError(
+            BOX_TEMPLATE.format(tool=instance.name, reason=exc),
+            code=_box_code(str(exc)),
+            tool=instance.name,
+        ) from exc
+    except Exception as exc:
+        raise _failure(instance, ctx, exc) from exc
+
+
+def check_tool_call(
+    tool: Tool | type[Tool] | str,
+    ctx: ToolContext,
+    args: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    registry: Any = None,
+) -> None:
+    """Check a call without running it: the runner's checks, then the tool's :meth:`Tool.check`.
+
+    The graph calls this before asking the user to approve a ``needs_approval`` tool. Nothing is
+    written (the run directory is not even created).
+
+    Raises:
+        ToolInputError: The call would be refused (message for the planner).
+        ToolCancelled: The call was cancelled.
+        ToolFailure: The tool's check itself broke.
+    """
+    instance = _resolve_tool(tool, registry)
+    ctx, validated = _prepare_call(instance, ctx, args)
+    _preflight(instance, ctx, validated)
 
 
 def run_tool(
@@ -1462,52 +1869,184 @@ def run_tool(
 
     Raises:
         ToolInputError: Invalid arguments, unsupported image, bad or too large region, unknown
-            artifact reference, path outside ``allowed_roots`` (message for the planner).
-        ToolCancelled: The cancellation check became true; no artifacts were kept.
-        ToolFailure: Anything else, with the original exception as ``__cause__``.
+            artifact reference, path outside ``allowed_roots``, refused by :meth:`Tool.check`
+            (message for the planner).
+        ToolCancelled: The cancellation check became true; no artifacts were kept (finished
+            tiles are, for a resume).
+        ToolFailure: Anything else, with the original exception as ``__cause__``. A full disk
+            says so and names the run directory; an
+            :class:`~zoomearth.errors.OutputWriteError`'s message is passed on unchanged.
     """
     started = time.perf_counter()
     instance = _resolve_tool(tool, registry)
-    ctx = dataclasses.replace(ctx)
-    ctx.tool_name = instance.name
-    ctx._caps = instance.capabilities
-    if ctx.step is not None:
-        ctx._call_id = f"s{ctx.step:03d}-{secrets.token_hex(2)}"
-    ctx.check_cancelled()
-
-    validated = _validate_args(instance, args)
-    _check_capabilities(instance, ctx.scene)
-    ctx.region, ctx.streamed = _check_region(instance, ctx)
-    _resolve_refs(instance, ctx, validated)
-    validated = _check_paths(instance, ctx, validated)
+    ctx, validated = _prepare_call(instance, ctx, args)
+    _preflight(instance, ctx, validated)
 
     stamp = _input_stamp(ctx.protected_paths)
+    ctx._fingerprint = _call_fingerprint(instance, ctx, validated, stamp)
+    created = not ctx.run_dir.exists()
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = instance.run(ctx, validated)
         ctx.check_cancelled()
         outcome = _finish(instance, ctx, result, stamp, started)
-    except (ToolInputError, ToolCancelled, ToolFailure):
-        _cleanup(ctx)
+    except ToolInputError:
+        _cleanup(ctx, created)
+        _discard_tiles(ctx, created)  # the same call would be refused again: nothing to resume
+        raise
+    except (ToolCancelled, ToolFailure):
+        _cleanup(ctx, created)  # finished tiles stay for a resume
         raise
     except BoxError as exc:
-        _cleanup(ctx)
+        _discard_tiles(ctx)
+        _cleanup(ctx, created)
         raise ToolInputError(
             BOX_TEMPLATE.format(tool=instance.name, reason=exc),
             code=_box_code(str(exc)),
             tool=instance.name,
         ) from exc
     except Exception as exc:
-        _cleanup(ctx)
-        reason = " ".join(str(exc).split())[:500] or "(no message)"
-        raise ToolFailure(
-            FAILURE_TEMPLATE.format(tool=instance.name, kind=type(exc).__name__, reason=reason),
-            tool=instance.name,
-        ) from exc
+        _cleanup(ctx, created)
+        raise _failure(instance, ctx, exc) from exc
     except BaseException:
-        _cleanup(ctx)
+        _cleanup(ctx, created)
         raise
+    _discard_tiles(ctx)
     return outcome
+
+
+def _call_fingerprint(
+    tool: Tool, ctx: ToolContext, args: BaseModel, stamp: list[tuple[Path, int, int]]
+) -> dict[str, Any]:
+    """What every tile of this call depends on, besides the tile layout and the tool's key."""
+    import zoomearth
+
+    scene = ctx.scene
+    return {
+        "format": TILE_CACHE_FORMAT,
+        "zoomearth": zoomearth.__version__,
+        "tool": tool.name,
+        "version": tool.version,
+        "source": _source_digest(type(tool)),
+        "args": args.model_dump(mode="json"),
+        "region": [int(v) for v in ctx.box.as_list()],
+        "inputs": [[str(p), size, mtime] for p, size, mtime in stamp],
+        "scene": [scene.width, scene.height, scene.count, str(scene.dtype), repr(scene.nodata)],
+    }
+
+
+def _discard_tiles(ctx: ToolContext, created: bool = False) -> None:
+    for cache in ctx._tile_caches:
+        cache.discard()
+    if created:
+        with contextlib.suppress(OSError):
+            ctx.run_dir.rmdir()  # a run directory this call made, left empty
+
+
+# -- failure messages ---------------------------------------------------------------------------
+# GDAL reports a full disk as text only (libtiff's "No space left on device" reaches stderr, the
+# exception says "Write failed" or "writing a dirty block"), so the text is a signal as well as
+# the errno of Python's own writes.
+_NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_SPACE_WORDS: Final = (
+    "no space left on device",
+    "disk quota exceeded",
+    "free disk space available is",
+    "disk full",
+)
+_WRITE_FAILED_WORDS: Final = (
+    "write failed",
+    "writing a dirty block",
+    "iwriteblock failed",
+    "write error",
+    "_tiffwriteproc",
+    "tiffappendtostrip",
+    "error in writing",
+)
+def _scrub_temporaries(text: str, limit: int = 4000) -> str:
+    """Internal temporary names in a message replaced by the file they become.
+
+    Messages are short; a longer one is cut at ``limit`` characters first, which bounds the work
+    of the (linear-time) pattern of :func:`zoomearth.scene.writing.mask_temporary_names`.
+    """
+    from zoomearth.scene.writing import mask_temporary_names
+
+    return mask_temporary_names(text[:limit])
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes/contexts (also a context hidden by ``raise ... from None``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _free_bytes(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def _disk_full(ctx: ToolContext, exc: BaseException) -> bool:
+    """Whether a failure was caused by a full disk (or quota).
+
+    Certain when an ``OSError`` in the chain has errno ENOSPC/EDQUOT or a message says so. A
+    GDAL write failure without a reason counts when the device holding the run directory has
+    less free space than the region's uncompressed size (the partial output was removed by now,
+    so "free == 0" cannot be asked).
+    """
+    write_failed = False
+    for item in _exception_chain(exc):
+        if isinstance(item, OSError) and item.errno in _NO_SPACE_ERRNOS:
+            return True
+        text = str(item).lower()
+        if any(words in text for words in _NO_SPACE_WORDS):
+            return True
+        write_failed = write_failed or any(words in text for words in _WRITE_FAILED_WORDS)
+    if not write_failed:
+        return False
+    free = _free_bytes(ctx.run_dir)
+    if free is None or ctx.region is None:
+        return False
+    import numpy as np
+
+    width, height = _box_size(ctx.region)
+    try:
+        itemsize = np.dtype(str(ctx.scene.dtype)).itemsize
+    except TypeError:
+        itemsize = 1
+    return free < width * height * max(1, int(ctx.scene.count)) * itemsize + (1 << 20)
+
+
+def _failure(tool: Tool, ctx: ToolContext, exc: BaseException) -> ToolFailure:
+    """The ToolFailure for an unexpected exception of a call (the caller chains ``exc``)."""
+    from zoomearth.errors import OutputWriteError
+
+    for item in _exception_chain(exc):
+        if isinstance(item, OutputWriteError):
+            # The writer's own message already says what failed and what to do.
+            return ToolFailure(_scrub_temporaries(str(item)), tool=tool.name)
+    if _disk_full(ctx, exc):
+        kept = sum(cache.tile_count() for cache in ctx._tile_caches)
+        return ToolFailure(
+            NO_SPACE_TEMPLATE.format(
+                tool=tool.name,
+                run_dir=ctx.run_dir,
+                kept=TILES_KEPT_TEMPLATE.format(count=kept) if kept else "",
+            ),
+            tool=tool.name,
+        )
+    reason = _scrub_temporaries(" ".join(str(exc).split())[:500]) or "(no message)"
+    return ToolFailure(
+        FAILURE_TEMPLATE.format(tool=tool.name, kind=type(exc).__name__, reason=reason),
+        tool=tool.name,
+    )
 
 
 def _contract_failure(tool: Tool, problem: str) -> ToolFailure:

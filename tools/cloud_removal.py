@@ -33,6 +33,11 @@ mask (uint8: 1 = invented by inpainting, 0 = observed, 255 nodata) and a PNG pre
 the mask outlined | after, long side 512 px per panel). Memory is bounded by one tile (plus one
 tile per other date) whatever the region size.
 
+Tiles are independent: each tile depends only on its pixels and on what :meth:`_Job.prepare`
+fixed for the call (atmospheric light, radiometric matching), which is part of the tile key, so a
+stopped call resumes from its finished tiles (:meth:`~zoomearth.tools.base.ToolContext.map_tiles`).
+A region without a valid pixel (all nodata, NaN or +-Inf) is refused (``no_valid_pixels``).
+
 Reflectance scale: pixel values are divided by a white level before the thresholds apply --
 255 for ``uint8``, 10000 for 16-bit (the reflectance x 10,000 convention of Sentinel-2 and
 Landsat surface reflectance), 1.0 for floats; set ``white_level`` for other scalings.
@@ -147,6 +152,10 @@ FALLBACK_NOTE_TEMPLATE = (
     "(Telea) inpainting instead."
 )
 NO_PREVIEW_TEMPLATE = "No preview was written: {reason}"
+NO_VALID_TEMPLATE = (
+    "Tool 'cloud_removal': the region {box} has no valid pixels (all nodata/NaN/Inf); choose "
+    "another region."
+)
 
 
 class CloudRemoval(Tool):
@@ -274,6 +283,7 @@ class CloudRemoval(Tool):
         streaming=True,
         tile_overlap=TILE_OVERLAP,
         device_memory_mb=2600,
+        independent_tiles=True,
     )
 
     @classmethod
@@ -351,6 +361,10 @@ class CloudRemoval(Tool):
                 qmask=qmask,
             )
             job.prepare(region)
+            if job.certainly_empty:
+                raise ToolInputError(
+                    NO_VALID_TEMPLATE.format(box=region), code="no_valid_pixels", tool=self.name
+                )
 
             source = SourceGeoref.coerce(scene)
             window = (col, row, width, height)
@@ -394,13 +408,18 @@ class CloudRemoval(Tool):
                 side = int(getattr(ctx.settings, "tool_tile_side", 1024) or 1024)
             tiles = ctx.tiles(side=side, overlap=TILE_OVERLAP)
             with w_clean, w_mask, w_synth:
-                for tile in tiles:
-                    cleaned, mask, synthetic = job.process(tile)
-                    w_clean.write(tile.crop(cleaned), tile.window)
-                    w_mask.write(tile.crop(mask), tile.window)
-                    w_synth.write(tile.crop(synthetic), tile.window)
-                    job.count(tile)
-                    ctx.report(tile.index + 1, len(tiles), "cloud_removal: tiles")
+                for tile, done in ctx.map_tiles(
+                    job.clean_tile, tiles, key=job.tile_key(), message="cloud_removal: tiles"
+                ):
+                    w_clean.write(done["cleaned"], tile.window)
+                    w_mask.write(done["mask"], tile.window)
+                    w_synth.write(done["synthetic"], tile.window)
+                    job.merge(done)
+        if job.stats["valid"] == 0:
+            # A decimated overview can miss a few valid pixels; the tiles cannot.
+            raise ToolInputError(
+                NO_VALID_TEMPLATE.format(box=region), code="no_valid_pixels", tool=self.name
+            )
 
         artifacts = [
             ctx.artifact(
@@ -670,7 +689,7 @@ class _Other:
                 resampling=Resampling.bilinear,
             )
         if np.issubdtype(data.dtype, np.floating):
-            data.mask = np.ma.getmaskarray(data) | np.isnan(np.ma.getdata(data))
+            data.mask = np.ma.getmaskarray(data) | ~np.isfinite(np.ma.getdata(data))
         return data
 
 
@@ -736,6 +755,12 @@ class _Job:
         self.stats = {"valid": 0, "cloud": 0, "haze": 0, "replaced": 0, "synthetic": 0}
         self.dehazed = 0
         self.diffusion_windows = 0
+        #: True when the region is known to hold no valid pixel (its overview is full resolution).
+        self.certainly_empty = False
+        # Per tile (reset by process): inpainting backend used, diffusion windows, notes.
+        self.last_inpaint = "none"
+        self.last_windows = 0
+        self.last_notes: list[str] = []
         empty = np.zeros((0, 0), dtype=bool)
         self.last_replaced = self.last_dehazed = empty
         self.last_mask = self.last_synthetic = empty.astype(np.uint8)
@@ -772,6 +797,9 @@ class _Job:
         x = fill_invalid(self._scaled(raw), valid)  # NaN nodata would spread through filters
         if valid.any():
             self.light = atmospheric_light(x, self.layout.rgb_w, valid)
+        elif (ow, oh) == (int(region.width), int(region.height)):
+            self.certainly_empty = True
+            return
         if not self.others or not self.args.normalize:
             return
         clear = valid & (self._mask_of(x, valid, self._quality(raw, region, (oh, ow))) == 0)
@@ -832,6 +860,7 @@ class _Job:
 
         lay = self.layout
         box = tile.read_box
+        self.last_inpaint, self.last_windows, self.last_notes = "none", 0, []
         data = self.ctx.read(box)
         raw = np.ma.getdata(data)
         self.last_dehazed = np.zeros(raw.shape[1:], dtype=bool)
@@ -923,8 +952,8 @@ class _Job:
             u16 = np.clip(np.rint(out[b] * TELEA_SCALE), 0, 65535).astype(np.uint16)
             filled = cv2.inpaint(u16, unknown, INPAINT_RADIUS, cv2.INPAINT_TELEA)
             out[b][thick] = filled[thick].astype(np.float32) / TELEA_SCALE
-        if self.inpaint_backend == "none":
-            self.inpaint_backend = "telea"
+        if self.last_inpaint == "none":
+            self.last_inpaint = "telea"
         if self.model:
             own = np.zeros_like(thick)
             own[inner] = thick[inner]
@@ -964,8 +993,8 @@ class _Job:
         try:
             filled, windows = pool.run(spec, work, device=device)
         except ModelFallbackRequired as exc:
-            self.ctx.note(FALLBACK_NOTE_TEMPLATE.format(reason=exc))
-            self.inpaint_backend = "telea (diffusion ran out of memory)"
+            self.last_notes.append(FALLBACK_NOTE_TEMPLATE.format(reason=exc))
+            self.last_inpaint = "telea (diffusion ran out of memory)"
             return None
         except (OSError, ValueError, ImportError) as exc:
             # A missing or malformed checkpoint: say which setting to fix (errors while running
@@ -973,8 +1002,8 @@ class _Job:
             raise ToolFailure(
                 MODEL_LOAD_TEMPLATE.format(model=self.model, reason=exc), tool=CloudRemoval.name
             ) from exc
-        self.diffusion_windows += windows
-        self.inpaint_backend = f"diffusion ({self.model})"
+        self.last_windows += windows
+        self.last_inpaint = f"diffusion ({self.model})"
         return np.moveaxis(filled.astype(np.float32) / 255.0, -1, 0)
 
     def _to_source(
@@ -1006,19 +1035,64 @@ class _Job:
         return res
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def count(self, tile: Tile) -> None:
-        """Add the own part of the tile just processed to the statistics."""
+    def clean_tile(self, tile: Tile) -> dict[str, Any]:
+        """Process one tile for :meth:`ToolContext.map_tiles`: its own part and its counts.
+
+        Returns:
+            ``cleaned`` ``(bands, h, w)`` source dtype, ``mask`` and ``synthetic`` ``(h, w)``
+            uint8 (the tile's own part), the pixel counts of the statistics (``n_valid``,
+            ``n_cloud``, ``n_haze``, ``n_synthetic``, ``n_replaced``, ``n_dehazed``), the
+            inpainting backend used (``inpaint``), diffusion windows run and notes.
+        """
         import numpy as np
 
-        mask, synthetic = tile.crop(self.last_mask), tile.crop(self.last_synthetic)
-        replaced, dehazed = tile.crop(self.last_replaced), tile.crop(self.last_dehazed)
-        self.dehazed += int(np.count_nonzero(dehazed))
+        cleaned, mask, synthetic = self.process(tile)
+        own_mask, own_synth = tile.crop(mask), tile.crop(synthetic)
+        return {
+            "cleaned": tile.crop(cleaned),
+            "mask": own_mask,
+            "synthetic": own_synth,
+            "n_valid": int(np.count_nonzero(own_mask != MASK_NODATA)),
+            "n_cloud": int(np.count_nonzero(own_mask == CLOUD)),
+            "n_haze": int(np.count_nonzero(own_mask == HAZE)),
+            "n_synthetic": int(np.count_nonzero(own_synth == 1)),
+            "n_replaced": int(np.count_nonzero(tile.crop(self.last_replaced))),
+            "n_dehazed": int(np.count_nonzero(tile.crop(self.last_dehazed))),
+            "inpaint": self.last_inpaint,
+            "windows": self.last_windows,
+            "notes": "\n".join(self.last_notes),
+        }
 
-        self.stats["valid"] += int(np.count_nonzero(mask != MASK_NODATA))
-        self.stats["cloud"] += int(np.count_nonzero(mask == CLOUD))
-        self.stats["haze"] += int(np.count_nonzero(mask == HAZE))
-        self.stats["synthetic"] += int(np.count_nonzero(synthetic == 1))
-        self.stats["replaced"] += int(np.count_nonzero(replaced))
+    def tile_key(self) -> dict[str, Any]:
+        """What every tile depends on besides the arguments, region and input files."""
+        return {
+            "white": float(self.white),
+            "light": None if self.light is None else [float(v) for v in self.light],
+            "match": [
+                None if o.gain is None or o.offset is None else [o.gain.tolist(), o.offset.tolist()]
+                for o in self.others
+            ],
+            "model": self.model,
+            "device": str(getattr(self.ctx.settings, "tool_device", "auto") or "auto")
+            if self.model
+            else None,
+        }
+
+    def merge(self, done: dict[str, Any]) -> None:
+        """Add a finished tile (computed or reused) to the call's statistics."""
+        for name in ("valid", "cloud", "haze", "synthetic", "replaced"):
+            self.stats[name] += int(done[f"n_{name}"])
+        self.dehazed += int(done["n_dehazed"])
+        self.diffusion_windows += int(done["windows"])
+        inpaint = str(done["inpaint"])
+        if inpaint == "telea":
+            if self.inpaint_backend == "none":
+                self.inpaint_backend = inpaint
+        elif inpaint != "none":
+            self.inpaint_backend = inpaint
+        for note in str(done["notes"]).splitlines():
+            if note and note not in self.ctx.warnings:
+                self.ctx.note(note)
 
     def summary(self, region: PixelBox, n_tiles: int, method: str) -> str:
         s = self.stats

@@ -53,6 +53,15 @@ nodata, NaN, alpha 0 -- keep their source values; they are filled with the band 
 filtering so they do not bleed into their neighbours; alpha bands are copied unchanged). A
 progress bar is shown for streamed regions. A separate PNG preview shows the region
 before | after.
+
+Tiles are independent (``Capabilities(independent_tiles=True)``): each is filtered with the
+region-wide noise estimate and value mapping computed before the tiles (part of the tile key), so
+a stopped call resumed with the same arguments reuses its finished tiles
+(:meth:`~zoomearth.tools.base.ToolContext.map_tiles`) and writes the same output bit for bit.
+
+Invalid pixels are nodata, NaN, +-Inf (masked by ``ToolContext.read``) and alpha 0. A region
+without a valid pixel is refused (``no_valid_pixels``); for regions above 1024 px the decision
+also looks at a decimated read of the whole region, not only at the nine sample windows.
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from zoomearth.geometry import PixelBox
+    from zoomearth.tools.base import Tile
 
 __all__ = [
     "Denoise",
@@ -127,7 +137,8 @@ CHANNELS_TEMPLATE = (
     "backend 'classical', or configure another denoise_model."
 )
 NO_VALID_TEMPLATE = (
-    "Tool 'denoise': the region {box} holds only nodata pixels; choose a box over the image."
+    "Tool 'denoise': the region {box} has no valid pixels (all nodata/NaN/Inf); choose another "
+    "region."
 )
 NO_PREVIEW_TEMPLATE = "No preview was written: {reason}"
 
@@ -523,6 +534,7 @@ class Denoise(Tool):
         streaming=True,
         tile_overlap=TILE_OVERLAP,
         device_memory_mb=1500,
+        independent_tiles=True,
     )
 
     @classmethod
@@ -573,16 +585,14 @@ class Denoise(Tool):
         valid_values = [
             np.concatenate([s[0][b][s[1]] for s in samples]) for b in range(scene.count)
         ]
-        if all(v.size == 0 for v in valid_values):
-            raise ToolInputError(
-                NO_VALID_TEMPLATE.format(box=region), code="no_valid_pixels", tool=self.name
-            )
         fill = [float(np.median(v)) if v.size else 0.0 for v in valid_values]
         lo = [float(v.min()) if v.size else 0.0 for v in valid_values]
         hi = [float(v.max()) if v.size else 1.0 for v in valid_values]
+        any_valid = any(v.size for v in valid_values)
         if len(samples) > 1:
             # The windows miss most of a large region: widen the value range with a cheap
-            # decimated read of the whole of it, so values outside the windows are not clipped.
+            # decimated read of the whole of it, so values outside the windows are not clipped
+            # (and a region valid only outside the windows is not taken for an empty one).
             ov = ctx.read(region, out_size=scene.output_size(region, ESTIMATE_WINDOW))
             ov_valid = _valid_of(ov)
             ov_data = np.ma.getdata(ov).astype(np.float64)
@@ -590,12 +600,18 @@ class Denoise(Tool):
                 v = ov_data[b][ov_valid]
                 v = v[np.isfinite(v)]
                 if v.size:
+                    any_valid = True
                     if valid_values[b].size:
                         lo[b], hi[b] = min(lo[b], float(v.min())), max(hi[b], float(v.max()))
                     else:
                         lo[b], hi[b] = float(v.min()), float(v.max())
+                        fill[b] = float(np.median(v))
             del ov, ov_data
             ctx.check_cancelled()
+        if not any_valid:
+            raise ToolInputError(
+                NO_VALID_TEMPLATE.format(box=region), code="no_valid_pixels", tool=self.name
+            )
         for i, s in enumerate(samples):
             samples[i] = (_fill_for_stats(s[0], s[1], fill), s[1])
 
@@ -664,78 +680,108 @@ class Denoise(Tool):
         )
         spec = _model_spec(Path(str(model_path))) if use_model else None
         device = str(getattr(settings, "tool_device", "auto") or "auto")
-        arch = ""
         pool = ctx.require_pool() if use_model else None
         alpha_bands = [i for i, c in enumerate(scene.colorinterp) if c == "alpha"]
+
+        def denoise_tile(tile: Tile) -> dict[str, Any]:
+            """Filter one tile; its own part comes back with the statistics of the change.
+
+            Returns ``final`` (bands, h, w) in the source dtype, the sum of squared changes over
+            its valid pixels and their count (``changed_sq``, ``changed_n``), and ``arch``.
+            """
+            data = ctx.read(tile.read_box)
+            work, valid = _fill_invalid(data, fill)
+            arch = ""
+            if not valid.any():
+                result = work
+            elif use_model:
+                assert pool is not None and spec is not None
+                unit = np.stack(
+                    [
+                        np.clip((work[b] - unit_lo[b]) / unit_span[b], 0.0, 1.0)
+                        for b in range(scene.count)
+                    ]
+                ).astype(np.float32)
+
+                def infer(model: Any, dev: str, unit: np.ndarray = unit) -> np.ndarray:
+                    nonlocal arch
+                    arch = str(model.architecture.id)
+                    return _learned_denoise(model, unit, dev)
+
+                res = pool.run(spec, infer, device)
+                result = np.stack(
+                    [
+                        res[b].astype(np.float64) * unit_span[b] + unit_lo[b]
+                        for b in range(scene.count)
+                    ]
+                )
+                # Values outside the mapped range (missed by the statistics) keep their
+                # source value rather than being clipped.
+                for b in range(scene.count):
+                    outside = (work[b] < unit_lo[b]) | (work[b] > unit_lo[b] + unit_span[b])
+                    if outside.any():
+                        result[b][outside] = work[b][outside]
+            elif mode == "sar":
+                result = np.stack([lee_filter(work[b], cu2[b]) for b in range(scene.count)])
+            else:
+                result = nlm_denoise(
+                    work,
+                    sigmas,
+                    dtype=scene.dtype,
+                    offsets=offsets,
+                    scales=scales,
+                    strength=args.strength,
+                )
+                if scene.dtype != "uint8":
+                    # Values outside the 16-bit mapping keep their source value (no clip).
+                    for b in range(scene.count):
+                        top = offsets[b] + 65535.0 / scales[b]
+                        outside = (work[b] < offsets[b]) | (work[b] > top)
+                        if outside.any():
+                            result[b][outside] = work[b][outside]
+            raw = tile.crop(np.ma.getdata(data))
+            result = tile.crop(result)
+            inner_valid = tile.crop(valid)
+            final = _to_dtype(result, scene.dtype)
+            # Invalid pixels (nodata, NaN, Inf, alpha 0) and alpha bands keep the source values.
+            if not inner_valid.all():
+                final[:, ~inner_valid] = raw[:, ~inner_valid]
+            for b in alpha_bands:
+                final[b] = raw[b]
+            diff = final[:, inner_valid].astype(np.float64) - tile.crop(work)[
+                :, inner_valid
+            ].astype(np.float64)
+            return {
+                "final": final,
+                "changed_sq": float(np.sum(diff * diff)),
+                "changed_n": int(diff.size),
+                "arch": arch,
+            }
+
+        # What the tiles depend on besides the call's arguments, region and input files.
+        tile_key = {
+            "backend": backend_label,
+            "mode": mode,
+            "sigmas": sigmas,
+            "cu2": cu2,
+            "fill": fill,
+            "offsets": offsets,
+            "scales": scales,
+            "unit": [unit_lo, unit_span],
+            "model": _file_stamp(Path(str(model_path))) if use_model else None,
+            "device": device if use_model else None,
+        }
+        arch = ""
         changed_sq = 0.0
         changed_n = 0
         with rasterio.Env(GDAL_CACHEMAX=256), writer:
-            for tile in tiles:
-                data = ctx.read(tile.read_box)
-                work, valid = _fill_invalid(data, fill)
-                if not valid.any():
-                    result = work
-                elif use_model:
-                    assert pool is not None and spec is not None
-                    unit = np.stack(
-                        [
-                            np.clip((work[b] - unit_lo[b]) / unit_span[b], 0.0, 1.0)
-                            for b in range(scene.count)
-                        ]
-                    ).astype(np.float32)
-
-                    def infer(model: Any, dev: str, unit: np.ndarray = unit) -> np.ndarray:
-                        nonlocal arch
-                        arch = str(model.architecture.id)
-                        return _learned_denoise(model, unit, dev)
-
-                    res = pool.run(spec, infer, device)
-                    result = np.stack(
-                        [
-                            res[b].astype(np.float64) * unit_span[b] + unit_lo[b]
-                            for b in range(scene.count)
-                        ]
-                    )
-                    # Values outside the mapped range (missed by the statistics) keep their
-                    # source value rather than being clipped.
-                    for b in range(scene.count):
-                        outside = (work[b] < unit_lo[b]) | (work[b] > unit_lo[b] + unit_span[b])
-                        if outside.any():
-                            result[b][outside] = work[b][outside]
-                elif mode == "sar":
-                    result = np.stack([lee_filter(work[b], cu2[b]) for b in range(scene.count)])
-                else:
-                    result = nlm_denoise(
-                        work,
-                        sigmas,
-                        dtype=scene.dtype,
-                        offsets=offsets,
-                        scales=scales,
-                        strength=args.strength,
-                    )
-                    if scene.dtype != "uint8":
-                        # Values outside the 16-bit mapping keep their source value (no clip).
-                        for b in range(scene.count):
-                            top = offsets[b] + 65535.0 / scales[b]
-                            outside = (work[b] < offsets[b]) | (work[b] > top)
-                            if outside.any():
-                                result[b][outside] = work[b][outside]
-                raw = tile.crop(np.ma.getdata(data))
-                result = tile.crop(result)
-                inner_valid = tile.crop(valid)
-                final = _to_dtype(result, scene.dtype)
-                # Invalid pixels (nodata, NaN, alpha 0) and alpha bands keep the source values.
-                if not inner_valid.all():
-                    final[:, ~inner_valid] = raw[:, ~inner_valid]
-                for b in alpha_bands:
-                    final[b] = raw[b]
-                diff = final[:, inner_valid].astype(np.float64) - tile.crop(work)[
-                    :, inner_valid
-                ].astype(np.float64)
-                changed_sq += float(np.sum(diff * diff))
-                changed_n += int(diff.size)
-                writer.write(final, tile.window)
-                ctx.report(tile.index + 1, len(tiles), "denoise: filtering tiles")
+            for tile, done in ctx.map_tiles(
+                denoise_tile, tiles, key=tile_key, message="denoise: filtering tiles"
+            ):
+                writer.write(done["final"], tile.window)
+                changed_sq += float(done["changed_sq"])
+                changed_n += int(done["changed_n"])
+                arch = str(done["arch"]) or arch
 
         rms_change = math.sqrt(changed_sq / changed_n) if changed_n else 0.0
         geo = source.is_georeferenced
@@ -795,6 +841,15 @@ class Denoise(Tool):
         if arch:
             info["architecture"] = arch
         return ToolResult(text=text, artifacts=artifacts, preview=preview, data=info)
+
+
+def _file_stamp(path: Path) -> list[Any]:
+    """``[path, size, mtime_ns]`` of a file (a replaced checkpoint changes the tile key)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return [str(path), None, None]
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
 def _fill_for_stats(pixels: np.ndarray, valid: np.ndarray, fill: list[float]) -> np.ndarray:

@@ -44,12 +44,17 @@ Outputs (new files, never the input; aligned to the region, written atomically)
 * ``edited_mask.tif``: ``uint8``, 1 where pixels were invented, 0 elsewhere.
 * ``edit.png``: a preview, region before | after.
 
-The tool is marked ``needs_approval``: the graph asks the user before it runs.
+The tool is marked ``needs_approval``: the graph asks the user before it runs -- after
+:meth:`Edit.check` passed, which refuses what ``run`` would refuse (an unavailable backend, a
+target box outside the region, a region without valid pixels, an edit mask that selects nothing
+or covers the whole region: code ``mask_covers_region``), so the user is never asked about an edit
+that cannot run.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -130,9 +135,31 @@ MASK_PLACEMENT_TEMPLATE = (
 )
 MASK_READ_TEMPLATE = "Tool 'edit': cannot read mask {ref} ({path}): {reason}"
 NO_VALID_TEMPLATE = (
-    "Tool 'edit': the region {region} holds only nodata pixels; choose a box over the image."
+    "Tool 'edit': the region {region} has no valid pixels (all nodata/NaN/Inf); choose another "
+    "region."
 )
 NO_PREVIEW_TEMPLATE = "No preview was written: {reason}"
+
+
+@dataclass(frozen=True)
+class _EditPlan:
+    """What :meth:`Edit._plan` decided for a call (all arrays in the region's pixel frame).
+
+    Attributes:
+        removal: The instruction asks for a removal.
+        backend: ``telea``, ``ns``, ``sd_inpaint`` or ``instruct_pix2pix``.
+        raw: ``(bands, h, w)`` source pixels, native dtype.
+        valid: ``(h, w)`` bool, True where every band is valid.
+        fill: ``(h, w)`` bool, the pixels to invent (edit mask, dilated, valid only).
+        source_text: Where the edit mask came from, for messages.
+    """
+
+    removal: bool
+    backend: str
+    raw: np.ndarray
+    valid: np.ndarray
+    fill: np.ndarray
+    source_text: str
 
 
 def is_removal(instruction: str) -> bool:
@@ -475,19 +502,24 @@ class Edit(Tool):
         sel[iy1:iy2, ix1:ix2] = True
         return sel, "the region without its 12.5 % margin"
 
-    def run(self, ctx: ToolContext, args: Args) -> ToolResult:  # type: ignore[override]
-        """Build the edit mask, inpaint or generate, write the edited raster, mask and preview."""
+    def check(self, ctx: ToolContext, args: Args) -> None:  # type: ignore[override]
+        """Refuse, before the user is asked to approve it, an edit that could not run.
+
+        The backend must be available (a generative edit needs a configured model), the target
+        box must lie inside the region, the region must hold valid pixels, and the edit mask must
+        select some of them while leaving some to inpaint from. Reads the region once (at most
+        2,048 px a side) and the mask artifact, if any; writes nothing.
+        """
+        self._plan(ctx, args)
+
+    def _plan(self, ctx: ToolContext, args: Args) -> _EditPlan:
+        """Backend, pixels and edit mask of a call; raises ToolInputError when it cannot run."""
         import cv2
         import numpy as np
 
-        from zoomearth.errors import BandLayoutError
-        from zoomearth.scene.writing import SourceGeoref, write_png, write_window_array
-        from zoomearth.tools._outputs import before_after_preview, output_photometric
-
-        scene = ctx.scene
         settings = ctx.settings
         region = ctx.box
-        col, row, width, height = region.to_window()
+        _, _, width, height = region.to_window()
 
         removal = args.mode == "remove" or (args.mode == "auto" and is_removal(args.instruction))
         inpaint_model = getattr(settings, "inpaint_model", None)
@@ -544,9 +576,26 @@ class Edit(Tool):
         if backend != "instruct_pix2pix" and not (valid & ~fill).any():
             raise ToolInputError(
                 ALL_MASKED_TEMPLATE.format(source=source_text, region=region),
-                code="empty_mask",
+                code="mask_covers_region",
                 tool=self.name,
             )
+        return _EditPlan(removal, backend, raw, valid, fill, source_text)
+
+    def run(self, ctx: ToolContext, args: Args) -> ToolResult:  # type: ignore[override]
+        """Build the edit mask, inpaint or generate, write the edited raster, mask and preview."""
+        import numpy as np
+
+        from zoomearth.errors import BandLayoutError
+        from zoomearth.scene.writing import SourceGeoref, write_png, write_window_array
+        from zoomearth.tools._outputs import before_after_preview, output_photometric
+
+        scene = ctx.scene
+        settings = ctx.settings
+        region = ctx.box
+        col, row, width, height = region.to_window()
+        plan = self._plan(ctx, args)
+        removal, backend, raw, valid = plan.removal, plan.backend, plan.raw, plan.valid
+        fill, source_text = plan.fill, plan.source_text
         ctx.check_cancelled()
 
         # Working copy: invalid pixels get the band median so they do not leak into the fill.

@@ -122,8 +122,8 @@ PROMPT_TOO_SMALL_TEMPLATE = (
     "4 x 4 pixels, or a larger region."
 )
 ALL_NODATA_TEMPLATE = (
-    "Tool 'segmentation': the region {region} holds only nodata pixels; choose a box over the "
-    "image content."
+    "Tool 'segmentation': the region {region} has no valid pixels (all nodata/NaN/Inf); choose "
+    "another region."
 )
 EVERYTHING_NEEDS_SAM_TEMPLATE = (
     "Tool 'segmentation': mode 'everything' needs the SAM backend, which is not available "
@@ -649,7 +649,9 @@ class Segmentation(Tool):
 
         valid = self._region_valid(ctx)
         if not valid.any():
-            raise ToolInputError(ALL_NODATA_TEMPLATE.format(region=region), tool=self.name)
+            raise ToolInputError(
+                ALL_NODATA_TEMPLATE.format(region=region), code="no_valid_pixels", tool=self.name
+            )
         ctx.report(1, 4, "segmentation: reading the region")
 
         cached = False

@@ -16,7 +16,10 @@ import ast
 import contextlib
 import hashlib
 import logging
+import os
 import re
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -93,6 +96,9 @@ THREAD_LOCK_ORPHANED_TEMPLATE = (
     "Thread {thread!r} is locked, but its run ({holder}) has exited: a process it started still "
     "holds the lock file {path}. Stop that process, then continue with: zoomearth ask --thread "
     "{thread} --resume."
+)
+SWEPT_RUN_DIR_TEMPLATE = (
+    "Removed {files} partial file(s) ({size:,} bytes) that a killed run left in {run_dir}."
 )
 LOCK_TAKEN_OVER_TEMPLATE = (
     "Thread {thread!r} was left locked by {holder}, which is no longer running (killed?); this "
@@ -319,6 +325,8 @@ class Agent:
             settings=self.settings, pool=pool, auto_approve=auto_approve, strict=strict
         )
         self.on_event = on_event
+        #: The thread of the run in progress or last started (for "continue with --resume").
+        self.current_thread: str | None = None
         self.graph = build_graph(
             planner, registry, self.runtime, checkpointer=checkpointer, tool_planner=tool_planner
         )
@@ -371,6 +379,7 @@ class Agent:
                 raise ThreadError(NEED_IMAGE_TEMPLATE)
             thread = default_thread_id(image, question)
         assert thread is not None
+        self.current_thread = thread
         with self.thread_lock(thread):
             return self._ask(
                 image,
@@ -431,6 +440,7 @@ class Agent:
             run_dir = existing.get("run_dir")
         config = self._config(thread, run_dir)
         payload["run_dir"] = config["configurable"]["run_dir"]
+        self._sweep_run_dir(config)
         self._drive_until_cancelled(payload, config)
         return self.result(thread, seconds=time.perf_counter() - t0)
 
@@ -521,7 +531,7 @@ class Agent:
     def _check_finished(self, thread: str) -> None:
         """Refuse a new question while the thread's last run is unfinished (it would be lost)."""
         snapshot = self.graph.get_state({"configurable": {"thread_id": thread}})
-        if not snapshot.next:
+        if not _unfinished(snapshot):
             return
         pending = [i.value for task in snapshot.tasks for i in task.interrupts]
         if pending:
@@ -540,6 +550,7 @@ class Agent:
                 is None (say approve or deny explicitly).
         """
         t0 = time.perf_counter()
+        self.current_thread = thread
         with self.thread_lock(thread):
             return self._resume(thread, approve, t0)
 
@@ -554,9 +565,10 @@ class Agent:
                     thread=thread, db=self.settings.checkpoint_db, runs=self.settings.runs_dir
                 )
             )
-        if not snapshot.next:
+        if not _unfinished(snapshot):
             raise ThreadError(NOTHING_TO_RESUME_TEMPLATE.format(thread=thread))
         config = self._config(thread, snapshot.values.get("run_dir"))
+        self._sweep_run_dir(config)
         interrupts = [i for task in snapshot.tasks for i in task.interrupts]
         if interrupts and approve is None:
             tools = ", ".join(
@@ -603,12 +615,38 @@ class Agent:
             return
 
     def _drive(self, payload: Any, config: RunnableConfig) -> None:
-        from zoomearth.graphs.tool_node import clear_cancel
+        from zoomearth.graphs.tool_node import cancel_thread, clear_cancel
 
-        clear_cancel(config["configurable"]["thread_id"])  # an old request must not stop this run
-        for event in self.stream_events(payload, config):
+        thread = config["configurable"]["thread_id"]
+        clear_cancel(thread)  # an old request must not stop this run
+        with _cancel_on_signals(lambda: cancel_thread(thread)):
+            for event in self.stream_events(payload, config):
+                if self.on_event is not None:
+                    self.on_event(event)
+
+    def _sweep_run_dir(self, config: RunnableConfig) -> None:
+        """Remove the partial files a killed run left in this thread's run folder.
+
+        Called with the thread's lock held, when a run starts or resumes: no live run of the
+        thread can own them, and temporaries of other live processes (owner alive) are kept
+        (:func:`zoomearth.temporaries.sweep_stale_temporaries`). One folder, not ``runs_dir``.
+        """
+        from zoomearth.temporaries import sweep_stale_temporaries
+
+        run_dir = Path(config["configurable"]["run_dir"])
+        swept = sweep_stale_temporaries(run_dir)
+        if swept.files:
+            text = SWEPT_RUN_DIR_TEMPLATE.format(
+                files=swept.files, size=swept.bytes, run_dir=run_dir
+            )
+            log.info(text)
             if self.on_event is not None:
-                self.on_event(event)
+                self.on_event({"event": "note", "text": text})
+
+    def resumable(self, thread: str) -> bool:
+        """Whether ``thread`` has a saved, unfinished run that :meth:`resume` continues."""
+        snapshot = self.graph.get_state({"configurable": {"thread_id": thread}})
+        return bool(snapshot and snapshot.values and _unfinished(snapshot))
 
     # ------------------------------------------------------------------------------------------
     def result(self, thread: str, seconds: float = 0.0) -> AskResult:
@@ -715,6 +753,55 @@ class Agent:
 
 
 # ----------------------------------------------------------------------------------------------
+def _unfinished(snapshot: Any) -> bool:
+    """Whether a thread's saved state has a step still to run or to commit.
+
+    ``next`` lists the tasks of the pending step that have not finished; a task that finished in
+    a worker thread while the process was stopped (Ctrl-C, SIGTERM, SIGKILL) has its writes saved
+    but the step not committed -- it is then only in ``tasks``, and resuming commits it.
+    """
+    return bool(snapshot.next or snapshot.tasks)
+
+
+@contextlib.contextmanager
+def _cancel_on_signals(cancel: Callable[[], None]) -> Iterator[None]:
+    """While the block runs in the main thread, SIGINT and SIGTERM call ``cancel`` first.
+
+    LangGraph runs tool nodes in worker threads and, when the main thread is interrupted, waits
+    for them before the exception leaves ``stream``: without this, a tool would write on to the
+    end (minutes) after Ctrl-C or SIGTERM. ``cancel`` asks it to stop at its next check; then the
+    handler that was installed before runs (raising ``KeyboardInterrupt``, or the CLI's
+    ``Terminated``). Elsewhere (server worker threads) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        cancel()
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_IGN:
+            return
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:  # the default action (terminate), as if this handler had not been there
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for number, before in previous.items():
+            # A handler that changed itself meanwhile (the CLI ignores a second SIGTERM) stays.
+            if signal.getsignal(number) is handler:
+                signal.signal(number, before if before is not None else signal.SIG_DFL)
+
+
 def _cancel_message(error: Any) -> str | None:
     """The message of a task error that is a tool cancellation, else None.
 

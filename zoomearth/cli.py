@@ -5,7 +5,18 @@ are done inside the commands, so commands that need no model import no torch/tra
 start fast. Errors raised on purpose (:class:`~zoomearth.errors.ZoomEarthError`) are printed as one
 clear line on stderr with exit status 2, as are errors of the environment (a read-only or full
 disk, missing permissions, a folder where a file belongs, a non-UTF-8 argument, an unwritable
-database); anything else is a bug and shows its traceback.
+database); anything else is a bug and shows its traceback. Error lines name outputs, never the
+hidden temporary files they are written through.
+
+Signals: Ctrl-C (SIGINT) and SIGTERM take the same path (:func:`sigterm_as_interrupt`): the
+running tool stops, partial outputs and their temporaries are removed, a run's checkpoint stays
+resumable, and one line says how to continue; the exit status is 130 after Ctrl-C and 143 after
+SIGTERM (128 + the signal number, as a shell reports it). ``serve`` keeps the server's own
+handling. A process killed with SIGKILL cannot clean up: the commands that read or write scenes
+and runs (``ask``, ``tool``, ``view``, ``synth``, ``prepare``) first remove the temporaries in the
+scene cache whose owner process is gone, ``ask`` those in its thread's run folder, ``tool --out``
+those in its run folder, and every atomic write those of its own output
+(:mod:`zoomearth.temporaries`).
 
 ``--set KEY=VALUE`` and ``--config FILE`` are accepted before the subcommand and after it (also
 after nested ones such as ``planner inputs``): :func:`build_parser` adds them to every subcommand
@@ -16,19 +27,36 @@ so for the same key the value after the subcommand wins (:data:`SETTINGS_OPTIONS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
 import re
+import signal
 import sqlite3
 import sys
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from zoomearth.errors import ZoomEarthError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "main", "build_parser"]
+
+#: Exit status after Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+#: Exit status after SIGTERM (128 + SIGTERM, what a shell reports for a process SIGTERM ended).
+EXIT_TERMINATED = 143
+# Commands that read or write scenes or runs: they sweep the scene cache's stale temporaries
+# first. `cache` does it in `cache clear`; `cache list` only reports them.
+_SWEEPING_COMMANDS = frozenset({"ask", "tool", "view", "synth", "prepare"})
+# Commands that keep their own signal handling (uvicorn installs the server's).
+_OWN_SIGNAL_COMMANDS = frozenset({"serve"})
+SWEPT_TEMPLATE = (
+    "removed {files} stale temporary file(s) ({size}) left in {dir} by processes that are gone"
+)
 
 Handler = Callable[[argparse.Namespace, Any], int]
 _COMMANDS: dict[str, Handler] = {}
@@ -189,9 +217,105 @@ def _require_file_output(path: str, option: str, example: str) -> None:
         )
 
 
+def _warnings_on_one_line(command_name: str) -> None:
+    """Print Python warnings (e.g. a georeference that cannot be right) as one line each.
+
+    ``zoomearth CMD: warning: TEXT`` on stderr, instead of Python's two lines with the source file
+    and line. Set by :func:`main` for the rest of the process (a command line is one process).
+    """
+
+    def show(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:
+        print(f"zoomearth {command_name}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def _print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the clean-up paths of Ctrl-C run.
+
+    A subclass of ``KeyboardInterrupt``: every ``except KeyboardInterrupt`` and ``finally`` that
+    stops a tool, removes temporaries or releases a thread's lock handles it the same way.
+    """
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread.
+
+    Only the first SIGTERM raises; later ones are ignored so they cannot cut the clean-up short
+    (SIGKILL still ends the process at once). Outside the main thread (the handler can only be
+    installed there) nothing changes. The previous handler is restored afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler installed from C; leave ours off then
+            signal.signal(signal.SIGTERM, previous)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _note(command_name: str, text: str) -> None:
+    print(f"zoomearth {command_name}: {text}", file=sys.stderr)
+
+
+def _sweep_cache(cache: Any) -> Any:
+    """Remove the scene cache's stale temporaries; returns what was removed (``Swept``)."""
+    from zoomearth.temporaries import Swept
+
+    try:
+        return cache.sweep()
+    except OSError:  # an unreadable cache folder: the command itself will say so if it matters
+        return Swept()
+
+
+def _sweep_at_start(args: argparse.Namespace, settings: Any) -> None:
+    """Remove temporaries left by killed processes where this command is about to work.
+
+    Cheap by design: the scene cache folder (flat) and, for ``tool --out DIR``, that run folder;
+    never the whole of ``runs_dir``. ``ask`` sweeps its thread's run folder itself
+    (:meth:`zoomearth.api.Agent.ask`), every atomic write its own output's siblings.
+    """
+    from zoomearth.scene.cache import SceneCache
+    from zoomearth.temporaries import sweep_stale_temporaries
+
+    cache = SceneCache.from_settings(settings)
+    results = [(cache.root, _sweep_cache(cache))]
+    if args.command == "tool" and getattr(args, "out", None):
+        folder = Path(args.out).expanduser()
+        results.append((folder, sweep_stale_temporaries(folder)))
+    for folder, result in results:
+        if result.files:
+            size = _format_size(result.bytes)
+            _note(args.command, SWEPT_TEMPLATE.format(files=result.files, size=size, dir=folder))
+
+
+def _format_size(n: int) -> str:
+    return f"{n:,} bytes" if n < 10**6 else f"{n / 1e6:,.1f} MB"
+
+
+def _error_text(exc: BaseException | str) -> str:
+    """The text of an error line; hidden temporary names become the outputs they stand for."""
+    text = str(exc)
+    if ".tmp" in text:
+        from zoomearth.scene.writing import mask_temporary_names
+
+        text = mask_temporary_names(text)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,20 +369,40 @@ def cmd_info(args: argparse.Namespace, settings: Any) -> int:
 
 @command("view")
 def cmd_view(args: argparse.Namespace, settings: Any) -> int:
-    """Render an overview (no box) or a region at long side --side into a PNG."""
+    """Render an overview (no box) or a region at long side --side into a PNG, JPEG or GeoTIFF.
+
+    The output's extension names the format (:data:`zoomearth.scene.scene.VIEW_FORMATS`); an
+    unknown one is refused before anything is read. A region with no valid pixel (all NaN, +-Inf,
+    nodata or transparent) is an error, not a black image; one with fewer than
+    :data:`~zoomearth.scene.scene.FEW_VALID_FRACTION` valid pixels is written with a warning.
+    """
     from zoomearth.geometry import parse_box
     from zoomearth.scene import Scene
-    from zoomearth.scene.writing import write_png
+    from zoomearth.scene.scene import (
+        FEW_VALID_FRACTION,
+        FEW_VALID_PIXELS_TEMPLATE,
+        NO_VALID_PIXELS_TEMPLATE,
+        view_format,
+    )
 
     _require_file_output(args.output, "-o", "view.png")
+    out = Path(args.output)
+    view_format(out)
     box = parse_box(args.box) if args.box else None
     with Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene:
         view = scene.render(box, max_side=args.side)
+    region = view.spec.region
+    if not view.valid.any():
+        raise ZoomEarthError(NO_VALID_PIXELS_TEMPLATE.format(path=args.image, region=region))
     for w in view.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    out = Path(args.output)
-    write_png(out, view.rgb, protect=[args.image])
-    region = view.spec.region
+    if view.valid_fraction < FEW_VALID_FRACTION:
+        percent = f"{view.valid_fraction:.1%}" if view.valid_fraction >= 0.001 else "under 0.1%"
+        print(
+            f"warning: {FEW_VALID_PIXELS_TEMPLATE.format(percent=percent, region=region)}",
+            file=sys.stderr,
+        )
+    scene.write_view(view, out, protect=[args.image])
     print(
         f"wrote {out} ({view.spec.width}x{view.spec.height} px) showing full-resolution region "
         f"{region} of {scene.width}x{scene.height}"
@@ -268,11 +412,12 @@ def cmd_view(args: argparse.Namespace, settings: Any) -> int:
 
 @command("prepare")
 def cmd_prepare(args: argparse.Namespace, settings: Any) -> int:
-    """Build the cached tiled, overviewed copy of a raster."""
+    """Build the cached tiled, overviewed copy of a raster (whatever ``max_prepare_pixels``)."""
     from zoomearth.scene import Scene
 
     with Scene.open(args.image, settings=settings, prepare=True) as scene:
-        path = scene.prepare(progress=True)
+        # An explicit, one-time preparation: the per-request work budget does not apply.
+        path = scene.prepare(progress=True, enforce_budget=False)
     print(f"prepared copy: {path}")
     return 0
 
@@ -290,6 +435,8 @@ def cmd_synth(args: argparse.Namespace, settings: Any) -> int:
         clouds=args.clouds,
         bands=args.bands_count,
         progress=True,
+        # Refused before anything is written: a larger scene could not be opened anyway.
+        max_pixels=settings.max_image_pixels,
     )
     print(f"wrote {result.image_path} and {result.sidecar_path}")
     return 0
@@ -297,22 +444,52 @@ def cmd_synth(args: argparse.Namespace, settings: Any) -> int:
 
 @command("cache")
 def cmd_cache(args: argparse.Namespace, settings: Any) -> int:
-    """List or clear the prepared-raster cache."""
+    """List or clear the prepared-raster cache, temporaries included.
+
+    ``list`` shows the entries and the temporary files (partial copies): how many, their bytes,
+    and how many are stale (their process is gone: litter of a killed run) or owned by a live
+    process (a copy being prepared right now); ``--json`` prints the entries only, as a list.
+    ``list`` changes nothing; ``clear`` removes the entries and the stale temporaries and says
+    so, and keeps the live ones.
+    """
     from zoomearth.scene.cache import SceneCache
 
     cache = SceneCache.from_settings(settings)
     if args.action == "clear":
+        swept = _sweep_cache(cache)
         freed = cache.clear()
-        print(f"cleared {cache.root} ({freed:,} bytes freed)")
+        kept = cache.temporaries()
+        print(f"cleared {cache.root} ({freed + swept.bytes:,} bytes freed)")
+        print(
+            f"removed {swept.files} stale temporary file(s) ({swept.bytes:,} bytes) left by "
+            "processes that are gone"
+        )
+        if kept:
+            print(
+                f"kept {len(kept)} temporary file(s) ({sum(t.size_bytes for t in kept):,} bytes) "
+                "of running processes (copies being prepared now)"
+            )
         return 0
     entries = cache.entries()
     if args.json:
+        # The entries only, as before (scripts read this list); temporaries are in the text.
         _print_json([e.__dict__ for e in entries])
         return 0
     total = sum(e.size_bytes for e in entries)
     print(f"{cache.root}: {len(entries)} entries, {total:,} of {cache.max_bytes:,} bytes")
     for e in entries:
         print(f"  {e.key}  {e.size_bytes:>14,}  {e.source}")
+    temps = cache.temporaries()
+    stale = [t for t in temps if t.stale]
+    live = [t for t in temps if not t.stale]
+    line = f"temporaries: {len(temps)} file(s), {sum(t.size_bytes for t in temps):,} bytes"
+    if temps:
+        line += (
+            f": {len(stale)} stale ({sum(t.size_bytes for t in stale):,} bytes, their process is "
+            f"gone; 'zoomearth cache clear' removes them), {len(live)} being written by a "
+            f"running process ({sum(t.size_bytes for t in live):,} bytes)"
+        )
+    print(line)
     return 0
 
 
@@ -398,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bands", help="1-based band mapping shown as RGB, e.g. 3,2,1")
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("view", help="render an overview or a region to PNG")
+    s = sub.add_parser("view", help="render an overview or a region to PNG, JPEG or GeoTIFF")
     s.add_argument("image")
     s.add_argument(
         "--box",
@@ -407,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--side", type=int, default=512, help="long side of the output (default 512)")
     s.add_argument("--bands", help="1-based band mapping shown as RGB, e.g. 3,2,1")
-    s.add_argument("-o", "--output", required=True, help="output PNG")
+    s.add_argument(
+        "-o", "--output", required=True, help="output image; .png, .jpg or .tif names the format"
+    )
 
     s = sub.add_parser("prepare", help="build the cached tiled/overviewed copy of a raster")
     s.add_argument("image")
@@ -533,28 +712,40 @@ def main(argv: list[str] | None = None) -> int:
     if non_utf8:
         print(f"zoomearth {args.command}: error: {non_utf8}", file=sys.stderr)
         return 2
+    _warnings_on_one_line(args.command)
+    signals = (
+        contextlib.nullcontext() if args.command in _OWN_SIGNAL_COMMANDS else sigterm_as_interrupt()
+    )
     try:
-        from zoomearth.config import load_settings, parse_set_flags
+        with signals:
+            from zoomearth.config import load_settings, parse_set_flags
 
-        pairs, config_file = _settings_arguments(args)
-        settings = load_settings(flags=parse_set_flags(pairs), config_file=config_file)
-        return _COMMANDS[args.command](args, settings)
+            pairs, config_file = _settings_arguments(args)
+            settings = load_settings(flags=parse_set_flags(pairs), config_file=config_file)
+            if args.command in _SWEEPING_COMMANDS:
+                _sweep_at_start(args, settings)
+            return _COMMANDS[args.command](args, settings)
     except ZoomEarthError as exc:
-        print(f"zoomearth {args.command}: error: {exc}", file=sys.stderr)
+        print(f"zoomearth {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 2
     except argparse.ArgumentTypeError as exc:
         print(f"zoomearth {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: the clean-up already ran on the way here. A command that can be
+        # continued put the way to do it on the exception (see zoomearth.cli_ask).
+        terminated = isinstance(exc, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        hint = getattr(exc, "resume_hint", None)
+        _note(args.command, what + (f"; {hint}" if hint else ""))
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except OSError as exc:
         # Permissions, read-only or full disks, a folder where a file belongs ...: the
         # environment, not a bug. Anything else keeps its traceback.
         line = _os_error_line(exc)
         if line is None:
             raise
-        print(f"zoomearth {args.command}: error: {line}", file=sys.stderr)
+        print(f"zoomearth {args.command}: error: {_error_text(line)}", file=sys.stderr)
         return 2
     except sqlite3.OperationalError as exc:
         line = _sqlite_error_line(exc)

@@ -9,7 +9,10 @@ Exit status (:data:`EXIT_STATUS_HELP`):
 * 4 -- partial: the run finished with an answer, but some tool requests did not succeed (invalid
   arguments, a tool that does not exist, a tool that failed, approval denied);
 * 5 -- failed: the run finished with an answer, but there were tool requests and none succeeded;
-* 130 -- interrupted (Ctrl-C), or a tool call was cancelled (the run is resumable).
+* 130 -- interrupted (Ctrl-C), or a tool call was cancelled (the run is resumable);
+* 143 -- terminated by SIGTERM (handled like Ctrl-C: the running tool stops, its partial outputs
+  are removed, and the line on stderr says how to continue:
+  ``zoomearth ask --thread ID --resume``).
 
 The ``--json`` record says the same in ``status`` (and ``status_reason``), and gives every tool
 call its status and error; the rule is :data:`zoomearth.api.RUN_STATUS_RULE`.
@@ -43,9 +46,14 @@ EXIT_STATUS_HELP = (
     "Exit status: 0 answered (every tool request succeeded, or a later call corrected it); "
     "2 usage or input error; 3 stopped at an approval point; 4 partial (answered, but some tool "
     "requests did not succeed); 5 failed (answered, but no tool request succeeded); 130 "
-    "interrupted or a tool call cancelled. --json gives each tool call's status and error."
+    "interrupted or a tool call cancelled; 143 terminated by SIGTERM (both resumable). --json "
+    "gives each tool call's status and error."
 )
 RUN_NOT_CLEAN_TEMPLATE = "run {status} (exit status {code}): {reason}"
+RESUME_HINT_TEMPLATE = (
+    "thread {thread} stopped; continue it with: zoomearth ask --thread {thread} --resume"
+)
+NOTHING_SAVED_TEMPLATE = "thread {thread} stopped before anything was saved; ask again"
 
 
 def add_ask_command(sub: Any) -> None:
@@ -120,6 +128,8 @@ class LiveDisplay:
             w(f"  tool {event.get('tool')} {json.dumps(event.get('arguments', {}))}\n")
         elif kind == "progress":
             self._progress(event)
+        elif kind == "prepare":
+            self._prepare(event)
         elif kind == "tool":
             bar = self._bars.pop(str(event.get("tool")), None)
             if bar is not None:
@@ -128,6 +138,26 @@ class LiveDisplay:
         elif kind == "approval":
             w(f"approval needed: {event.get('question')}\n")
         self.out.flush()
+
+    def _prepare(self, event: dict[str, Any]) -> None:
+        """A scene's one-time prepared copy: a bar on a tty, else a line at start and end."""
+        scene = str(event.get("scene"))
+        key = f"prepare:{scene}"
+        done, total = int(event.get("done") or 0), int(event.get("total") or 0)
+        finished = total > 0 and done >= total
+        if self.out.isatty():
+            self._progress({**event, "tool": key})
+            if finished:
+                bar = self._bars.pop(key, None)
+                if bar is not None:
+                    bar.close()
+            return
+        if key not in self._bars and not finished:
+            self._bars[key] = None  # announced; the next line is the end
+            self.out.write(f"preparing a tiled copy of {scene} (one-time, cached) ...\n")
+        elif finished and key in self._bars:
+            del self._bars[key]
+            self.out.write(f"  -> prepared {scene}\n")
 
     def _progress(self, event: dict[str, Any]) -> None:
         if not self.out.isatty():
@@ -235,5 +265,22 @@ def cmd_ask(args: argparse.Namespace, settings: Any) -> int:
                 file=sys.stderr,
             )
         return code
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: zoomearth.cli prints the one line, with how to continue.
+        exc.resume_hint = _resume_hint(agent)  # type: ignore[attr-defined]
+        raise
     finally:
         agent.close()
+
+
+def _resume_hint(agent: Any) -> str | None:
+    """How to continue the interrupted run of ``agent``, or None when no run started."""
+    thread = agent.current_thread
+    if not thread:
+        return None
+    try:
+        resumable = agent.resumable(thread)
+    except Exception:  # noqa: BLE001 - a hint must never replace the interruption itself
+        resumable = True
+    template = RESUME_HINT_TEMPLATE if resumable else NOTHING_SAVED_TEMPLATE
+    return str(template.format(thread=thread))

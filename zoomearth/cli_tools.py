@@ -5,7 +5,11 @@ their source package, backend availability and any plugin warnings -- or shows o
 arguments. ``zoomearth tool NAME IMAGE [--args JSON] [--box x1,y1,x2,y2] [--out DIR] [--json]``
 runs one tool directly through :func:`zoomearth.tools.run_tool`, the same code path the agent's
 tool nodes use; ``--box`` is in full-resolution pixels (no box = the whole image). The first Ctrl-C
-cancels the call cleanly (no partial outputs); a second one interrupts at once.
+cancels the call cleanly (no partial outputs); a second one interrupts at once. SIGTERM interrupts
+at once, like the second Ctrl-C (:func:`zoomearth.cli.sigterm_as_interrupt`): the tool's partial
+outputs and temporaries are removed and the command exits with status 143. A run folder this
+command created is removed again when the call leaves nothing in it (failed, cancelled,
+interrupted); with ``--out`` the temporaries a killed earlier call left there are removed first.
 
 Paths: ``--out`` may be relative (to the current directory); it is made absolute before the run.
 The paths the user typed -- the image and the path arguments inside ``--args`` -- are allowed for
@@ -19,6 +23,7 @@ themselves with :func:`zoomearth.cli.command` when this module is imported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -231,26 +236,34 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
     # planner or a client writes): the image and every path argument inside --args.
     typed_paths = [args.image, *path_argument_values(tool.Args, tool_args)]
     progress = _Progress(tool.name)
-    with (
-        Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene,
-        _CancelOnInterrupt() as cancel,
-    ):
-        ctx = ToolContext(
-            scene=scene,
-            run_dir=run_dir,
-            region=box,
-            settings=settings,
-            progress=progress,
-            is_cancelled=cancel.event.is_set,
-            typed_paths=typed_paths,
-        )
-        try:
-            outcome = run_tool(tool, ctx, tool_args)
-        except ToolCancelled as exc:
-            print(f"zoomearth tool: {exc}", file=sys.stderr)
-            return 130
-        finally:
-            progress.close()
+    new_run_dir = not run_dir.exists()
+    outcome = None
+    try:
+        with (
+            Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene,
+            _CancelOnInterrupt() as cancel,
+        ):
+            ctx = ToolContext(
+                scene=scene,
+                run_dir=run_dir,
+                region=box,
+                settings=settings,
+                progress=progress,
+                is_cancelled=cancel.event.is_set,
+                typed_paths=typed_paths,
+            )
+            try:
+                outcome = run_tool(tool, ctx, tool_args)
+            except ToolCancelled as exc:
+                print(f"zoomearth tool: {exc}", file=sys.stderr)
+                return 130
+            finally:
+                progress.close()
+    finally:
+        if outcome is None and new_run_dir:
+            # A failed call removed its outputs; do not leave the folder it made behind.
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
     if args.json:
         _print_json({"run_dir": str(run_dir), **outcome.model_dump(mode="json")})
         return 0

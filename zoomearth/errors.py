@@ -32,8 +32,37 @@ class SceneTooLargeError(SceneError, ValueError):
     """The raster declares more pixels than the configured limit."""
 
 
+class ScenePrepareBudgetError(SceneTooLargeError):
+    """Reading the raster needs a prepared (tiled, overviewed) copy larger than the work budget.
+
+    Raised before any work (setting ``max_prepare_pixels``); an already cached copy is used
+    regardless. ``code`` is a stable identifier for API clients.
+    """
+
+    code = "prepare_budget_exceeded"
+
+
+class ScenePrepareError(SceneError, OSError):
+    """Preparing the tiled copy did not complete; nothing is left in the cache.
+
+    The cache could not be written, or the worker process that prepares it failed or was killed.
+    """
+
+    code = "prepare_failed"
+
+
+class ScenePrepareCancelled(ScenePrepareError):
+    """Preparing the tiled copy was cancelled by the caller; its partial file was removed."""
+
+    code = "prepare_cancelled"
+
+
 class BandLayoutError(SceneError, ValueError):
     """The band layout cannot be mapped to RGB without an explicit band mapping."""
+
+
+class GeoreferenceError(SceneError, ValueError):
+    """A raster's georeference cannot be used (e.g. a geotransform with a zero pixel size)."""
 
 
 class BoxError(ZoomEarthError, ValueError):

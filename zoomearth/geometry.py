@@ -15,6 +15,12 @@ Conventions, everywhere in the project:
 * :class:`ViewSpec` records which full-resolution region a view shows and its pixel size, which is
   everything needed to convert between the view frame and the full-resolution frame.
 
+Map conversions go through the raster's pixel->map affine transform (rasterio's coefficient
+order ``a, b, c, d, e, f``). A transform with a zero pixel size (determinant 0) or NaN coefficients
+cannot be inverted: :func:`invert_transform`, :func:`map_to_pixel` and :func:`map_to_full` raise
+:class:`~zoomearth.errors.GeoreferenceError` with a message saying how to fix it, never a bare
+``TransformNotInvertibleError`` or a division by zero.
+
 Policy for boxes given by users or planners (:func:`validate_box`): NaN/inf, inverted (x2 < x1 or
 y2 < y1), empty (zero width or height) and entirely-outside boxes are **rejected** with
 :class:`~zoomearth.errors.BoxError`; boxes that are partly outside the image are **clipped** to it
@@ -24,10 +30,11 @@ and a warning string says so.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zoomearth.errors import BoxError
+from zoomearth.errors import BoxError, GeoreferenceError
 
 if TYPE_CHECKING:  # rasterio is only needed for the map conversions' type hints
     from affine import Affine
@@ -39,7 +46,10 @@ __all__ = [
     "ViewSpec",
     "full_to_map",
     "full_to_view",
+    "invert_transform",
+    "is_degenerate_transform",
     "map_to_full",
+    "map_to_pixel",
     "min_crop_xyxy",
     "parse_box",
     "validate_box",
@@ -60,6 +70,11 @@ BOX_OUTSIDE_TEMPLATE = (
 )
 BOX_CLIPPED_TEMPLATE = (
     "Box {box} extends beyond the image ({width}x{height} px); clipped to {clipped}."
+)
+DEGENERATE_TRANSFORM_TEMPLATE = (
+    "The geotransform (a={a:g}, b={b:g}, d={d:g}, e={e:g}) has a zero pixel size or is not finite, "
+    "so it cannot be inverted and map coordinates cannot be placed on pixels; fix the "
+    "georeference (e.g. gdal_edit.py -a_ullr ULX ULY LRX LRY IMAGE) or use pixel boxes."
 )
 
 
@@ -278,9 +293,86 @@ def full_to_map(box: PixelBox, transform: Affine, crs: str | None = None) -> Map
     return MapBox(min(xs), min(ys), max(xs), max(ys), crs)
 
 
+def _coefficients(transform: Affine | Sequence[float]) -> tuple[float, ...]:
+    """The coefficients ``a, b, c, d, e, f`` of an Affine or a sequence, in rasterio's order.
+
+    That is ``list(affine)[:6]``; GDAL's own order (``c, a, b, f, d, e``) is not accepted.
+    """
+    return tuple(float(v) for v in list(transform)[:6])
+
+
+def is_degenerate_transform(transform: Affine | Sequence[float]) -> bool:
+    """Whether a pixel->map affine transform cannot be inverted.
+
+    True when its determinant ``a*e - b*d`` is 0 (a zero pixel size: ``a = 0`` or ``e = 0`` on a
+    north-up raster, or collinear axes on a rotated one) or when any coefficient is NaN or
+    infinite. Such a transform maps every pixel onto a line (or nowhere), so map coordinates
+    cannot be converted back to pixels, and bounds and areas are meaningless.
+
+    Args:
+        transform: An :class:`affine.Affine` or its six coefficients ``a, b, c, d, e, f``
+            (``x = a*col + b*row + c``, ``y = d*col + e*row + f``; rasterio's order).
+    """
+    coeffs = _coefficients(transform)
+    if len(coeffs) < 6 or not all(math.isfinite(v) for v in coeffs):
+        return True
+    a, b, _, d, e, _ = coeffs
+    det = a * e - b * d
+    return det == 0.0 or not math.isfinite(det) or not math.isfinite(1.0 / det)
+
+
+def invert_transform(transform: Affine | Sequence[float]) -> Affine:
+    """The map->pixel inverse of a pixel->map affine transform.
+
+    Args:
+        transform: An :class:`affine.Affine` or its six coefficients ``a, b, c, d, e, f``
+            (rasterio's order; map units per full-resolution pixel, pixel-corner convention).
+
+    Returns:
+        The inverse: ``inverse @ (x, y)`` is ``(col, row)`` in full-resolution pixels (floats).
+
+    Raises:
+        GeoreferenceError: The transform is degenerate (:func:`is_degenerate_transform`); the
+            message says so and what to do.
+    """
+    from affine import Affine
+
+    coeffs = _coefficients(transform)
+    if is_degenerate_transform(coeffs):
+        padded = (*coeffs, *([math.nan] * 6))[:6]
+        raise GeoreferenceError(
+            DEGENERATE_TRANSFORM_TEMPLATE.format(a=padded[0], b=padded[1], d=padded[3], e=padded[4])
+        )
+    return ~Affine(*coeffs)
+
+
+def map_to_pixel(x: float, y: float, transform: Affine | Sequence[float]) -> tuple[float, float]:
+    """Convert one point from map units of the raster's CRS to full-resolution pixels.
+
+    Args:
+        x: Map x (easting, or longitude for a geographic CRS), in CRS units.
+        y: Map y (northing, or latitude), in CRS units.
+        transform: The raster's pixel->map transform (Affine or six coefficients, rasterio's
+            order).
+
+    Returns:
+        ``(col, row)`` as floats in full-resolution pixels (pixel-corner frame; may lie outside
+        the image).
+
+    Raises:
+        GeoreferenceError: The transform cannot be inverted (zero pixel size, NaN).
+    """
+    col, row = invert_transform(transform) @ (x, y)
+    return float(col), float(row)
+
+
 def map_to_full(box: MapBox, transform: Affine) -> PixelBox:
-    """Map a box in map units to full-resolution pixels (envelope of the transformed corners)."""
-    inv = ~transform
+    """Map a box in map units to full-resolution pixels (envelope of the transformed corners).
+
+    Raises:
+        GeoreferenceError: The transform cannot be inverted (zero pixel size, NaN).
+    """
+    inv = invert_transform(transform)
     corners = [
         inv @ (box.minx, box.miny),
         inv @ (box.maxx, box.miny),

@@ -19,7 +19,10 @@ agent uses. It checks that
   message naming the limit; a tool without a one-piece limit (``max_side=None``: unbounded reads)
   must declare ``streaming=True`` -- otherwise the check fails, it is never skipped;
 * cancellation raises :class:`~zoomearth.tools.ToolCancelled` and leaves no file behind; refused
-  or failed calls leave no file either (outputs are written atomically);
+  or failed calls leave no file either (outputs are written atomically). The finished tiles a
+  tool with ``independent_tiles`` keeps for a resume (``RUN_DIR/.tiles/``) are the exception;
+* a tool declaring ``Capabilities(independent_tiles=True)``, stopped after its first finished
+  tile, resumes from the kept tiles and writes the same rasters as an uninterrupted call;
 * the input files' bytes and modification times never change.
 
 Usage::
@@ -49,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zoomearth.geometry import PixelBox
 from zoomearth.tools.base import (
+    TILE_CACHE_DIR,
     Tool,
     ToolCancelled,
     ToolContext,
@@ -259,8 +263,9 @@ def _listing(run_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 def _changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
-    """Files created or modified between two listings."""
-    return sorted(k for k, v in after.items() if before.get(k) != v)
+    """Files created or modified between two listings, except finished tiles kept for a resume."""
+    kept = f"{TILE_CACHE_DIR}/"
+    return sorted(k for k, v in after.items() if before.get(k) != v and not k.startswith(kept))
 
 
 def _describe_exc(exc: BaseException, tool_file: str | None = None) -> str:
@@ -607,6 +612,53 @@ class _Kit:
             )
         return "stopped inside run() at the first check"
 
+    def c_tile_resume(self) -> str | None:
+        if not self.caps.independent_tiles:
+            raise _Skip("independent_tiles not declared: a stopped call starts over")
+        limit = self.caps.max_side
+        if not self.caps.streaming or limit is None or limit + 16 > MAX_WIDE_SIDE:
+            raise _Skip("needs streaming and a max_side the kit can exceed to get several tiles")
+        count, dtype = self.base_layout()
+        scene = self.scene(
+            "above_limit", width=limit + 16, height=16, count=count, dtype=dtype, nodata_block=None
+        )
+        reference = self.expect_ok(self.call(scene, None), "an uninterrupted streamed call")
+        tiles_dir = self.run_dir / TILE_CACHE_DIR
+
+        def kept() -> int:
+            return len(list(tiles_dir.glob("*/tile-*.npz")))
+
+        stopped = self.call(scene, None, cancel=lambda: kept() > 0)
+        n_kept = kept()
+        if n_kept == 0:
+            raise _CheckFailed(
+                "independent_tiles is declared but no finished tile was kept under "
+                f"{TILE_CACHE_DIR}/ (process the tiles through ctx.map_tiles())"
+            )
+        if not isinstance(stopped, ToolCancelled):
+            what = "a result" if isinstance(stopped, ToolOutcome) else _describe_exc(stopped)
+            raise _CheckFailed(
+                "a call cancelled after its first finished tile must raise ToolCancelled; got "
+                f"{what} (ctx.map_tiles() checks cancellation after every tile)"
+            )
+        resumed = self.expect_ok(self.call(scene, None), "the resumed call")
+        if not any("finished before and reused" in w for w in resumed.warnings):
+            raise _CheckFailed("the resumed call computed every tile again instead of reusing")
+        if kept():
+            raise _CheckFailed(f"finished tiles were left under {TILE_CACHE_DIR}/ after success")
+        want = [a for a in reference.artifacts if a.path.lower().endswith((".tif", ".tiff"))]
+        got = [a for a in resumed.artifacts if a.path.lower().endswith((".tif", ".tiff"))]
+        if len(want) != len(got):
+            raise _CheckFailed(f"the resumed call wrote {len(got)} rasters, not {len(want)}")
+        for a, b in zip(want, got, strict=True):
+            if not _same_pixels(Path(a.path), Path(b.path)):
+                raise _CheckFailed(
+                    f"the resumed call's {Path(b.path).name} differs from the uninterrupted "
+                    f"call's {Path(a.path).name}: a tile's result must depend only on the tile "
+                    "and on values fixed for the call (pass those to map_tiles(key=...))"
+                )
+        return f"resumed from {n_kept} kept tile(s); {len(got)} raster(s) equal"
+
     def c_input_untouched(self) -> str | None:
         changed = [str(p.name) for p, fp in self.inputs.items() if _fingerprint(p) != fp]
         if changed:
@@ -626,6 +678,7 @@ class _Kit:
             ("pixel_only", self.c_pixel_only),
             ("above_limit", self.c_above_limit),
             ("cancellation", self.c_cancellation),
+            ("tile_resume", self.c_tile_resume),
         ]
         for name, fn in checks:
             if only is not None and name not in only and name != "definition":
@@ -636,6 +689,20 @@ class _Kit:
         for scene in self.scenes.values():
             scene.close()
         return self.report
+
+
+def _same_pixels(a: Path, b: Path) -> bool:
+    import warnings
+
+    import numpy as np
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(a) as da, rasterio.open(b) as db:
+            x, y = da.read(), db.read()
+    return bool(np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"))
 
 
 class _Skip(Exception):

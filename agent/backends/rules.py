@@ -19,7 +19,14 @@ What it understands, in order of precedence for *where* to look:
    middle``, ``centre of the image``), and sides in a locational context (``on the left``, ``in
    the north``, ``eastern part``, ``right-hand side``, ``top of the image``). Phrases that merely
    contain such words (``right-angled``, ``what is left``, ``top speed``, ``left of the road``,
-   ``city centre``) are masked first by :data:`NEGATIVE_PHRASES`.
+   ``city centre``) are masked first by :data:`NEGATIVE_PHRASES`;
+4. the whole image (:data:`WHOLE_IMAGE_PATTERN`: ``the whole image``, ``entire scene``,
+   ``everywhere``, ``the full image``), when nothing above matched: no zoom, and each tool is given
+   the whole scene explicitly (the graph's ``bbox_2d`` over the whole overview), never the thread's
+   latest zoom.
+
+Map coordinates on a scene whose geotransform has a zero pixel size (not invertible) are not
+placed; the answer says so and asks for a fixed georeference or pixel boxes.
 
 and *what* to do (:func:`find_tool_intents`): ``remove clouds`` / ``cloud-free`` / ``decloud`` ->
 cloud removal; ``denoise`` / ``reduce noise`` / ``despeckle`` -> denoising; ``segment`` /
@@ -67,8 +74,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from zoomearth.agent.base import CoordMode, Layout, Planner, PlanReply, PlanRequest
 from zoomearth.agent.protocol import clean_text, format_turn, format_zoom
-from zoomearth.errors import BoxError
-from zoomearth.geometry import PixelBox, ViewSpec, full_to_view, min_crop_xyxy, validate_box
+from zoomearth.errors import BoxError, GeoreferenceError
+from zoomearth.geometry import (
+    PixelBox,
+    ViewSpec,
+    full_to_view,
+    is_degenerate_transform,
+    map_to_pixel,
+    min_crop_xyxy,
+    validate_box,
+)
 
 if TYPE_CHECKING:
     from zoomearth.config import Settings
@@ -78,6 +93,7 @@ __all__ = [
     "MAX_QUESTION_CHARS",
     "NEGATIVE_PHRASES",
     "TOOL_INTENTS",
+    "WHOLE_IMAGE_PATTERN",
     "CoordinateMention",
     "LocationMatch",
     "PhraseRule",
@@ -86,6 +102,7 @@ __all__ = [
     "find_coordinates",
     "find_locations",
     "find_tool_intents",
+    "find_whole_image",
     "is_box_argument",
 ]
 
@@ -126,6 +143,11 @@ BAD_LONLAT_TEMPLATE: Final = (
 POINT_OUTSIDE_TEMPLATE: Final = (
     "The point {phrase} lies outside the scene (it falls at pixel ({col}, {row}) of a "
     "{width}x{height} image)."
+)
+DEGENERATE_GEOREF_TEMPLATE: Final = (
+    "The coordinates {phrase} cannot be placed: the scene's geotransform has a zero pixel size, "
+    "so map coordinates cannot be converted to pixels. Fix the georeference (e.g. gdal_edit.py "
+    '-a_ullr ULX ULY LRX LRY IMAGE) or ask with pixel boxes (e.g. "box 100,200,612,712").'
 )
 BOX_PROBLEM_TEMPLATE: Final = "The box {phrase} cannot be used: {reason}"
 NO_STEPS_TEMPLATE: Final = "No steps were left to look closer."
@@ -366,6 +388,32 @@ def find_locations(text: str) -> list[LocationMatch]:
         if all(match.name != u.name for u in unique):
             unique.append(match)
     return unique
+
+
+#: Phrases naming the whole image ("the whole image", "entire scene", "everywhere", "the full
+#: image", "all of the image", "throughout the scene"). They zoom nowhere; a tool then works on the
+#: whole scene, set explicitly, so that the graph does not fall back to an earlier zoom.
+WHOLE_IMAGE_PATTERN: Final = re.compile(
+    r"\b(?:whole|entire|full|complete)[\s-]++"
+    r"(?:image|scene|picture|photo(?:graph)?|frame|map|tile|raster|view|overview|extent)\b"
+    r"|\beverywhere\b"
+    r"|\b(?:all|every\s++part)\s++of\s++(?:the|this)\s++(?:image|scene|picture|raster|map)\b"
+    r"|\b(?:throughout|across|all\s++over)\s++(?:the|this)\s++(?:image|scene|picture|raster|map)\b",
+    re.I,
+)
+
+
+def find_whole_image(text: str) -> str | None:
+    """The first phrase of ``text`` that names the whole image, or None.
+
+    Args:
+        text: The question.
+
+    Returns:
+        The matched phrase (e.g. ``"entire scene"``), as written.
+    """
+    m = WHOLE_IMAGE_PATTERN.search(text)
+    return None if m is None else m.group(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,7 +677,7 @@ _STOP: Final = (
     r"(?:in|on|at|near|within|inside|from|of|around|across|along|over|to|and|then|with|using|for|"
     r"that|which|where|located|visible|shown|seen|please|top|bottom|left|right|upper|lower|north|"
     r"south|east|west|northern|southern|eastern|western|centre|center|middle|central|by|as|so|"
-    r"but|or|if|is|are|image|scene|picture)\b"
+    r"but|or|if|is|are|image|scene|picture|everywhere|throughout)\b"
 )
 _TARGET: Final = (
     rf"(?:\s+(?:out\s+)?)?(?:(?:all|every|each|any)\s+(?:of\s+)?)?(?:(?:the|a|an)\s+)?"
@@ -927,6 +975,7 @@ class _Analysis:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     user_notes: list[str] = field(default_factory=list)  # also written into the reply text
+    whole_image: str | None = None  # the phrase naming the whole image, when it sets the region
 
 
 def _scene_size(request: PlanRequest, overview: ViewSpec | None) -> tuple[int, int]:
@@ -954,13 +1003,16 @@ def _georef(info: Mapping[str, Any]) -> tuple[str | None, tuple[float, ...] | No
 
 
 def _map_to_pixel(x: float, y: float, coeffs: tuple[float, ...]) -> tuple[float, float] | None:
-    """Invert the affine ``x = a*col + b*row + c``, ``y = d*col + e*row + f``."""
-    a, b, c, d, e, f = coeffs
-    det = a * e - b * d
-    if det == 0 or not math.isfinite(det):
+    """Map units to full-resolution ``(col, row)``; None when the affine cannot be inverted.
+
+    ``coeffs`` is the scene's pixel->map affine ``x = a*col + b*row + c``, ``y = d*col + e*row +
+    f``; a zero pixel size or a NaN coefficient makes it non-invertible
+    (:func:`zoomearth.geometry.invert_transform`).
+    """
+    try:
+        return map_to_pixel(x, y, coeffs)
+    except GeoreferenceError:
         return None
-    dx, dy = x - c, y - f
-    return (e * dx - b * dy) / det, (-d * dx + a * dy) / det
 
 
 def _reproject(x: float, y: float, src: str, dst: str) -> tuple[float, float]:
@@ -990,6 +1042,8 @@ def _resolve_coordinate(
 ) -> None:
     width, height = size
     crs, coeffs = _georef(request.scene_info)
+    # A zero pixel size: map coordinates exist but cannot be placed on pixels.
+    degenerate = coeffs is not None and is_degenerate_transform(coeffs)
     if c.kind == "box":
         x1, y1, x2, y2 = c.values
         label = "box [" + ", ".join(_fmt(v) for v in c.values) + "]"
@@ -1013,6 +1067,9 @@ def _resolve_coordinate(
             return
         if coeffs is None or crs is None:
             out.errors.append(NOT_GEOREFERENCED_TEMPLATE.format(phrase=c.phrase))
+            return
+        if degenerate:
+            out.errors.append(DEGENERATE_GEOREF_TEMPLATE.format(phrase=c.phrase))
             return
         try:
             mx, my = _reproject(x, y, "EPSG:4326", crs)
@@ -1040,13 +1097,16 @@ def _resolve_coordinate(
             if not inside_map and 0 <= x < width and 0 <= y < height:
                 px, label = (x, y), f"pixel ({_fmt(x)}, {_fmt(y)})"
         if px is None:
-            out.errors.append(NOT_GEOREFERENCED_TEMPLATE.format(phrase=c.phrase))
+            template = DEGENERATE_GEOREF_TEMPLATE if degenerate else NOT_GEOREFERENCED_TEMPLATE
+            out.errors.append(template.format(phrase=c.phrase))
             return
-    if px is None or not (0 <= px[0] < width and 0 <= px[1] < height):
-        col, row = ("?", "?") if px is None else (f"{px[0]:.0f}", f"{px[1]:.0f}")
+    if px is None:  # only a non-invertible transform gives no pixel
+        out.errors.append(DEGENERATE_GEOREF_TEMPLATE.format(phrase=c.phrase))
+        return
+    if not (0 <= px[0] < width and 0 <= px[1] < height):
         out.errors.append(
             POINT_OUTSIDE_TEMPLATE.format(
-                phrase=c.phrase, col=col, row=row, width=width, height=height
+                phrase=c.phrase, col=f"{px[0]:.0f}", row=f"{px[1]:.0f}", width=width, height=height
             )
         )
         return
@@ -1093,6 +1153,8 @@ def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
                 region.y1 + fy2 * region.height,
             )
             out.targets.append(_Target(match.name, box, box))
+    if not out.targets and not out.errors:
+        out.whole_image = find_whole_image(question)
     whole = PixelBox(0.0, 0.0, float(size[0]), float(size[1]))
     offered = [t for t in request.tools if isinstance(t, Mapping)]
     for intent in find_tool_intents(question):
@@ -1117,6 +1179,8 @@ def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
             except _CannotFill as exc:
                 out.skipped.append(TOOL_ARG_MISSING_TEMPLATE.format(tool=name, arg=str(exc)))
                 break
+            if out.whole_image is not None:
+                _set_whole_scene(args, parameters, overview, request.overview_id, whole)
             problem = _validate_arguments(args, parameters)
             if problem is not None:
                 out.skipped.append(TOOL_ARGS_INVALID_TEMPLATE.format(tool=name, reason=problem))
@@ -1125,6 +1189,34 @@ def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
             if not any(k in args for k in _box_keys(parameters)):
                 break  # without a box argument the tool applies to the latest zoom: call it once
     return out
+
+
+def _set_whole_scene(
+    args: dict[str, Any],
+    parameters: Mapping[str, Any],
+    overview: ViewSpec | None,
+    overview_id: int,
+    whole: PixelBox,
+) -> None:
+    """Make a tool work on the whole scene, explicitly (the question named the whole image).
+
+    Left unset, the graph would give the tool the thread's latest zoom (an earlier question's
+    crop). The graph's region argument ``bbox_2d`` is set to the whole overview, in the frame of
+    the overview view as seen (this backend sees views at their own size), when the tool offers
+    it; the tool's own box arguments then keep their meaning (e.g. an object's box prompt) and
+    are left as they are. A tool without ``bbox_2d`` gets the whole scene in its own box
+    arguments, in full-resolution pixels.
+    """
+    properties = parameters.get("properties", {})
+    if not isinstance(properties, Mapping):
+        return
+    if overview is not None and "bbox_2d" in properties:
+        args["bbox_2d"] = [0, 0, int(overview.width), int(overview.height)]
+        if "view" in properties:
+            args["view"] = int(overview_id)
+        return
+    for key in _box_keys(parameters):
+        args.setdefault(key, _box_value(whole, _resolve(properties[key], parameters)))
 
 
 def _box_keys(parameters: Mapping[str, Any]) -> list[str]:
@@ -1219,8 +1311,12 @@ class RulesPlanner(Planner):
                 )
                 vb = full_to_view(t.zoom, overview)
                 zooms.append(format_zoom(vb.as_list(), t.label, request.overview_id))
+        if a.whole_image is not None and a.tool_calls:
+            lines.append(f'The question names the whole image ("{a.whole_image}").')
         for name, _ in a.tool_calls:
             where = " on that region" if a.targets else ""
+            if not a.targets and a.whole_image is not None:
+                where = " on the whole image"
             lines.append(f"Calling {name}{where}.")
         lines.extend(a.skipped)
         lines.extend(a.errors)

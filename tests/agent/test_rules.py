@@ -15,6 +15,7 @@ from zoomearth.agent.backends.rules import (
     find_coordinates,
     find_locations,
     find_tool_intents,
+    find_whole_image,
 )
 from zoomearth.agent.base import PlanRequest, TranscriptEntry
 from zoomearth.agent.parsing import parse_response
@@ -713,3 +714,121 @@ def test_registry_region_arguments_are_left_to_the_graph() -> None:
     assert "bbox_2d" not in call.arguments and "view" not in call.arguments
     assert call.arguments["target_box"] == [100, 200, 612, 712]
     assert len(parsed.zooms) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A geotransform with a zero pixel size (issue #14)
+# ---------------------------------------------------------------------------------------------
+
+ZERO_PIXEL_INFO = {**GEO_INFO, "transform": [0.0, 0.0, 500000.0, 0.0, -0.5, 5000000.0]}
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "what is at 500123.5, 4999870?",
+        "easting 500123 northing 4999870",
+        "what is at lon 15.0 lat 45.0?",
+        "what is at 500123.5, 4999870 (EPSG:32633)?",
+    ],
+)
+def test_map_coordinates_on_a_zero_pixel_size_say_why_they_cannot_be_placed(question) -> None:
+    _, parsed = plan(question, info=ZERO_PIXEL_INFO)
+    assert not parsed.zooms and not parsed.tool_calls
+    assert "?" not in parsed.answer.split("cannot be placed", 1)[1]  # no "pixel (?, ?)"
+    assert "the scene's geotransform has a zero pixel size" in parsed.answer
+    assert "fix the georeference" in parsed.answer.lower() and "pixel boxes" in parsed.answer
+
+
+def test_zero_pixel_size_still_takes_pixel_boxes_and_pixel_points() -> None:
+    _, parsed = plan("look at box 100,200,612,712 and pixel (3000, 4000)", info=ZERO_PIXEL_INFO)
+    assert parsed.answer is None
+    boxes = zoom_full_boxes(parsed)
+    assert_box_close(boxes[0], (100, 200, 612, 712), tol=0.05)
+    assert boxes[1].center == pytest.approx((3000, 4000), abs=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole image (issue #14)
+# ---------------------------------------------------------------------------------------------
+
+WHOLE_PHRASES = [
+    ("Denoise the whole image", "whole image"),
+    ("remove clouds from the entire scene", "entire scene"),
+    ("segment the buildings everywhere", "everywhere"),
+    ("denoise the full image please", "full image"),
+    ("remove the clouds all over the image", "all over the image"),
+    ("segment the fields throughout the scene", "throughout the scene"),
+    ("denoise all of the image", "all of the image"),
+]
+
+
+@pytest.mark.parametrize(("question", "phrase"), WHOLE_PHRASES)
+def test_whole_image_phrases_are_found(question: str, phrase: str) -> None:
+    assert find_whole_image(question) == phrase
+
+
+@pytest.mark.parametrize(
+    "text", ["the whole building", "a full-resolution crop", "entire field of view", "all of it"]
+)
+def test_whole_image_phrases_negative(text: str) -> None:
+    assert find_whole_image(text) is None
+
+
+def _registry_specs() -> list[dict]:
+    from zoomearth.tools.registry import ToolRegistry
+
+    return ToolRegistry(entry_point_group=None).tool_specs_for_prompt()
+
+
+@pytest.mark.parametrize(("question", "_phrase"), WHOLE_PHRASES)
+def test_whole_image_gives_tools_the_whole_overview_explicitly(question, _phrase) -> None:
+    """Left unset, the graph would give the tool an earlier question's zoom."""
+    _, parsed = plan(question, tools=_registry_specs())
+    assert parsed.problems == () and not parsed.zooms
+    (call,) = parsed.tool_calls
+    assert call.arguments["bbox_2d"] == [0, 0, OVERVIEW.width, OVERVIEW.height]
+    assert call.arguments["view"] == 0
+    # The tool's own box (an object's box prompt) keeps its meaning: it is not the region.
+    assert "target_box" not in call.arguments
+    assert "on the whole image" in parsed.think
+
+
+def test_whole_image_fills_a_tools_own_box_when_it_has_no_region_argument() -> None:
+    _, parsed = plan("remove clouds in the entire image", tools=TOOLS)
+    (call,) = parsed.tool_calls
+    assert call.arguments == {"box": [0.0, 0.0, float(WIDTH), float(HEIGHT)]}
+
+
+def test_named_region_wins_over_the_whole_image() -> None:
+    _, parsed = plan("remove clouds in the top-left of the whole image", tools=_registry_specs())
+    assert [z.label for z in parsed.zooms] == ["top-left"]
+    (call,) = parsed.tool_calls
+    assert "bbox_2d" not in call.arguments  # the graph applies the zoom of this turn
+
+
+def test_edit_target_stops_before_everywhere() -> None:
+    (intent,) = find_tool_intents("erase the cars everywhere")
+    assert intent.target == "cars" and intent.instruction == "remove the cars"
+
+
+def test_follow_up_on_the_whole_image_does_not_reuse_the_earlier_zoom(settings, tmp_path) -> None:
+    """Through the real graph and the built-in denoise tool, in one thread."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from tests.scene.rasters import write_raster
+    from zoomearth.api import Agent
+    from zoomearth.tools.registry import get_registry
+
+    scene = write_raster(tmp_path / "scene.tif", 1024, 768, 3, block=256, overviews=[2])
+    agent = Agent(settings, planner="rules", registry=get_registry(), checkpointer=InMemorySaver())
+    first = agent.ask(scene, "denoise the top-left")
+    (zoom,) = first.zooms
+    assert zoom.box_xyxy == [0, 0, 512, 512]
+    second = agent.ask(None, "now denoise the whole image", thread=first.thread_id)
+    assert second.status == "answered" and not second.zooms
+    (call,) = second.tool_calls
+    assert call["name"] == "denoise" and call["status"] == "ok"
+    ids = set(call["artifacts"])
+    made = [a for a in second.artifacts if a["id"] in ids]  # the thread lists both questions'
+    assert made and all(a["region_xyxy"] == [0, 0, 1024, 768] for a in made)

@@ -206,3 +206,91 @@ def test_non_utf8_met_by_an_encoder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(synth, "generate_scene", _raise(exc))
     assert main(["synth", str(tmp_path / "s.tif"), "--size", "64"]) == 2
     assert "not valid UTF-8" in _one_error_line(capsys, "synth")
+
+
+# ----------------------------------------------------------------------------------------------
+# temporaries: cache list/clear, sweeps at start, names in error lines, empty run folders
+# ----------------------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _cache_temporaries(tmp_path):
+    """A stale (dead owner) and a live (the test runner's parent) temporary in the scene cache."""
+    import os
+
+    from zoomearth.temporaries import HOST_TAG
+
+    root = tmp_path / "cache" / "scenes"
+    root.mkdir(parents=True)
+    stale = root / f".k1.tif.tmp-{HOST_TAG}-{_dead_pid()}-0123456789ab.tif"
+    live = root / f".k2.tif.tmp-{HOST_TAG}-{os.getppid()}-0123456789ab.tif"
+    stale.write_bytes(b"s" * 1000)
+    live.write_bytes(b"l" * 300)
+    return stale, live
+
+
+def test_cache_list_shows_temporaries_and_clear_removes_the_stale_ones(tmp_path, capsys):
+    import json
+
+    stale, live = _cache_temporaries(tmp_path)
+    flags = ["--set", f"cache_dir={tmp_path / 'cache'}"]
+    assert main([*flags, "cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "temporaries: 2 file(s), 1,300 bytes: 1 stale (1,000 bytes, their process is gone" in out
+    assert "1 being written by a running process (300 bytes)" in out
+    assert stale.exists() and live.exists()  # listing changes nothing
+
+    assert main([*flags, "cache", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # the entries, as scripts read them
+
+    assert main([*flags, "cache", "clear"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 stale temporary file(s) (1,000 bytes) left by processes that are gone" in out
+    assert "kept 1 temporary file(s) (300 bytes) of running processes" in out
+    assert not stale.exists() and live.exists()
+
+
+def test_commands_that_write_sweep_the_scene_cache_first(tmp_path, capsys):
+    stale, live = _cache_temporaries(tmp_path)
+    argv = ["--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"data_dir={tmp_path / 'd'}"]
+    assert main([*argv, "synth", str(tmp_path / "s.tif"), "--size", "64"]) == 0
+    err = capsys.readouterr().err
+    assert "zoomearth synth: removed 1 stale temporary file(s) (1,000 bytes) left in " in err
+    assert not stale.exists() and live.exists()
+    # Nothing left to sweep: no note the second time.
+    assert main([*argv, "synth", str(tmp_path / "s.tif"), "--size", "64"]) == 0
+    assert "stale temporary" not in capsys.readouterr().err
+
+
+def test_error_lines_name_the_output_not_its_temporary(tmp_path, monkeypatch, capsys):
+    import zoomearth.scene.synth as synth
+
+    out = tmp_path / "s.tif"
+    hidden = tmp_path / ".s.tif.tmp-0a7c9cdf-4242-d0b75cede5a5.tif"
+    exc = OSError(errno.EACCES, "Permission denied", str(hidden))
+    monkeypatch.setattr(synth, "generate_scene", _raise(exc))
+    assert main(["synth", str(out), "--size", "64"]) == 2
+    line = _one_error_line(capsys, "synth")
+    assert f"({out})" in line and ".tmp" not in line
+
+
+def test_failed_tool_removes_the_run_folder_it_made(tmp_path, capsys):
+    import numpy as np
+
+    tif = write_raster(tmp_path / "empty.tif", 64, 48, 3, data=np.zeros((3, 48, 64), np.uint8),
+                       nodata=0)  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["tool", "denoise", str(tif), "--out", str(run)]) == 2
+    assert "no valid" in _one_error_line(capsys, "tool").lower()
+    assert not run.exists()
+    # A folder the user already had stays, even when the call leaves nothing in it.
+    run.mkdir()
+    assert main(["tool", "denoise", str(tif), "--out", str(run)]) == 2
+    capsys.readouterr()
+    assert run.is_dir() and list(run.iterdir()) == []

@@ -118,3 +118,19 @@ def test_approval_without_terminal_prints_resume_commands(scene, tmp_path):
     edited = [a for a in done["artifacts"] if a["tool"] == "edit" and a["kind"] == "raster"]
     assert edited and Path(edited[0]["path"]).exists()
     assert scene.read_bytes() == before  # the input is never modified
+
+
+def test_live_display_announces_a_scene_preparation_off_a_terminal():
+    import io
+
+    from zoomearth.cli_ask import LiveDisplay
+
+    out = io.StringIO()
+    show = LiveDisplay(out)
+    for done in (0, 300, 1200):
+        show({"event": "prepare", "scene": "big.png", "done": done, "total": 1200,
+              "message": "done" if done == 1200 else "copying rows"})
+    assert out.getvalue().splitlines() == [
+        "preparing a tiled copy of big.png (one-time, cached) ...",
+        "  -> prepared big.png",
+    ]

@@ -141,3 +141,101 @@ def test_evicted_copy_is_rebuilt_for_a_new_handle(tmp_path, small_prepare):
     t.join()
     assert out["view"].rgb.shape == (100, 100, 3)
     assert scene.pixel_path().exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# partial files (owner-named temporaries)
+# ----------------------------------------------------------------------------------------------
+_MAKE_TEMPORARY = """
+import sys
+from zoomearth.temporaries import temporary_sibling
+tmp = temporary_sibling(sys.argv[1])
+tmp.write_bytes(b"x" * int(sys.argv[2]))
+print(tmp, flush=True)
+if sys.argv[3] == "stay":
+    sys.stdin.readline()  # alive until the test closes stdin
+"""
+
+
+def _temporary_of_another_process(cache_dir, size, stay):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MAKE_TEMPORARY, str(cache_dir / "abc.tif"), str(size),
+         "stay" if stay else "exit"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    path = Path(proc.stdout.readline().strip())
+    if not stay:
+        proc.wait(timeout=60)
+    return proc, path
+
+
+def test_temporaries_sweep_and_clear_spare_live_builds(tmp_path, small_prepare):
+    cache = SceneCache.from_settings(small_prepare)
+    png = write_raster(tmp_path / "big.png", 600, 400, 3, driver="PNG", georef=False)
+    cache.get_or_build(png, progress=False)
+    entry_bytes = sum(e.size_bytes for e in cache.entries())
+    live, live_path = _temporary_of_another_process(cache.root, 1000, stay=True)
+    try:
+        dead, dead_path = _temporary_of_another_process(cache.root, 3000, stay=False)
+        listed = {t.path: t for t in cache.temporaries()}
+        assert set(listed) == {live_path, dead_path}
+        assert not listed[live_path].stale and listed[dead_path].stale
+        assert listed[live_path].size_bytes == 1000 and listed[dead_path].size_bytes == 3000
+        assert [e.key for e in cache.entries()] == [cache_key(png)]  # temporaries aren't entries
+
+        swept = cache.sweep()
+        assert (swept.files, swept.bytes) == (1, 3000) and not dead_path.exists()
+        assert cache.clear() == entry_bytes
+        assert cache.entries() == [] and live_path.exists()  # another process is writing it
+    finally:
+        live.stdin.close()
+        live.wait(timeout=60)
+    (left,) = cache.temporaries()
+    assert left.path == live_path and left.stale  # its owner has ended now
+    assert cache.clear() == 1000 and cache.temporaries() == []
+
+
+def test_a_build_in_progress_shows_as_a_live_temporary(tmp_path, small_prepare):
+    cache = SceneCache.from_settings(small_prepare)
+    png = write_raster(tmp_path / "big.png", 700, 1100, 3, driver="PNG", georef=False)
+    during = []
+
+    def progress(done, total, message):
+        during.extend(cache.temporaries())
+
+    cache.get_or_build(png, progress=progress, isolate=False)
+    assert during and all(not t.stale for t in during)
+    assert {t.path.name for t in during} == {during[0].path.name}
+    assert during[0].path.name.startswith(f".{cache_key(png)}.tif.tmp-")
+    assert f"-{os.getpid()}-" in during[0].path.name
+    assert cache.temporaries() == []
+    key = cache_key(png)
+    assert sorted(p.name for p in cache.root.iterdir()) == [f"{key}.json", f"{key}.tif"]
+
+
+def test_clear_removes_lock_files_nobody_holds(tmp_path, small_prepare):
+    import subprocess
+    import sys
+
+    cache = SceneCache.from_settings(small_prepare)
+    cache.root.mkdir(parents=True)
+    stale_lock = cache.root / ".aaaa.lock"
+    stale_lock.touch()  # left by a process killed while building
+    held_lock = cache.root / ".bbbb.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys; fh = open(sys.argv[1], 'w'); fcntl.flock(fh, fcntl.LOCK_EX); "
+         "print('held', flush=True); sys.stdin.readline()", str(held_lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cache.clear()
+        assert not stale_lock.exists() and held_lock.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)

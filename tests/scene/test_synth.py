@@ -204,3 +204,36 @@ def test_point_and_grid_noise_agree() -> None:
     pts = synth._noise_points(key, xx.ravel(), yy.ravel(), 16.0).reshape(grid.shape)
     np.testing.assert_array_equal(grid, pts)
     assert -1.0 <= grid.min() < -0.5 and 0.5 < grid.max() <= 1.0
+
+
+def test_more_pixels_than_allowed_is_refused_before_any_work(tmp_path: Path) -> None:
+    from zoomearth.errors import SceneTooLargeError
+
+    out = tmp_path / "sub" / "huge.tif"
+    # A 300,000 x 200,000 px layout would take minutes: the refusal comes first.
+    with pytest.raises(SceneTooLargeError) as info:
+        generate_scene(out, (300_000, 200_000), max_pixels=10**9)
+    assert "300,000 x 200,000 px scene has 60,000,000,000 pixels" in str(info.value)
+    assert "setting max_image_pixels" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_removes_what_a_killed_run_left_of_its_outputs(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from zoomearth.temporaries import HOST_TAG
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    litter = [
+        f".s.tif.tmp-{HOST_TAG}-{dead.pid}-0123456789ab.tif",
+        f".s.clouds.tif.tmp-{HOST_TAG}-{dead.pid}-0123456789ab.tif",  # even without clouds now
+        f".s.json.tmp-{HOST_TAG}-{dead.pid}-0123456789ab.json",
+    ]
+    live = f".s.tif.tmp-{HOST_TAG}-{os.getppid()}-0123456789ab.tif"  # a live writer's: kept
+    for name in [*litter, live]:
+        (tmp_path / name).write_bytes(b"partial")
+    generate_scene(tmp_path / "s.tif", 128, seed=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, "s.json", "s.tif"])

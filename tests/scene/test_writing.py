@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -25,9 +27,11 @@ from zoomearth.scene.writing import (
     atomic_path,
     output_profile,
     overview_factors,
+    sweep_stale_siblings,
     write_png,
     write_window_array,
 )
+from zoomearth.temporaries import HOST_TAG, is_temporary_name
 
 CRS_UTM = "EPSG:32633"
 
@@ -446,3 +450,87 @@ def test_four_band_uint8_output_is_not_tagged_as_alpha(tmp_path: Path) -> None:
     with rasterio.open(out) as ds:
         assert "alpha" not in [c.name for c in ds.colorinterp]
         assert ds.read(4, masked=True).mask.sum() == 0
+
+
+# ---- owner-named temporaries, litter of killed writers, failed writes -------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporaries_name_their_owner(tmp_path: Path) -> None:
+    final = tmp_path / "a.tif"
+    seen: list[str] = []
+    with TiledRasterWriter(final, width=64, height=64, count=1, dtype="uint8") as wr:
+        assert wr.temp_path is not None
+        seen.append(wr.temp_path.name)
+        wr.write(np.ones((64, 64), np.uint8), (0, 0, 64, 64))
+    with atomic_path(tmp_path / "b.json") as tmp:
+        seen.append(tmp.name)
+        tmp.write_text("{}")
+    assert seen[0].startswith(f".a.tif.tmp-{HOST_TAG}-{os.getpid()}-") and seen[0].endswith(".tif")
+    assert seen[1].startswith(f".b.json.tmp-{HOST_TAG}-{os.getpid()}-")
+    assert all(is_temporary_name(n) for n in seen)
+    assert _only(tmp_path) == ["a.tif", "b.json"]
+
+
+def test_a_write_removes_its_outputs_litter_of_dead_processes_only(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    final = tmp_path / "out.tif"
+    stale = tmp_path / f".out.tif.tmp-{HOST_TAG}-{dead}-0123456789ab.tif"
+    stale_side = tmp_path / f".out.tif.tmp-{HOST_TAG}-{dead}-0123456789ab.tif.aux.xml"
+    live = tmp_path / f".out.tif.tmp-{HOST_TAG}-{os.getppid()}-0123456789ab.tif"
+    other = tmp_path / f".other.tif.tmp-{HOST_TAG}-{dead}-0123456789ab.tif"
+    for p in (stale, stale_side, live, other):
+        p.write_bytes(b"partial")
+    assert sweep_stale_siblings(final) == 2
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"new")
+    # The writer's own litter went; a live process's file and another output's stay.
+    assert _only(tmp_path) == sorted(["out.tif", live.name, other.name])
+
+
+def test_failed_write_removes_the_folders_it_created(tmp_path: Path) -> None:
+    final = tmp_path / "a" / "b" / "out.png"
+    with pytest.raises(ZeroDivisionError), atomic_path(final) as tmp:
+        tmp.write_bytes(b"x")
+        _ = 1 / 0
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(ZeroDivisionError), atomic_path(tmp_path / "keep" / "c" / "o.png"):
+        _ = 1 / 0
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+    assert list((tmp_path / "keep").iterdir()) == []
+
+
+def test_nothing_written_names_the_output_not_the_temporary(tmp_path: Path) -> None:
+    final = tmp_path / "x.tif"
+    with pytest.raises(OutputWriteError) as info, atomic_path(final):
+        pass
+    assert str(final) in str(info.value) and ".tmp" not in str(info.value)
+
+
+def test_incomplete_gdal_file_is_never_renamed(tmp_path: Path, monkeypatch) -> None:
+    # GDAL's failed block writes only reach stderr; the closed file is checked block by block.
+    import zoomearth.scene.writing as writing
+
+    final = tmp_path / "out.tif"
+    final.write_bytes(b"previous result")
+
+    def truncating_check(path: Path) -> str | None:
+        with open(path, "r+b") as fh:  # what a full disk leaves: the tail never arrived
+            fh.truncate(path.stat().st_size // 2)
+        return real_check(path)
+
+    real_check = writing.tiff_block_problem
+    monkeypatch.setattr(writing, "tiff_block_problem", truncating_check)
+    with pytest.raises(OutputWriteError) as info:
+        with TiledRasterWriter(final, width=512, height=512, count=3, dtype="uint8") as wr:
+            wr.write(np.random.default_rng(0).integers(0, 256, (3, 512, 512), np.uint8),
+                     (0, 0, 512, 512))  # fmt: skip
+    assert f"Writing {final} failed (incomplete file: " in str(info.value)
+    assert final.read_bytes() == b"previous result"
+    assert _only(tmp_path) == ["out.tif"]

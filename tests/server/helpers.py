@@ -30,8 +30,10 @@ class ServerThread:
         import uvicorn
 
         self.port = free_port()
+        # proxy_headers=False as `zoomearth serve` does: the client address is the real peer.
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+                                access_log=False, lifespan="on", timeout_graceful_shutdown=2,
+                                proxy_headers=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -111,6 +113,45 @@ class SlowTool(Tool):
             if not fast:
                 time.sleep(0.05)
         return ToolResult(text=f"slow tool finished {args.steps} steps")
+
+
+class TempWritingTool(Tool):
+    """Like SlowTool, but holds an owner-named temporary in its run folder while it works.
+
+    It removes the temporary however ``run`` ends (result, cancellation, an error), as the
+    project's writers do; only a killed process leaves it behind.
+    """
+
+    name = "temp_tool"
+    description = "A long-running test tool that writes a partial file while it works."
+    Args = SlowArgs
+
+    def run(self, ctx, args):  # noqa: ANN001, ANN201
+        from zoomearth.temporaries import temporary_sibling
+
+        tmp = temporary_sibling(ctx.run_dir / "partial.tif")
+        tmp.write_bytes(b"partial output")
+        try:
+            for i in range(args.steps):
+                ctx.report(i + 1, args.steps, "tile")
+                time.sleep(0.05)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ToolResult(text=f"temp tool finished {args.steps} steps")
+
+
+class SilentTool(Tool):
+    """Works until cancelled without ever reporting progress."""
+
+    name = "silent_tool"
+    description = "A long-running test tool that reports no progress."
+    Args = SlowArgs
+
+    def run(self, ctx, args):  # noqa: ANN001, ANN201
+        for _ in range(args.steps):
+            ctx.check_cancelled()
+            time.sleep(0.05)
+        return ToolResult(text="silent tool finished")
 
 
 class GatedEdit(Tool):

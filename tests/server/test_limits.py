@@ -3,6 +3,7 @@ a non-loopback bind without a token is refused."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.server.helpers import (
     ServerThread,
+    SilentTool,
     SlowTool,
     agent_factory,
     client,
@@ -33,8 +35,9 @@ def tight_server(tmp_path_factory):
         "max_queued_runs": 0, "run_timeout_s": 1.5,
     }, environ={})
     plans = {"slow": [tool_call("slow_tool", steps=400), "<answer>slow done</answer>"],
+             "silent": [tool_call("silent_tool", steps=400), "<answer>silent done</answer>"],
              "default": ["<answer>quick</answer>"]}
-    with ServerThread(create_app(settings, agent_factory(plans, SlowTool))) as server:
+    with ServerThread(create_app(settings, agent_factory(plans, SlowTool, SilentTool))) as server:
         yield server, data_url(geotiff_bytes(tmp, 600, 400))
 
 
@@ -54,7 +57,15 @@ def test_run_timeout_non_streaming_is_408_and_streaming_gets_an_error_event(tigh
         c.chat.completions.create(model="zoomearth", messages=[user("slow one", image)],
                                   extra_headers={"X-Conversation-Id": "timeout-a"})
     assert info.value.status_code == 408
-    assert "run_timeout_s" in info.value.body["message"]
+    message = info.value.body["message"]
+    # Where the run was and how long the tool needs at its rate (400 steps of >= 50 ms: >= 20 s).
+    match = re.fullmatch(
+        r"The run took longer than 1\.5 s \(setting run_timeout_s\) and was cancelled while "
+        r"`slow_tool` was at tile (\d+) of 400 \(about ([\d.]+) s needed at this rate\)\. Its "
+        r"checkpoint is kept and finished tiles are reused: sending the same message again "
+        r"continues it; or raise run_timeout_s\.", message)
+    assert match, message
+    assert 0 < int(match[1]) < 400 and float(match[2]) >= 1.5
     _wait_idle(server)
     stream = c.chat.completions.create(model="zoomearth", messages=[user("slow two", image)],
                                        stream=True, extra_headers={"X-Conversation-Id": "t-b"})
@@ -63,6 +74,42 @@ def test_run_timeout_non_streaming_is_408_and_streaming_gets_an_error_event(tigh
             pass
     assert "run_timeout_s" in str(info.value)
     _wait_idle(server)
+
+
+def test_run_timeout_without_progress_says_so(tight_server):
+    server, image = tight_server
+    with pytest.raises(openai.APIStatusError) as info:
+        client(server).chat.completions.create(
+            model="zoomearth", messages=[user("silent one", image)],
+            extra_headers={"X-Conversation-Id": "timeout-silent"})
+    assert info.value.status_code == 408
+    message = info.value.body["message"]
+    assert "`silent_tool` was running but reported no progress, so how long it would need is " \
+        "unknown" in message and "raise run_timeout_s" in message
+    _wait_idle(server)
+
+
+def test_timeout_message_estimates_the_tool_time_from_its_rate():
+    from zoomearth.server.runs import ProgressTracker, timeout_message
+
+    tracker = ProgressTracker()
+    assert "no tool progress was reported" in timeout_message(600, tracker, 600.0)
+    tracker.observe({"event": "tool_start", "tool": "denoise"}, 0.0)
+    tracker.observe({"event": "progress", "tool": "denoise", "done": 0, "total": 40}, 1.0)
+    assert "none finished in 600 s, so the time needed is unknown" in timeout_message(
+        600, tracker, 600.0)
+    tracker.observe({"event": "progress", "tool": "denoise", "done": 12, "total": 40}, 590.0)
+    assert timeout_message(600, tracker, 600.0) == (
+        "The run took longer than 600 s (setting run_timeout_s) and was cancelled while "
+        "`denoise` was at tile 12 of 40 (about 2000 s needed at this rate). Its checkpoint is "
+        "kept and finished tiles are reused: sending the same message again continues it; or "
+        "raise run_timeout_s.")
+    tracker.observe({"event": "tool", "tool": "denoise", "text": "done"}, 700.0)
+    assert "its tools had finished and the planner was working" in timeout_message(
+        600, tracker, 800.0)
+    tracker.observe({"event": "prepare", "scene": "/x/big.tif", "done": 25, "total": 100}, 900.0)
+    assert "while the preparation of big.tif was at step 25 of 100 (about" in timeout_message(
+        600, tracker, 1000.0)
 
 
 def test_full_queue_answers_429_with_a_json_error(tight_server):

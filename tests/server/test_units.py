@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -123,6 +124,17 @@ def test_graphs_named_in_langgraph_json_load(settings, monkeypatch):
 def test_a_busy_thread_is_a_409_conflict():
     from zoomearth.api import ThreadBusyError
     from zoomearth.server.runs import _map_error
+    from zoomearth.threadlock import LockHolder
 
-    error = _map_error(ThreadBusyError("Thread 'T' is running in process 42", thread="T"))
-    assert error.status == 409 and error.code == "thread_busy" and "process 42" in str(error)
+    holder = LockHolder(pid=42, host=socket.gethostname(), started="2030-01-01T00:00:00Z",
+                        command="zoomearth ask /secret/scene.tif", thread="T")
+    error = _map_error(ThreadBusyError("Thread 'T' is running in process 42", thread="T",
+                                       holder=holder))
+    assert error.status == 409 and error.code == "thread_busy"
+    assert "process 42, started 2030-01-01T00:00:00Z" in error.message
+    assert "/secret" not in error.message  # another process's command line is not disclosed
+    # Unknown holder (a worker on another host): no lock-file path in the message either.
+    error = _map_error(ThreadBusyError(
+        "Thread 'T' is running in another process (lock file /srv/data/locks/ab.lock)", "T"))
+    assert error.status == 409 and "in progress (another server worker or process)" in \
+        error.message and "/srv" not in error.message

@@ -166,3 +166,53 @@ def test_kit_scene_has_nodata_block(tmp_path):
         data = ds.read(masked=True)
     assert data.mask[:, :16, :16].all() and not data.mask[:, 16:, 16:].any()
     assert data.dtype == "uint16" and ds.crs == "EPSG:32633"
+
+
+class _RunningSum(Tool):
+    """Declares independent tiles, but each tile's output adds the previous tiles' sum."""
+
+    name = "running_sum"
+    description = "Writes each tile plus a running total (breaks independent_tiles; test tool)."
+    capabilities = Capabilities(max_side=32, streaming=True, independent_tiles=True)
+    use_map_tiles = True
+
+    def run(self, ctx, args):
+        import numpy as np
+
+        from zoomearth.scene.writing import TiledRasterWriter
+
+        box = ctx.box
+        out = ctx.output_path("sum.tif")
+        state = {"total": 0}
+
+        def tile_fn(tile):
+            data = np.ma.getdata(tile.crop(ctx.read(tile.read_box))).astype(np.int64)
+            state["total"] += 1  # depends on the tiles before: resumed calls differ
+            return (data + state["total"]).astype(np.int64)
+
+        writer = TiledRasterWriter.for_window(
+            out, ctx.scene, box.to_window(), dtype="int64", protect=ctx.protected_paths
+        )
+        with writer:
+            if self.use_map_tiles:
+                for tile, res in ctx.map_tiles(tile_fn):
+                    writer.write(res, tile.window)
+            else:
+                for tile in ctx.tiles():
+                    writer.write(tile_fn(tile), tile.window)
+                    ctx.report(tile.index + 1, tile.count)
+        return ToolResult(text="summed", artifacts=[ctx.artifact(out, "raster", "sums")])
+
+
+def test_kit_checks_the_resume_of_independent_tiles(tmp_path, monkeypatch):
+    report = check_tool(_RunningSum, workdir=tmp_path / "a", raise_on_failure=False)
+    result = report.result("tile_resume")
+    assert result.status == "failed" and "differs from the uninterrupted call's" in result.message
+    monkeypatch.setattr(_RunningSum, "use_map_tiles", False)
+    report = check_tool(_RunningSum, workdir=tmp_path / "b", raise_on_failure=False)
+    result = report.result("tile_resume")
+    assert result.status == "failed" and "no finished tile was kept" in result.message
+    # Tools that do not declare it are not held to it.
+    assert check_tool(ExportRegion, workdir=tmp_path / "c").result("tile_resume").status == (
+        "skipped"
+    )

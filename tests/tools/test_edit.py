@@ -283,3 +283,37 @@ def test_invented_pixels_never_equal_nodata():
     # a constant band is filled with its value, without going through OpenCV
     res = classical_inpaint(np.full((1, 8, 8), 0.25, np.float32), fill)
     assert (res == np.float32(0.25)).all()
+
+
+def test_check_refuses_before_approval_what_run_would_refuse(tmp_path, settings, naip_with_car):
+    """``Edit.check`` (the graph calls it before asking for approval) refuses exactly the calls
+    ``run`` cannot do -- a mask covering the whole region first of all -- and writes nothing."""
+    from zoomearth.tools import check_tool_call
+
+    path, _, _ = naip_with_car
+    run_dir = tmp_path / "run"
+    region = PixelBox(80, 40, 140, 90)
+    with Scene.open(path, settings=settings, progress=False) as scene:
+        ctx = ToolContext(scene=scene, run_dir=run_dir, region=region, settings=settings)
+        whole = {"instruction": "remove the car", "target_box": [80, 40, 140, 90]}
+        with pytest.raises(ToolInputError) as info:
+            check_tool_call(Edit, ctx, whole)
+        assert info.value.code == "mask_covers_region"
+        assert "covers the whole region [80, 40, 140, 90]" in str(info.value)
+        assert "choose a larger region around the object" in str(info.value)
+        # The same call through the runner is refused the same way, before run() writes.
+        with pytest.raises(ToolInputError) as ran:
+            run_tool(Edit, ctx, whole)
+        assert str(ran.value) == str(info.value)
+        for args, code in (
+            ({"instruction": "make the roofs red"}, "backend_unavailable"),
+            ({"instruction": "remove it", "target_box": [0, 0, 500, 10]}, "bad_box"),
+            ({"instruction": "remove it", "backend": "learned"}, "backend_unavailable"),
+        ):
+            with pytest.raises(ToolInputError) as other:
+                check_tool_call(Edit, ctx, args)
+            assert other.value.code == code
+        # A mask inside the region with context around it passes, and nothing was written.
+        assert check_tool_call(Edit, ctx, {"instruction": "remove the car",
+                                           "target_box": list(CAR)}) is None
+        assert not run_dir.exists()

@@ -281,7 +281,8 @@ def test_unexpected_exception_is_a_failure_with_cause(scene, run_dir):
     with pytest.raises(ToolFailure, match="Tool 'crasher' failed: KeyError") as info:
         run_tool(_tool("crasher", run), make_ctx(scene, run_dir, SMALL), {})
     assert isinstance(info.value.__cause__, KeyError)
-    assert list(run_dir.iterdir()) == []  # issued files removed
+    # Issued files removed, and the run directory the call created (left empty) with them.
+    assert not run_dir.exists()
 
 
 def test_artifact_outside_run_dir_is_refused(scene, run_dir, tmp_path):
@@ -340,6 +341,11 @@ def test_cancellation_keeps_nothing(scene, run_dir):
         return len(checks) > 1
 
     with pytest.raises(ToolCancelled, match="no artifacts were kept"):
+        run_tool(EchoTool, make_ctx(scene, run_dir, SMALL, is_cancelled=cancelled), {})
+    assert not run_dir.exists()  # nothing kept, not even the (empty) folder the call made
+    run_dir.mkdir()
+    checks.clear()
+    with pytest.raises(ToolCancelled):  # a folder the caller made is left in place, empty
         run_tool(EchoTool, make_ctx(scene, run_dir, SMALL, is_cancelled=cancelled), {})
     assert list(run_dir.iterdir()) == []
     with pytest.raises(ToolCancelled):  # cancelled before the call: nothing runs

@@ -318,10 +318,18 @@ def _write_chart(report: Mapping[str, Any], path: Path) -> None:
     ax.set_title(title[:90], fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    from zoomearth.temporaries import temporary_sibling
+
+    # Owner-named and keeping the .png suffix (matplotlib picks the format from it).
+    tmp = temporary_sibling(path)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def write_report(

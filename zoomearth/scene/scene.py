@@ -20,7 +20,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,16 +30,34 @@ import numpy as np
 from zoomearth.errors import (
     BandLayoutError,
     BoxError,
+    OutputWriteError,
     SceneNotFoundError,
     SceneReadError,
     SceneTooLargeError,
 )
-from zoomearth.geometry import MapBox, PixelBox, ViewSpec, full_to_map, validate_box
+from zoomearth.geometry import (
+    MapBox,
+    PixelBox,
+    ViewSpec,
+    full_to_map,
+    is_degenerate_transform,
+    validate_box,
+)
 
 if TYPE_CHECKING:
     from zoomearth.config import Settings
+    from zoomearth.scene.cache import ProgressFn
 
-__all__ = ["BandMapping", "Scene", "View", "quiet_gdal"]
+__all__ = [
+    "VIEW_FORMATS",
+    "BandMapping",
+    "Scene",
+    "SceneWarning",
+    "View",
+    "georeference_warnings",
+    "quiet_gdal",
+    "view_format",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +90,160 @@ READ_FAILED_TEMPLATE = (
     "corrupt; re-download or re-export it."
 )
 MAX_SIDE_TEMPLATE = "max_side must be a positive number of pixels; got {value!r}."
+COMPLEX_TEMPLATE = (
+    "{path} holds complex values ({dtype}, e.g. SAR single-look complex), which are not "
+    'supported. Convert it to amplitude first, e.g. gdal_calc.py -A {path} --calc "abs(A)" '
+    "--type Float32 --outfile amplitude.tif"
+)
+DEGENERATE_GEOREF_TEMPLATE = (
+    "{path}: the geotransform has a zero pixel size (a={a:g}, e={e:g}, b={b:g}, d={d:g}), so map "
+    "coordinates, bounds and areas cannot be computed. Fix the georeference (e.g. gdal_edit.py "
+    "-a_ullr ULX ULY LRX LRY {path}), or use pixel boxes."
+)
+DEGREES_LOOK_LIKE_METRES_TEMPLATE = (
+    "{path}: CRS {crs} is geographic (degrees) but the bounds look like metres ({extreme}): the "
+    "georeference is probably wrong; areas and coordinates will be wrong. Fix the CRS (e.g. "
+    "gdal_edit.py -a_srs EPSG:32633 {path})."
+)
+METRES_LOOK_LIKE_DEGREES_TEMPLATE = (
+    "{path}: CRS {crs} is projected ({unit}) but the bounds look like degrees ({extreme}, pixel "
+    "size {pixel:g}): the georeference is probably wrong; areas and coordinates will be wrong. "
+    "Fix the CRS (e.g. gdal_edit.py -a_srs EPSG:4326 {path})."
+)
+
+VIEW_FORMAT_TEMPLATE = (
+    "Cannot tell the image format from {path!r}: name the output with one of the extensions "
+    "{supported} (e.g. -o view.png)."
+)
+NO_VALID_PIXELS_TEMPLATE = (
+    "{path} has no valid pixels in the requested region {region} (all NaN / Inf / nodata / "
+    "transparent); nothing to show. Choose another region (--box), or check the nodata value "
+    "with 'zoomearth info'."
+)
+FEW_VALID_PIXELS_TEMPLATE = (
+    "only {percent} of the pixels in region {region} are valid; the rest (NaN / Inf / nodata / "
+    "transparent) are black in the output."
+)
+
+#: ``zoomearth view`` warns when fewer than this fraction of a view's pixels are valid. Nodata
+#: collars of reprojected scenes commonly take 10-40 % of an overview, which needs no warning;
+#: a view that is mostly black does.
+FEW_VALID_FRACTION = 0.5
+
+#: Output formats of a rendered view, by lower-case file extension -> GDAL/Pillow format name.
+VIEW_FORMATS: dict[str, str] = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "GTiff",
+    ".tiff": "GTiff",
+}
+#: JPEG quality of views written as .jpg (Pillow's scale 1-95; 90 keeps edges crisp).
+VIEW_JPEG_QUALITY = 90
+
+#: Degrees beyond the valid longitude range [-180, 360] (0..360 grids exist) and latitude range
+#: [-90, 90] that bounds may reach before a geographic CRS is called implausible: at least this
+#: much, or two pixels (a coarse global grid centred on the poles reaches 90 + half a pixel).
+GEOGRAPHIC_MARGIN_DEG = 1.0
+#: A projected raster whose pixel is smaller than this many CRS units (metres: 1 mm) and whose
+#: bounds all lie within +-180 / +-90 is taken for degrees labelled as metres.
+PROJECTED_MIN_PIXEL = 1e-3
+
+
+def view_format(path: str | os.PathLike[str]) -> str:
+    """The format a view is written in, from the output's extension (case-insensitive).
+
+    Returns:
+        ``"PNG"``, ``"JPEG"`` or ``"GTiff"`` (see :data:`VIEW_FORMATS`).
+
+    Raises:
+        OutputWriteError: The extension names no supported format (nothing is written).
+    """
+    fmt = VIEW_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise OutputWriteError(
+            VIEW_FORMAT_TEMPLATE.format(path=str(path), supported=", ".join(VIEW_FORMATS))
+        )
+    return fmt
+
+
+class SceneWarning(UserWarning):
+    """A raster opened, but something about it is probably wrong (e.g. its georeference).
+
+    Issued by :class:`Scene` at open (also kept in ``Scene.warnings`` and ``info()["warnings"]``);
+    the command line prints it as one line.
+    """
+
+
+def _extreme_text(xs: tuple[float, float], ys: tuple[float, float]) -> str:
+    """``x up to 500,032, y up to 4,000,000``: the largest magnitude along each axis."""
+
+    def fmt(v: float) -> str:
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.6g}"
+
+    return f"x up to {fmt(max(xs, key=abs))}, y up to {fmt(max(ys, key=abs))}"
+
+
+def georeference_warnings(
+    path: str | os.PathLike[str], crs: Any, transform: Any, width: int, height: int
+) -> list[str]:
+    """Notes about a georeference that cannot be right; empty when it looks plausible.
+
+    Three cases, each checked from the header alone:
+
+    * a degenerate geotransform (zero pixel size, NaN; :func:`is_degenerate_transform`);
+    * a geographic CRS (degrees) whose bounds leave longitude [-180, 360] or latitude [-90, 90]
+      by more than ``max(GEOGRAPHIC_MARGIN_DEG, 2 pixels)``: metre coordinates labelled as
+      degrees, e.g. UTM bounds with EPSG:4326;
+    * a projected CRS whose pixel is below :data:`PROJECTED_MIN_PIXEL` units and whose bounds
+      lie within +-180 / +-90: degrees labelled as metres.
+
+    Args:
+        path: The raster (named in the notes).
+        crs: ``rasterio.crs.CRS`` or None.
+        transform: The pixel->map ``affine.Affine`` (pixel-corner convention).
+        width: Raster width in pixels.
+        height: Raster height in pixels.
+
+    Returns:
+        One line per problem, saying what is wrong and how to fix it.
+    """
+    if transform is None or (transform.is_identity and crs is None):
+        return []
+    if is_degenerate_transform(transform):
+        a, b, _, d, e, _ = (float(v) for v in list(transform)[:6])
+        return [DEGENERATE_GEOREF_TEMPLATE.format(path=path, a=a, e=e, b=b, d=d)]
+    if crs is None:
+        return []
+    corners = [transform @ (c, r) for c in (0, width) for r in (0, height)]
+    xs = (min(p[0] for p in corners), max(p[0] for p in corners))
+    ys = (min(p[1] for p in corners), max(p[1] for p in corners))
+    name = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else (crs.to_string() or "of the file")[:60]
+    if crs.is_geographic:
+        pixel = max(abs(transform.a), abs(transform.b), abs(transform.d), abs(transform.e))
+        margin = max(GEOGRAPHIC_MARGIN_DEG, 2.0 * pixel)
+        if (
+            xs[0] < -180.0 - margin
+            or xs[1] > 360.0 + margin
+            or ys[0] < -90.0 - margin
+            or ys[1] > 90.0 + margin
+        ):
+            return [
+                DEGREES_LOOK_LIKE_METRES_TEMPLATE.format(
+                    path=path, crs=name, extreme=_extreme_text(xs, ys)
+                )
+            ]
+    elif crs.is_projected:
+        pixel = max(abs(transform.a), abs(transform.e))
+        inside = -180.0 <= xs[0] and xs[1] <= 180.0 and -90.0 <= ys[0] and ys[1] <= 90.0
+        if inside and 0.0 < pixel < PROJECTED_MIN_PIXEL:
+            unit = getattr(crs, "linear_units", None) or "linear units"
+            return [
+                METRES_LOOK_LIKE_DEGREES_TEMPLATE.format(
+                    path=path, crs=name, unit=unit, extreme=_extreme_text(xs, ys), pixel=pixel
+                )
+            ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -96,7 +268,7 @@ class View:
     Attributes:
         spec: Frame of the view: the full-resolution region shown and the pixel size.
         rgb: Pixels, shape ``(height, width, 3)``, dtype uint8, 0-255. Invalid pixels are 0.
-        valid: Shape ``(height, width)``, bool; False where the source is nodata, NaN or
+        valid: Shape ``(height, width)``, bool; False where the source is nodata, NaN, +-Inf or
             transparent.
         warnings: Human-readable notes (for example a box that was clipped).
     """
@@ -105,6 +277,11 @@ class View:
     rgb: np.ndarray
     valid: np.ndarray
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def valid_fraction(self) -> float:
+        """Fraction of the view's pixels that are valid, in [0, 1] (0.0 for an empty view)."""
+        return float(self.valid.mean()) if self.valid.size else 0.0
 
     def to_pil(self) -> Any:
         """The view as a ``PIL.Image.Image`` (RGB)."""
@@ -205,7 +382,7 @@ class Scene:
         bands: tuple[int, ...] | list[int] | None = None,
         settings: Settings | None = None,
         prepare: bool | None = None,
-        progress: bool = True,
+        progress: bool | ProgressFn = True,
     ) -> None:
         """Open ``path`` lazily (headers only).
 
@@ -215,7 +392,11 @@ class Scene:
             settings: Effective settings (defaults when None).
             prepare: Force (True) or forbid (False) reading through a cached tiled copy;
                 None decides from the layout (:meth:`needs_preparation`).
-            progress: Show a progress bar when a cached copy must be built.
+            progress: When a cached copy must be built: True prints a line on stderr at its
+                start and end (and a bar on a terminal); False is silent; a callable
+                ``progress(done, total, message)`` receives progress units (see
+                :func:`zoomearth.scene.cache.build_tiled_copy`) -- an exception it raises
+                cancels the build and propagates from the pixel read that needed it.
 
         Raises:
             SceneNotFoundError, SceneReadError, SceneTooLargeError: See messages.
@@ -284,6 +465,7 @@ class Scene:
             raise SceneReadError(UNREADABLE_TEMPLATE.format(path=self.path, reason="no pixels"))
         if self.driver == "GTiff":
             self._check_tiff_complete(ds)
+        self._check_values_and_georeference(ds)
 
         self.band_mapping_override = tuple(bands) if bands else None
         self._mapping: BandMapping | None = None
@@ -332,6 +514,30 @@ class Scene:
             raise SceneReadError(
                 TRUNCATED_TEMPLATE.format(path=self.path, end=end, size=self.file_size)
             )
+
+    def _check_values_and_georeference(self, ds: Any) -> None:
+        """Refuse complex-valued rasters; note (and warn about) georeferences that cannot be right.
+
+        Header-only. Complex bands (``complex64``, GDAL's CInt16 ...: SAR single-look complex)
+        raise :class:`SceneReadError` with the conversion to amplitude, instead of casting to
+        real parts with numpy's ComplexWarning later. Georeference problems
+        (:func:`georeference_warnings`) are kept in :attr:`warnings` and issued once as
+        :class:`SceneWarning`.
+        """
+        complex_dtypes = sorted({dt for dt in ds.dtypes if "complex" in dt})
+        if complex_dtypes:
+            self.close()
+            raise SceneReadError(
+                COMPLEX_TEMPLATE.format(path=self.path, dtype=", ".join(complex_dtypes))
+            )
+        #: Notes about the raster found at open (a georeference that cannot be right), one line
+        #: each; also in ``info()["warnings"]``.
+        self.warnings: list[str] = georeference_warnings(
+            self.path, self.crs, self.transform, self.width, self.height
+        )
+        for text in self.warnings:
+            # stacklevel 4: the code that called Scene(...) or Scene.open(...).
+            warnings.warn(text, SceneWarning, stacklevel=4)
 
     def _dataset(self) -> Any:
         """The GDAL handle for pixel reads in this thread (opening the prepared copy if needed)."""
@@ -400,12 +606,75 @@ class Scene:
                         self._pixel_path = self.path
         return self._pixel_path
 
-    def prepare(self, progress: bool = True) -> Path:
-        """Build (or reuse) the cached tiled, overviewed copy and return its path."""
+    def prepare(self, progress: bool | ProgressFn = True, *, enforce_budget: bool = True) -> Path:
+        """Build (or reuse) the cached tiled, overviewed copy and return its path.
+
+        A copy already in the cache is used whatever its size. Building one runs in a worker
+        process for all but small images, so the caller's GIL stays free (an event loop keeps
+        answering); see :mod:`zoomearth.scene.cache`.
+
+        Args:
+            progress: See :meth:`__init__`.
+            enforce_budget: Refuse, before any work, to build a copy of more than
+                ``max_prepare_pixels`` pixels (see :meth:`check_prepare_budget`). False for an
+                explicit, one-time preparation the user asked for.
+
+        Raises:
+            ScenePrepareBudgetError: Over the budget (nothing was read or written).
+            SceneReadError: The source cannot be decoded.
+            ScenePrepareError: The copy cannot be written, or the worker process failed.
+        """
         from zoomearth.scene.cache import SceneCache
 
         cache = SceneCache.from_settings(self.settings)
+        found = cache.lookup(self.path)
+        if found is not None:
+            return found
+        if enforce_budget:
+            self.check_prepare_budget()
         return cache.get_or_build(self.path, progress=progress)
+
+    def prepare_reason(self) -> str:
+        """Why pixel reads need a prepared copy, in words (e.g. "it has no overviews")."""
+        if self._prepare_pref:
+            return "a prepared copy was requested"
+        if not self.tiled and not self.overview_factors:
+            if self.driver != "GTiff":
+                return f"{self.driver} images have no internal tiles or overviews"
+            return "it has no internal tiles or overviews"
+        if not self.tiled:
+            return "it is stored in strips, not tiles"
+        return "it has no overviews"
+
+    def check_prepare_budget(self) -> None:
+        """Refuse (before any work) a preparation larger than the setting ``max_prepare_pixels``.
+
+        Header-only: cheap enough for an upload check. Does nothing when the scene needs no
+        preparation or a prepared copy is already cached.
+
+        Raises:
+            ScenePrepareBudgetError: With what to do (convert to a COG, or raise the budget).
+        """
+        from zoomearth.errors import ScenePrepareBudgetError
+        from zoomearth.scene.cache import PREPARE_BUDGET_TEMPLATE, SceneCache
+
+        pixels = self.width * self.height
+        budget = self.settings.max_prepare_pixels
+        if pixels <= budget or not self.needs_preparation():
+            return
+        if SceneCache.from_settings(self.settings).lookup(self.path) is not None:
+            return
+        raise ScenePrepareBudgetError(
+            PREPARE_BUDGET_TEMPLATE.format(
+                path=self.path,
+                width=self.width,
+                height=self.height,
+                pixels=pixels,
+                reason=self.prepare_reason(),
+                budget=budget,
+                suggest=10 ** math.ceil(math.log10(pixels + 1)),
+            )
+        )
 
     # ------------------------------------------------------------------------------------------
     # metadata
@@ -503,6 +772,7 @@ class Scene:
             "overviews": list(self.overview_factors),
             "band_mapping": mapping_info,
             "needs_preparation": self.needs_preparation(),
+            "warnings": list(self.warnings),
         }
 
     @property
@@ -563,7 +833,8 @@ class Scene:
 
         Returns:
             Masked array of shape ``(bands, height, width)`` in the source dtype; the mask is True
-            where pixels are nodata, transparent or NaN.
+            where nodata, transparent, NaN or +-Inf (no tool or stretch can use an infinite value,
+            so it counts as missing, like NaN).
 
         Raises:
             BoxError: For unusable boxes. SceneReadError: If GDAL cannot decode the window.
@@ -604,9 +875,9 @@ class Scene:
                 ) from None
             raise
         if np.issubdtype(data.dtype, np.floating):
-            nan = np.isnan(data.data)
-            if nan.any():
-                data.mask = np.ma.getmaskarray(data) | nan
+            not_finite = ~np.isfinite(data.data)
+            if not_finite.any():
+                data.mask = np.ma.getmaskarray(data) | not_finite
         return data
 
     def _stretch_for(self, rgb_bands: tuple[int, ...]) -> tuple[float, float]:
@@ -621,13 +892,19 @@ class Scene:
         if values.size == 0:
             lo, hi = 0.0, 1.0
         else:
-            lo, hi = (float(v) for v in np.percentile(values, [lo_p, hi_p]))
+            with np.errstate(over="ignore", invalid="ignore"):
+                lo, hi = (float(v) for v in np.percentile(values, [lo_p, hi_p]))
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                # Interpolating between values near the float64 limits overflowed.
+                lo, hi = float(values.min()), float(values.max())
             if hi <= lo:  # constant image: place it within the dtype's range instead of at 0
                 dt = np.dtype(self.dtype)
                 if np.issubdtype(dt, np.integer):
                     lo, hi = float(min(0, lo)), float(max(np.iinfo(dt).max, hi + 1))
                 else:
                     lo, hi = lo - 0.5, lo + 0.5
+                    if hi <= lo:  # |lo| above 2**53: the 0.5 was lost to rounding
+                        lo, hi = math.nextafter(lo, -math.inf), lo
         self._stretch[rgb_bands] = (lo, hi)
         return lo, hi
 
@@ -681,9 +958,107 @@ class Scene:
                 return self._apply_palette(raw[0])
             return raw.copy()
         lo, hi = self._stretch_for(mapping.rgb)
-        scaled = (raw.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        # float32 as always, except for float64 sources: their values beyond 3.4e38 would
+        # overflow in the cast. Whatever overflow is left only produces values that nan_to_num
+        # maps on purpose, so numpy's warnings about it are silenced rather than shown to users.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            span = hi - lo
+            if math.isfinite(span):
+                wide = raw.dtype == np.float64
+                values = raw.astype(np.float64) if wide else raw.astype(np.float32)
+                scaled = (values - lo) * (255.0 / span)
+            else:  # a range near the float64 limits: halved, so that the span cannot overflow
+                half_span = hi * 0.5 - lo * 0.5
+                scaled = (raw.astype(np.float64) * 0.5 - lo * 0.5) * (255.0 / half_span)
         scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(scaled, 0, 255).astype(np.uint8)
+
+    def write_view(
+        self, view: View, path: str | os.PathLike[str], *, protect: Iterable[Any] = ()
+    ) -> Path:
+        """Write a rendered view in the format its extension names (:data:`VIEW_FORMATS`).
+
+        * ``.png``: the RGB pixels, lossless.
+        * ``.jpg``/``.jpeg``: the RGB pixels, lossy (quality :data:`VIEW_JPEG_QUALITY`).
+        * ``.tif``/``.tiff``: a 3-band uint8 GeoTIFF (DEFLATE) georeferenced to the view: the
+          scene's CRS and the scene's transform of ``view.spec.region`` scaled to the view's pixel
+          size (map units per view pixel), with a mask that is 0 where ``view.valid`` is False.
+          A scene without georeference gives a pixel-only TIFF.
+
+        Invalid pixels are black in every format. The file is written atomically
+        (:func:`~zoomearth.scene.writing.atomic_path`): a failure leaves nothing at ``path``.
+
+        Args:
+            view: A view rendered from this scene.
+            path: Output file; its extension chooses the format.
+            protect: Inputs that must not be overwritten (this scene's file always is).
+
+        Returns:
+            The path written.
+
+        Raises:
+            OutputWriteError: Unsupported extension (before anything is written).
+            ProtectedPathError: ``path`` is this scene or another protected input.
+        """
+        from zoomearth.scene.writing import atomic_path, write_png
+
+        fmt = view_format(path)
+        guarded = [self.path, *protect]
+        if fmt == "PNG":
+            return write_png(path, view.rgb, protect=guarded)
+        if fmt == "JPEG":
+            import io
+
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(view.rgb, mode="RGB").save(
+                buffer, format="JPEG", quality=VIEW_JPEG_QUALITY
+            )
+            with atomic_path(path, protect=guarded) as tmp:
+                tmp.write_bytes(buffer.getvalue())
+            return Path(path)
+        return self._write_view_tiff(view, Path(path), guarded)
+
+    def _write_view_tiff(self, view: View, path: Path, protect: list[Any]) -> Path:
+        """The GeoTIFF branch of :meth:`write_view`."""
+        import rasterio
+        from affine import Affine
+        from rasterio.errors import NotGeoreferencedWarning
+
+        from zoomearth.scene.writing import atomic_path, tiff_block_problem, write_failure
+
+        spec = view.spec
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": spec.width,
+            "height": spec.height,
+            "count": 3,
+            "dtype": "uint8",
+            "photometric": "RGB",
+            "compress": "deflate",
+            "predictor": 2,
+        }
+        if self.georeferenced:
+            region = spec.region
+            profile["crs"] = self.crs
+            profile["transform"] = (
+                self.transform
+                @ Affine.translation(region.x1, region.y1)
+                @ Affine.scale(spec.scale_x, spec.scale_y)
+            )
+        with atomic_path(path, protect=protect) as tmp:
+            with warnings.catch_warnings(), quiet_gdal():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(np.moveaxis(view.rgb, -1, 0))
+                    if not view.valid.all():
+                        dst.write_mask(np.where(view.valid, 255, 0).astype(np.uint8))
+            # GDAL reports an incomplete write (full disk, file size limit) on stderr only.
+            problem = tiff_block_problem(tmp)
+            if problem is not None:
+                raise write_failure(path, reason=problem, temp=tmp)
+        return path
 
     def _apply_palette(self, index: np.ndarray) -> np.ndarray:
         if self._colormap is None:

@@ -1,13 +1,25 @@
 """Raster output writing: windowed GeoTIFFs, a streaming tiled writer and PNG previews.
 
 Every output is written **atomically**: GDAL (or the PNG encoder) writes a hidden temporary file
-in the destination directory (``.NAME.tmp-RANDOM.EXT``), which is renamed onto the final path with
-:func:`os.replace` only when everything succeeded. On any exception the temporary file and the
-sidecars GDAL may have created beside it (``.aux.xml``, ``.ovr``, ``.msk``) are removed, so a
-failed tool leaves neither a half-written output nor litter. An output path that is the same file
-as a protected input (resolved path or :func:`os.path.samefile`) is refused with
+in the destination directory, named for its owner (``.NAME.tmp-HOST-PID-RANDOM.EXT``,
+:func:`zoomearth.temporaries.temporary_sibling`), which is renamed onto the final path with
+:func:`os.replace` only when everything succeeded. On any exception (``KeyboardInterrupt`` and the
+CLI's SIGTERM included) the temporary file and the sidecars GDAL may have created beside it
+(``.aux.xml``, ``.ovr``, ``.msk``) are removed, so a failed tool leaves neither a half-written
+output nor litter. A process killed with SIGKILL cannot clean up; the next write of the same output
+removes the temporaries of it whose owner process is gone. An output path that is the same file as
+a protected input (resolved path or :func:`os.path.samefile`) is refused with
 :class:`~zoomearth.errors.ProtectedPathError` before anything is written: tools never touch their
 input.
+
+Failed writes. GDAL reports a GeoTIFF block it could not write (full disk, quota, file size limit)
+only on stderr and carries on, so :class:`TiledRasterWriter` checks the closed file itself: every
+tile of every image directory must have bytes that end inside the file
+(:func:`tiff_block_problem`); a file that fails is never renamed onto the output. A failure becomes
+one :class:`~zoomearth.errors.OutputWriteError` that names the cause -- "No space left on the
+device holding DIR", the process's file size limit, or the reason -- and the final output, never
+the temporary name (:func:`write_failure`). Before a large raster is started, the free space of
+the destination is checked against an upper estimate of its size (:func:`estimate_output_bytes`).
 
 Georeference policy. An output covering a window of a source raster is aligned to it: same CRS,
 geotransform = the source's transform of that window (:func:`rasterio.windows.transform`), ground
@@ -32,9 +44,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import glob
 import math
 import os
-import secrets
+import re
+import struct
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,14 +61,16 @@ from typing import Any, Literal, Self
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
 from zoomearth.errors import OutputWriteError, ProtectedPathError
+from zoomearth.temporaries import stale_temporaries, temporary_sibling
 
 __all__ = [
     "KEEP",
@@ -61,9 +78,18 @@ __all__ = [
     "SourceGeoref",
     "TiledRasterWriter",
     "atomic_path",
+    "check_free_space",
     "check_not_protected",
+    "estimate_output_bytes",
+    "file_size_limit",
+    "format_bytes",
+    "free_bytes",
+    "mask_temporary_names",
     "output_profile",
     "overview_factors",
+    "sweep_stale_siblings",
+    "tiff_block_problem",
+    "write_failure",
     "write_png",
     "write_window_array",
 ]
@@ -72,8 +98,30 @@ PROTECTED_TEMPLATE = (
     "Refusing to write {output}: it is the same file as the input {protected}. Tools never "
     "overwrite their input; choose another output path (for example in the run directory)."
 )
-NOTHING_WRITTEN_TEMPLATE = (
-    "Nothing was written to the temporary file {tmp} for {output}; the writer produced no file."
+NOTHING_WRITTEN_TEMPLATE = "Nothing was written to {output}; the writer produced no file."
+NOT_ENOUGH_SPACE_TEMPLATE = (
+    "Not enough free space in {dir}: this output needs about {need}, {free} are free. Free "
+    "space or choose another output folder (for example with -o or --out)."
+)
+NO_SPACE_TEMPLATE = (
+    "No space left on the device holding {dir}: free space and run again ({output} was not "
+    "written)."
+)
+QUOTA_TEMPLATE = (
+    "Disk quota exceeded on the device holding {dir}: free space and run again ({output} was "
+    "not written)."
+)
+SIZE_LIMIT_TEMPLATE = (
+    "{output} reached this process's file size limit of {limit} (ulimit -f): raise the limit "
+    "or write a smaller output; it was not written."
+)
+TOO_LARGE_FOR_FS_TEMPLATE = (
+    "{output} is larger than the file system holding {dir} allows: write it to another file "
+    "system; it was not written."
+)
+WRITE_FAILED_TEMPLATE = (
+    "Writing {output} failed ({reason}); the incomplete file was removed. Check the disk holding "
+    "{dir} (free space, quota, errors) and run again."
 )
 WINDOW_SHAPE_TEMPLATE = (
     "Array of shape {shape} does not match the window {window} (expected (bands, {height}, "
@@ -160,16 +208,196 @@ def _with_suffix_appended(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
+def _remove_temporary(tmp: Path) -> None:
+    _remove_quietly(tmp)
+    for suffix in SIDECAR_SUFFIXES:
+        _remove_quietly(_with_suffix_appended(tmp, suffix))
+
+
+def sweep_stale_siblings(final: str | os.PathLike[str]) -> int:
+    """Remove the temporaries of ``final`` left by processes that are gone; never raises.
+
+    Only names that start with ``.NAME.tmp`` (this output's temporaries and their GDAL sidecars)
+    are looked at, so a user's folder is never swept as a whole; owners are judged by
+    :func:`zoomearth.temporaries.stale_temporaries` (same host, process gone).
+
+    Args:
+        final: The output path.
+
+    Returns:
+        How many files were removed.
+    """
+    final = Path(final)
+    prefix = f".{final.name}.tmp"
+    try:
+        # A listing by name only; the whole folder is judged only when a candidate exists.
+        if not any(final.parent.glob(glob.escape(prefix) + "*")):
+            return 0
+        stale = [p for p in stale_temporaries(final.parent) if p.name.startswith(prefix)]
+    except OSError:
+        return 0
+    removed = 0
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+# `.NAME.tmp-HOST-PID-RANDOM.EXT` (and the older `.NAME.tmp-RANDOM.EXT`), sidecar suffixes
+# included, starting a path component (after "/", a space, a quote or at the start). NAME may
+# hold spaces; it is bounded so the pattern stays linear on long text.
+_TEMPORARY_NAME_RE = re.compile(
+    r"(?<![^/\s'\"(\[])\.([^/\\]{1,255}?)\.tmp-(?:[0-9a-f]{8}-\d{1,10}-)?[0-9a-f]{6,32}"
+    r"(?:\.[A-Za-z0-9]{1,8}){0,3}"
+)
+
+
+def mask_temporary_names(text: str) -> str:
+    """Replace the temporary file names in ``text`` by the final names they stand for.
+
+    ``/runs/t/.x.tif.tmp-3fa9c2d1-48211-9b1c0e123456.tif: write error`` becomes
+    ``/runs/t/x.tif: write error``: error messages name the output the user asked for, never an
+    internal name that no longer exists.
+    """
+    return _TEMPORARY_NAME_RE.sub(r"\1", text)
+
+
+#: Free bytes below which a device counts as full: a write that failed there used up the rest.
+NEARLY_FULL_BYTES = 1 << 20
+#: Errors of the device or quota that mean "no room".
+_NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _existing_ancestor(directory: Path) -> Path:
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def free_bytes(directory: str | os.PathLike[str]) -> int | None:
+    """Bytes this process may still write on the device holding ``directory``; None if unknown.
+
+    ``statvfs`` of the nearest existing folder: the blocks available to unprivileged users, or
+    for root also the blocks reserved for root (root may fill those).
+    """
+    try:
+        st = os.statvfs(_existing_ancestor(Path(directory)))
+    except OSError:
+        return None
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return int(blocks) * int(st.f_frsize)
+
+
+def file_size_limit() -> int | None:
+    """This process's largest writable file in bytes (``RLIMIT_FSIZE``); None when unlimited."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GB`` / ``12 MB`` / ``900 kB`` (decimal units, as ``df -H`` shows them)."""
+    if n >= 1e8:
+        return f"{n / 1e9:.1f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.0f} MB"
+    return f"{max(n, 0) / 1e3:.0f} kB"
+
+
+def write_failure(
+    final: str | os.PathLike[str],
+    *,
+    reason: str = "",
+    error_number: int | None = None,
+    temp: Path | None = None,
+) -> OutputWriteError:
+    """The error for an output that could not be written, naming the cause when it is known.
+
+    The cause is ``error_number`` when the system gave one; GDAL gives none, so it is also read
+    from the state the failure left: a device with less than :data:`NEARLY_FULL_BYTES` free is
+    full, and a temporary file that reached ``RLIMIT_FSIZE`` hit the file size limit.
+
+    Args:
+        final: The output path (named in the message; ``temp`` never is).
+        reason: What the writer reported (temporary names are masked).
+        error_number: ``errno`` of the failure, when known.
+        temp: The temporary file, still on disk (for the size-limit diagnosis).
+
+    Returns:
+        An :class:`OutputWriteError` with ``errno`` set to ENOSPC, EDQUOT, EFBIG or EIO.
+    """
+    final = Path(final)
+    directory = final.parent
+    limit = file_size_limit()
+    size = None
+    if temp is not None:
+        with contextlib.suppress(OSError):
+            size = temp.stat().st_size
+    free = free_bytes(directory)
+    if error_number == errno.EFBIG or (
+        limit is not None and size is not None and size >= limit - 65536
+    ):
+        code = errno.EFBIG
+        if limit is not None:
+            text = SIZE_LIMIT_TEMPLATE.format(output=final, limit=format_bytes(limit))
+        else:
+            text = TOO_LARGE_FOR_FS_TEMPLATE.format(output=final, dir=directory)
+    elif error_number == errno.EDQUOT:
+        code = errno.EDQUOT
+        text = QUOTA_TEMPLATE.format(dir=directory, output=final)
+    elif error_number == errno.ENOSPC or (free is not None and free < NEARLY_FULL_BYTES):
+        code = errno.ENOSPC
+        text = NO_SPACE_TEMPLATE.format(dir=directory, output=final)
+    else:
+        code = errno.EIO
+        clean = " ".join(mask_temporary_names(reason).split())[:300] or "no reason given"
+        text = WRITE_FAILED_TEMPLATE.format(output=final, reason=clean, dir=directory)
+    error = OutputWriteError(text)
+    error.errno = code
+    return error
+
+
+def _output_error(exc: OSError, final: Path, tmp: Path) -> OSError:
+    """``exc`` restated for ``final``: no-room errors diagnosed, temporary names replaced."""
+    if isinstance(exc, OutputWriteError) or exc.errno not in _NO_ROOM_ERRNOS:
+        if type(exc).__module__ != "builtins":
+            return exc  # our own errors, rasterio's ...: they name what they mean
+        names = [exc.filename, exc.filename2]
+        if exc.errno is None or not any(n is not None and tmp.name in str(n) for n in names):
+            return exc
+        # e.g. os.replace(tmp, final) onto a folder: say it about the output.
+        return type(exc)(exc.errno, exc.strerror, str(final))
+    return write_failure(final, reason=str(exc.strerror or exc), error_number=exc.errno, temp=tmp)
+
+
+def _missing_parents(directory: Path) -> list[Path]:
+    """The folders of ``directory`` that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    return missing
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str], *, protect: Iterable[Any] = ()) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
 
-    The temporary name is hidden and unique (``.NAME.tmp-RANDOM.EXT``; the extension is kept so
-    format-sniffing writers still work). The parent directory is created if needed. On success the
+    The temporary name is hidden, unique and names its owner (``.NAME.tmp-HOST-PID-RANDOM.EXT``,
+    :func:`zoomearth.temporaries.temporary_sibling`; the extension is kept so format-sniffing
+    writers still work). Temporaries of ``final`` left by a killed process are removed first
+    (:func:`sweep_stale_siblings`). The parent directory is created if needed. On success the
     temporary file replaces ``final`` with :func:`os.replace` (atomic on one filesystem), together
     with any GDAL sidecar written beside it; stale sidecars of an older ``final`` are removed so
     they cannot describe the new file. On any exception the temporary file and its sidecars are
-    removed and the exception propagates; ``final`` is left as it was.
+    removed, as are the folders this call created if they are empty, and the exception
+    propagates; ``final`` is left as it was. An ``OSError`` of a full disk, quota or file size
+    limit becomes an :class:`OutputWriteError` (:func:`write_failure`), and one that names the
+    temporary file is restated for ``final``.
 
     Args:
         final: Destination path.
@@ -180,16 +408,19 @@ def atomic_path(final: str | os.PathLike[str], *, protect: Iterable[Any] = ()) -
 
     Raises:
         ProtectedPathError: ``final`` is a protected input; nothing is created.
-        OutputWriteError: The body finished without creating the temporary file.
+        OutputWriteError: The body finished without creating the temporary file, or the device
+            is full, over quota or the file too large.
     """
     final = Path(final)
     check_not_protected(final, protect)
+    created = _missing_parents(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{secrets.token_hex(6)}{final.suffix}")
+    sweep_stale_siblings(final)
+    tmp = temporary_sibling(final)
     try:
         yield tmp
         if not tmp.exists():
-            raise OutputWriteError(NOTHING_WRITTEN_TEMPLATE.format(tmp=tmp, output=final))
+            raise OutputWriteError(NOTHING_WRITTEN_TEMPLATE.format(output=final))
         # Checked again: a protected input may have been created at that path meanwhile.
         check_not_protected(final, protect)
         for suffix in SIDECAR_SUFFIXES:
@@ -200,12 +431,27 @@ def atomic_path(final: str | os.PathLike[str], *, protect: Iterable[Any] = ()) -
             else:
                 _remove_quietly(side_final)
         os.replace(tmp, final)
-    except BaseException:
+    except OSError as exc:
         # Also when the rename fails (final is a directory, another filesystem ...).
-        _remove_quietly(tmp)
-        for suffix in SIDECAR_SUFFIXES:
-            _remove_quietly(_with_suffix_appended(tmp, suffix))
+        restated = _output_error(exc, final, tmp)
+        _remove_temporary(tmp)
+        _remove_empty(created)
+        if restated is exc:
+            raise
+        raise restated from exc
+    except BaseException:
+        _remove_temporary(tmp)
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    # Deepest first; a folder something else wrote into meanwhile stays.
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,6 +774,168 @@ def _cast_to(array: np.ndarray, dtype: np.dtype[Any], *, strict: bool) -> np.nda
     return array.astype(dtype)
 
 
+#: Upper bound of compressed / raw bytes by compression, for the free-space check. Lossless
+#: codecs cannot shrink noise (uniform noise stays at raw size plus a little); JPEG (YCbCr 4:2:0,
+#: quality <= 95) measured 0.26 on uniform noise at quality 90, its worst case, and about 0.05 on
+#: imagery (tests/core/test_disk_space.py checks the estimate against noise for both).
+COMPRESSED_RATIO_BOUND: dict[str, float] = {"jpeg": 0.35}
+#: Overviews 2, 4, 8 ... add at most 1/4 + 1/16 + ... = 1/3 of the full resolution.
+OVERVIEW_SHARE = 1.0 / 3.0
+#: Safety factor on the estimate (headers, tile padding at the edges, GDAL's block rounding).
+SPACE_SAFETY = 1.1
+
+
+def estimate_output_bytes(
+    width: int,
+    height: int,
+    count: int,
+    dtype: str | np.dtype[Any] | type,
+    *,
+    compress: str | None = "deflate",
+    quality: int = 90,
+    overviews: bool = True,
+    ratio: float | None = None,
+) -> int:
+    """Upper estimate of a GeoTIFF's size on disk, for the free-space check before writing.
+
+    ``width x height x count x itemsize`` (raw bytes) times the compression's ratio bound
+    (:data:`COMPRESSED_RATIO_BOUND`: 1.0 for DEFLATE/LZW/ZSTD/none, 0.35 for JPEG up to quality
+    95) times 4/3 with overviews, times :data:`SPACE_SAFETY`, plus 1 MiB of headers.
+
+    Args:
+        width: Pixels.
+        height: Pixels.
+        count: Bands.
+        dtype: Pixel type.
+        compress: Compression name as in :func:`output_profile` (None: none).
+        quality: JPEG quality (above 95 the JPEG bound is 1.0).
+        overviews: Internal overviews are built.
+        ratio: A caller's own bound on compressed / raw bytes (e.g. a 0/1 mask), replacing the
+            compression's.
+
+    Returns:
+        Bytes.
+    """
+    raw = float(width) * float(height) * int(count) * np.dtype(dtype).itemsize
+    comp = (compress or "none").lower()
+    if ratio is None:
+        ratio = COMPRESSED_RATIO_BOUND.get(comp, 1.0) if quality <= 95 else 1.0
+    share = 1.0 + (OVERVIEW_SHARE if overviews else 0.0)
+    return int(raw * ratio * share * SPACE_SAFETY) + (1 << 20)
+
+
+def check_free_space(final: str | os.PathLike[str], need: int) -> None:
+    """Refuse to start an output of about ``need`` bytes where fewer are free.
+
+    An older file at ``final`` does not count as free: it is replaced only once the new one is
+    complete.
+
+    Args:
+        final: The output path (its folder's device is checked; the folder may not exist yet).
+        need: Estimated bytes (:func:`estimate_output_bytes`).
+
+    Raises:
+        OutputWriteError: Not enough free space (``errno`` ENOSPC); nothing was written.
+    """
+    directory = Path(final).parent
+    free = free_bytes(directory)
+    if free is not None and need > free:
+        error = OutputWriteError(
+            NOT_ENOUGH_SPACE_TEMPLATE.format(
+                dir=directory, need=format_bytes(need), free=format_bytes(free)
+            )
+        )
+        error.errno = errno.ENOSPC
+        raise error
+
+
+_TIFF_ARRAY_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+_TIFF_OFFSET_TAGS = (324, 273)  # TileOffsets, StripOffsets
+_TIFF_COUNT_TAGS = (325, 279)  # TileByteCounts, StripByteCounts
+_MAX_DIRECTORIES = 4096
+
+
+def tiff_block_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the TIFF at ``path`` is incomplete, or None when every block's bytes are in the file.
+
+    Walks every image file directory (full resolution, overviews, masks) of a classic or BigTIFF
+    file and checks that each tile or strip has a nonzero byte count and ends inside the file,
+    and that every directory lies inside it. A write GDAL could not complete (full disk, quota,
+    file size limit) leaves a block with no bytes or a directory past the end of the file; GDAL
+    itself reports that only on stderr. Reads only the directories (a few kB per 10,000 tiles).
+
+    Args:
+        path: A TIFF written with ``SPARSE_OK`` off (GDAL's default: every block is written).
+
+    Returns:
+        A short description of the first problem, or None.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            return "no TIFF header"
+        (version,) = struct.unpack(order + "H", head[2:4])
+        if version == 42:
+            big, ifd = False, struct.unpack(order + "I", head[4:8])[0]
+        elif version == 43 and len(head) >= 16:
+            big, ifd = True, struct.unpack(order + "Q", head[8:16])[0]
+        else:
+            return "no TIFF header"
+        count_fmt, entry_fmt, entry_size, next_fmt = (
+            ("Q", "HHQ", 20, "Q") if big else ("H", "HHI", 12, "I")
+        )
+        count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(next_fmt)
+        head_size = struct.calcsize(entry_fmt)
+        seen: set[int] = set()
+        while ifd:
+            number = len(seen) + 1
+            if ifd in seen or number > _MAX_DIRECTORIES:
+                return "its directories form a loop"
+            seen.add(ifd)
+            if ifd + count_size > size:
+                return f"directory {number} lies past the end of the file"
+            fh.seek(ifd)
+            (n,) = struct.unpack(order + count_fmt, fh.read(count_size))
+            table = fh.read(n * entry_size + next_size)
+            if len(table) < n * entry_size + next_size:
+                return f"directory {number} is cut off at the end of the file"
+            arrays: dict[int, np.ndarray] = {}
+            for i in range(n):
+                entry = table[i * entry_size : (i + 1) * entry_size]
+                tag, typ, cnt = struct.unpack(order + entry_fmt, entry[:head_size])
+                if tag not in _TIFF_OFFSET_TAGS + _TIFF_COUNT_TAGS:
+                    continue
+                code = _TIFF_ARRAY_TYPES.get(typ)
+                if code is None:
+                    return f"directory {number} has an unreadable block table"
+                dt = np.dtype(order + code)
+                inline = entry[head_size:]
+                nbytes = int(cnt) * dt.itemsize
+                if nbytes <= len(inline):
+                    raw = inline[:nbytes]
+                else:
+                    (where,) = struct.unpack(order + ("Q" if big else "I"), inline)
+                    if where + nbytes > size:
+                        return f"the block table of directory {number} lies past the end"
+                    fh.seek(where)
+                    raw = fh.read(nbytes)
+                arrays[tag] = np.frombuffer(raw, dtype=dt).astype(np.uint64)
+            offsets = next((arrays[t] for t in _TIFF_OFFSET_TAGS if t in arrays), None)
+            counts = next((arrays[t] for t in _TIFF_COUNT_TAGS if t in arrays), None)
+            if offsets is None or counts is None or offsets.shape != counts.shape:
+                return f"directory {number} has no complete block table"
+            empty = np.flatnonzero((counts == 0) | (offsets == 0))
+            if empty.size:
+                return f"block {int(empty[0])} of directory {number} was never written"
+            if offsets.size and int((offsets + counts).max()) > size:
+                return f"a block of directory {number} ends past the end of the file"
+            (ifd,) = struct.unpack(order + next_fmt, table[n * entry_size :])
+    return None
+
+
 class TiledRasterWriter:
     """Stream a large GeoTIFF to disk tile by tile; overviews and atomic rename on close.
 
@@ -546,6 +954,16 @@ class TiledRasterWriter:
     here. GDAL's block cache (``GDAL_CACHEMAX``) bounds the rest; set it with
     :class:`rasterio.Env` around the writer. Blocks are compressed by ``num_threads`` GDAL
     threads.
+
+    Disk space: entering refuses with :class:`~zoomearth.errors.OutputWriteError` ("Not enough
+    free space in DIR ...") when the destination's device has less free space than
+    :attr:`estimated_bytes`, an upper estimate: ``width x height x count x dtype size`` times the
+    compression's ratio bound (1.0 lossless, 0.35 JPEG; ``space_ratio`` overrides it), 4/3 with
+    overviews and a safety factor of 1.1 (:func:`estimate_output_bytes`). Each :meth:`write`
+    checks that the device is not full and the file not at the process's size limit, so a disk
+    that fills up meanwhile stops the output at once; on close the file is checked block by
+    block (:func:`tiff_block_problem`) before it is renamed. Every failure is one
+    ``OutputWriteError`` naming the cause and ``path`` (:func:`write_failure`).
 
     Attributes:
         path: Final output path.
@@ -579,6 +997,7 @@ class TiledRasterWriter:
         protect: Iterable[Any] = (),
         progress: bool = False,
         progress_desc: str | None = None,
+        space_ratio: float | None = None,
     ) -> None:
         """Prepare the writer (nothing is created until the context is entered).
 
@@ -604,6 +1023,8 @@ class TiledRasterWriter:
             protect: Input paths the output must not overwrite.
             progress: Show a tqdm bar over the pixels written.
             progress_desc: Label of the bar (default: the file name).
+            space_ratio: Bound on compressed / raw bytes for the free-space check, for data
+                that compresses far better than the codec's bound (e.g. a 0/1 mask).
         """
         self.path = Path(path)
         self.profile = output_profile(
@@ -630,6 +1051,19 @@ class TiledRasterWriter:
         self.protect = tuple(protect)
         self.progress = progress
         self.progress_desc = progress_desc
+        #: Upper estimate of the file's size in bytes (the free-space check).
+        self.estimated_bytes = estimate_output_bytes(
+            self.width,
+            self.height,
+            int(self.profile["count"]),
+            self.dtype,
+            compress=self.profile.get("compress"),
+            quality=int(self.profile.get("jpeg_quality", quality)),
+            overviews=bool(
+                overviews and overview_factors(self.width, self.height, min_size=min_overview_size)
+            ),
+            ratio=space_ratio,
+        )
         self.temp_path: Path | None = None
         self.finished = False
         self.overview_seconds = 0.0
@@ -703,14 +1137,22 @@ class TiledRasterWriter:
         return int(self.profile["height"])
 
     def __enter__(self) -> Self:
-        """Create the temporary file and open it for writing."""
+        """Check the free space, create the temporary file and open it for writing.
+
+        Raises:
+            ProtectedPathError: ``path`` is a protected input.
+            OutputWriteError: Not enough free space for :attr:`estimated_bytes`, or the file
+                cannot be created; nothing is left behind.
+        """
+        check_not_protected(self.path, self.protect)
+        check_free_space(self.path, self.estimated_bytes)
         self._atomic = atomic_path(self.path, protect=self.protect)
         self.temp_path = self._atomic.__enter__()
         try:
             with warnings.catch_warnings():
                 # Opening a pixel-only output warns that it has no geotransform -- on purpose.
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self._ds = rasterio.open(self.temp_path, "w", **self.profile)
+                self._ds = self._gdal(rasterio.open, self.temp_path, "w", **self.profile)
             if self.tags:
                 self._ds.update_tags(**self.tags)
             if self.progress:
@@ -772,15 +1214,17 @@ class TiledRasterWriter:
             raise ValueError(
                 WINDOW_OUTSIDE_TEMPLATE.format(window=win, width=self.width, height=self.height)
             )
-        self._ds.write(_cast_to(data, self.dtype, strict=False), window=win)
-        if valid is not None:
-            if np.shape(valid) != (win.height, win.width):
-                raise ValueError(
-                    WINDOW_SHAPE_TEMPLATE.format(
-                        shape=np.shape(valid), window=win, height=win.height, width=win.width
-                    )
+        if valid is not None and np.shape(valid) != (win.height, win.width):
+            raise ValueError(
+                WINDOW_SHAPE_TEMPLATE.format(
+                    shape=np.shape(valid), window=win, height=win.height, width=win.width
                 )
-            self._ds.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=win)
+            )
+        self._gdal(self._ds.write, _cast_to(data, self.dtype, strict=False), window=win)
+        if valid is not None:
+            mask = np.where(valid, 255, 0).astype(np.uint8)
+            self._gdal(self._ds.write_mask, mask, window=win)
+        self._check_room()
         if self._bar is not None:
             self._bar.update(win.width * win.height)
 
@@ -803,10 +1247,17 @@ class TiledRasterWriter:
                     env["JPEG_QUALITY_OVERVIEW"] = str(self.profile.get("jpeg_quality", 90))
                 t0 = time.perf_counter()
                 with rasterio.Env(**env):
-                    ds.build_overviews(factors, self.overview_resampling)
+                    self._gdal(ds.build_overviews, factors, self.overview_resampling)
                 ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
                 self.overview_seconds = time.perf_counter() - t0
-            ds.close()
+            self._gdal(ds.close)
+            # GDAL reports blocks it could not write only on stderr: check the file itself.
+            assert self.temp_path is not None
+            problem = tiff_block_problem(self.temp_path)
+            if problem is not None:
+                raise write_failure(
+                    self.path, reason=f"incomplete file: {problem}", temp=self.temp_path
+                )
         except BaseException as exc:
             ds.close()
             self._abort(exc)
@@ -816,6 +1267,32 @@ class TiledRasterWriter:
         atomic.__exit__(None, None, None)
         self.temp_path = None
         self.finished = True
+
+    def _gdal(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a GDAL call; its I/O errors become an :class:`OutputWriteError` about ``path``."""
+        try:
+            return call(*args, **kwargs)
+        except (RasterioError, CPLE_BaseError) as exc:
+            raise write_failure(
+                self.path, reason=str(exc), error_number=None, temp=self.temp_path
+            ) from exc
+
+    def _check_room(self) -> None:
+        """Stop at once when the device is full or the file at the size limit (see class doc)."""
+        tmp = self.temp_path
+        if tmp is None:
+            return
+        limit = file_size_limit()
+        if limit is not None:
+            try:
+                size = tmp.stat().st_size
+            except OSError:
+                size = 0
+            if size >= limit - 65536:
+                raise write_failure(self.path, error_number=errno.EFBIG, temp=tmp)
+        free = free_bytes(self.path.parent)
+        if free is not None and free < NEARLY_FULL_BYTES:
+            raise write_failure(self.path, error_number=errno.ENOSPC, temp=tmp)
 
     def _close_bar(self) -> None:
         if self._bar is not None:

@@ -12,21 +12,26 @@ Endpoints (see ``docs/server.md``):
 * ``GET /artifacts/{path}`` -- files of run directories, with a signed link or the bearer token.
 
 Conversations map to LangGraph threads (``X-Conversation-Id`` header, ``metadata.conversation_id``,
-or an id derived from the first user message and the first image). Runs execute in worker threads
-(:mod:`zoomearth.server.runs`); images are ingested to files first (:mod:`zoomearth.server.ingest`).
+or an id derived from the first user message and the first image; only a request that names its
+conversation may answer an approval). Runs execute in worker threads (:mod:`zoomearth.server.runs`);
+images are ingested to files first (:mod:`zoomearth.server.ingest`). Chat bodies are bounded by
+``max_json_body_bytes``; links are built from ``public_base_url``, trusted proxies' forwarded
+headers or the server's own address, never from ``Host``. SIGTERM/Ctrl-C end every open request
+with ``server_shutdown``; stale temporaries of dead processes are removed at start-up.
 FastAPI is imported only here, never by ``import zoomearth``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import hmac
 import json
 import logging
-import os
 import re
-import tempfile
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -41,13 +46,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoomearth.server.errors import INTERNAL_TEMPLATE, ApiError, error_body
 from zoomearth.server.ingest import (
+    Conversation,
     FileStore,
     ImageRef,
     Ingestor,
     parse_conversation,
     sniff_extension,
 )
-from zoomearth.server.security import check_bind_security, conversation_id_for, is_loopback
+from zoomearth.server.security import (
+    check_bind_security,
+    check_proxy_settings,
+    conversation_id_for,
+    is_loopback,
+    link_base_url,
+)
+from zoomearth.temporaries import sweep_stale_temporaries, temporary_sibling
 
 if TYPE_CHECKING:
     from zoomearth.api import Agent, AskResult
@@ -93,8 +106,24 @@ BAD_CONVERSATION_ID_TEMPLATE = (
     "starting with a letter or digit."
 )
 BODY_TOO_LARGE_TEMPLATE = (
-    "Request body is larger than {limit:,} bytes (derived from the setting max_upload_bytes); "
-    "upload large images with POST /v1/files or use file:// paths under allowed_roots."
+    "Request body is {size}larger than {limit:,} bytes (setting max_json_body_bytes); upload "
+    "larger images with POST /v1/files and put the returned file URL (its id) in the message "
+    "instead of a data: URL, or use file:// paths under allowed_roots."
+)
+UPLOAD_TOO_LARGE_TEMPLATE = (
+    "Upload is {size}larger than {limit:,} bytes (the setting max_upload_bytes plus 1 MiB of "
+    "form framing); send a smaller image, or use a file:// path under allowed_roots."
+)
+APPROVAL_NEEDS_ID_MESSAGE = (
+    "This conversation has a step waiting for approval, and an approval is taken only from a "
+    "request that names its conversation: send the header X-Conversation-Id (or "
+    "metadata.conversation_id) with the id returned with the approval request (the "
+    "X-Conversation-Id response header, or zoomearth.conversation_id). A conversation id derived "
+    "from the first message never approves, since another client starting with the same words "
+    "and image derives the same id."
+)
+APPROVAL_ID_HINT_TEMPLATE = (
+    " (To answer, send your reply with the header X-Conversation-Id: {conversation_id}.)"
 )
 BAD_JSON_TEMPLATE = "Request body is not valid JSON: {reason}"
 TOO_DEEP_TEMPLATE = (
@@ -130,6 +159,11 @@ _APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "okay", "go", "go ahe
                   "proceed", "allow"}
 _DENY_WORDS = {"deny", "denied", "no", "n", "skip", "cancel", "stop", "don't", "do not"}
 _PROGRESS_EVERY_S = 1.0
+#: Error codes after which the thread continues later: its run folder is left as it is.
+_RESUMABLE_ERRORS = frozenset({"run_timeout", "server_shutdown", "thread_busy",
+                               "conversation_busy"})
+#: How long the shutdown waits for cancelled runs to unwind (tools check cancellation per tile).
+SHUTDOWN_JOIN_S = 10.0
 
 
 def _default_agent_factory(settings: Settings, on_event: Callable[[dict[str, Any]], None],
@@ -163,6 +197,8 @@ class Turn:
         approve: The approval decision for ``resume``.
         artifacts_before: Artifacts the thread had before this turn (only new ones are linked).
         reply: The text for ``reply``.
+        explicit: Whether the request named its conversation (header or metadata); only such
+            requests may answer an approval.
     """
 
     conversation_id: str
@@ -173,6 +209,7 @@ class Turn:
     approve: bool | None = None
     artifacts_before: int = 0
     reply: str = ""
+    explicit: bool = True
 
 
 @dataclass
@@ -231,6 +268,19 @@ def _prepare_turn(state: ServerState, body: dict[str, Any], header_conv: str | N
         conv_id = conversation_id_for(conv.first_user_text, first)
 
     assert settings.runs_dir is not None
+    try:
+        return _decide_turn(state, agent, ingestor, conv, conv_id, explicit=given is not None)
+    except BaseException:
+        # A refused request leaves no empty folders behind (never removes a file).
+        _prune_run_dirs(state, conv_id)
+        raise
+
+
+def _decide_turn(state: ServerState, agent: Agent, ingestor: Ingestor, conv: Conversation,
+                 conv_id: str, *, explicit: bool) -> Turn:
+    """Ingest the latest image and decide what the turn does (see :func:`_prepare_turn`)."""
+    settings = state.settings
+    assert settings.runs_dir is not None
     image = ingestor.ingest(conv.images[-1], settings.runs_dir / conv_id / "inputs") \
         if conv.images else None
     thread = conv_id
@@ -245,11 +295,16 @@ def _prepare_turn(state: ServerState, body: dict[str, Any], header_conv: str | N
             raise ApiError(400, NO_IMAGE_MESSAGE, param="messages", code="no_image")
         if not question:
             raise ApiError(400, NO_QUESTION_MESSAGE, param="messages", code="no_question")
-        return Turn(conv_id, thread, "ask", image=image, question=question)
+        return Turn(conv_id, thread, "ask", image=image, question=question, explicit=explicit)
     before = len(values.get("artifacts", []))
     snapshot = agent.graph.get_state({"configurable": {"thread_id": thread}})
     pending = [i.value for task in snapshot.tasks for i in task.interrupts]
     if pending:
+        if not explicit:
+            # A derived id is shared by every client that starts with the same words and
+            # image: it must neither approve another client's edit nor show its question.
+            raise ApiError(409, APPROVAL_NEEDS_ID_MESSAGE, param="conversation_id",
+                           code="approval_needs_conversation_id")
         decision = _approval_word(question)
         if decision is None:
             head: dict[str, Any] = pending[0] if isinstance(pending[0], dict) \
@@ -272,6 +327,43 @@ def _thread_values(agent: Agent, thread: str) -> dict[str, Any] | None:
     return dict(snapshot.values) if snapshot and snapshot.values else None
 
 
+def _prune_run_dirs(state: ServerState, name: str) -> None:
+    """Remove the empty folders of ``RUNS_DIR/<name>`` unless a run of that thread is live."""
+    runs = state.settings.runs_dir
+    agent = state.agent
+    if runs is None or not (runs / name).is_dir():
+        return
+    # A live run (here or in another process) may be about to write into its folders; writers
+    # re-create missing folders anyway, so this only narrows the window further.
+    if agent is not None and agent.running(name) is not None:
+        return
+    prune_empty_dirs(runs / name, runs)
+
+
+def prune_empty_dirs(folder: Path, root: Path) -> int:
+    """Remove ``folder`` and its sub-folders when they hold no file; how many were removed.
+
+    Only folders strictly inside ``root`` are touched, deepest first, with ``os.rmdir`` (which
+    fails on a folder that is not empty, so a file written meanwhile is never lost).
+    """
+    try:
+        folder.resolve().relative_to(root.resolve())
+    except (OSError, ValueError):
+        return 0
+    if folder.resolve() == root.resolve() or not folder.is_dir() or folder.is_symlink():
+        return 0
+    removed = 0
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+            removed += 1
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+        removed += 1
+    return removed
+
+
 # ----------------------------------------------------------------------------------------------
 # Output formatting
 # ----------------------------------------------------------------------------------------------
@@ -280,6 +372,14 @@ class ProgressText:
 
     def __init__(self) -> None:
         self._last_progress: dict[str, float] = {}
+
+    def _due(self, key: str, unfinished: bool) -> bool:
+        # The last step always shows; others at most one a second per key.
+        now = time.monotonic()
+        if unfinished and now - self._last_progress.get(key, 0.0) < _PROGRESS_EVERY_S:
+            return False
+        self._last_progress[key] = now
+        return True
 
     def __call__(self, event: dict[str, Any]) -> str | None:
         """The line for an event, or None when it is not shown."""
@@ -307,13 +407,19 @@ class ProgressText:
             region = event.get("region_xyxy")
             where = f" on [{', '.join(f'{v:.0f}' for v in region)}]" if region else ""
             return f"Tool {event.get('tool')} {args}{where}"
+        if kind == "prepare":
+            # Building the tiled, overviewed copy of a large scene (throttled like progress).
+            name = Path(str(event.get("scene") or "the scene")).name
+            done, total = int(event.get("done") or 0), int(event.get("total") or 0)
+            if not self._due(f"prepare:{name}", done < total):
+                return None
+            pct = int(100 * done / total) if total > 0 else 0
+            return f"Preparing {name}: {pct}%"
         if kind == "progress":
             key = str(event.get("tool"))
-            now = time.monotonic()
             done, total = int(event.get("done") or 0), int(event.get("total") or 0)
-            if done < total and now - self._last_progress.get(key, 0.0) < _PROGRESS_EVERY_S:
+            if not self._due(key, done < total):
                 return None
-            self._last_progress[key] = now
             msg = f" {event['message']}" if event.get("message") else ""
             return f"  {key}: {done}/{total}{msg}"
         if kind == "tool":
@@ -358,7 +464,11 @@ def _artifact_markdown(state: ServerState, result: AskResult, before: int, base:
 def _final_text(state: ServerState, turn: Turn, result: AskResult, base: str) -> str:
     if result.status == "awaiting_approval":
         pending = result.pending_approval[0] if result.pending_approval else {}
-        return APPROVAL_TEMPLATE.format(question=pending.get("question", "Run the tool?"))
+        ask = APPROVAL_TEMPLATE.format(question=pending.get("question", "Run the tool?"))
+        if not turn.explicit:
+            # Only a request naming the conversation may answer (see APPROVAL_NEEDS_ID_MESSAGE).
+            ask += APPROVAL_ID_HINT_TEMPLATE.format(conversation_id=turn.conversation_id)
+        return ask
     finished = result.status in FINISHED_STATUSES and result.answer
     text = result.answer if finished else NOT_FINISHED_MESSAGE
     if finished and result.status != "answered":
@@ -459,10 +569,11 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
     Raises:
         ConfigError: A non-loopback ``server_host`` without ``api_token``.
     """
-    from zoomearth.server.runs import RunManager
+    from zoomearth.server.runs import RunManager, busy_message
     from zoomearth.server.signing import Signer, load_or_create_key
 
     check_bind_security(settings)
+    check_proxy_settings(settings)
     server_dir = settings.data_dir / "server"
     state = ServerState(
         settings=settings,
@@ -475,12 +586,24 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(_sweep_temporaries, settings, state.store.root)
         state.agent = await run_in_threadpool(state.factory, settings, state.manager.dispatch)
         log.info("server ready", extra={"planner": state.agent.planner.describe(),
                                         "checkpointer": type(state.agent.checkpointer).__name__})
+        restore = _hook_exit_signals(asyncio.get_running_loop(), state.manager.shutdown)
         try:
             yield
         finally:
+            restore()
+            # Normally done by the signal hook already; a shutdown without a signal (tests, an
+            # embedding program) ends the runs here. Workers get a bounded time to unwind (their
+            # tools stop at the next cancellation check), so they release their thread locks
+            # and remove their temporaries before the process exits.
+            state.manager.shutdown()
+            left = await run_in_threadpool(state.manager.join_workers, SHUTDOWN_JOIN_S)
+            if left:
+                log.warning("%d run(s) still running at shutdown; their checkpoints are kept",
+                            left)
             agent, state.agent = state.agent, None
             if agent is not None:
                 with contextlib.suppress(Exception):
@@ -543,18 +666,30 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
         require_auth(request)
 
     def base_url(request: Request) -> str:
-        return str(request.base_url).rstrip("/")
+        # Never from the client's Host header (signed links would carry its host): see
+        # zoomearth.server.security.link_base_url.
+        server = request.scope.get("server")
+        return link_base_url(
+            settings, scheme=request.url.scheme,
+            server=(str(server[0]), int(server[1])) if server and server[1] else None,
+            peer=request.client.host if request.client else None, headers=request.headers)
 
-    async def read_body(request: Request, limit: int) -> bytearray:
+    async def read_json_body(request: Request) -> bytearray:
+        """The body of a JSON request, at most ``max_json_body_bytes`` (413 otherwise).
+
+        A declared ``Content-Length`` above the limit is refused before any of the body is
+        read; a chunked body is refused as soon as it passes the limit (nothing more is read).
+        """
+        limit = settings.max_json_body_bytes
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
-            raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(limit=limit),
-                           code="body_too_large")
+            raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(
+                size=f"{int(length):,} bytes, ", limit=limit), code="body_too_large")
         chunks = bytearray()
         async for chunk in request.stream():
             chunks.extend(chunk)
             if len(chunks) > limit:
-                raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(limit=limit),
+                raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(size="", limit=limit),
                                code="body_too_large")
         return chunks  # parsed as is: no second copy of a large body
 
@@ -580,7 +715,9 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         limiter = state.manager.limiter
-        return {"status": "ok" if state.agent is not None else "starting",
+        status = "shutting_down" if state.manager.shutting_down else \
+            "ok" if state.agent is not None else "starting"
+        return {"status": status,
                 "runs": {"running": limiter.running, "queued": limiter.queued},
                 "uptime_s": round(time.time() - state.started_at, 1)}
 
@@ -606,8 +743,8 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
         limit = settings.max_upload_bytes + (1 << 20)  # multipart framing
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
-            raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(limit=limit),
-                           code="upload_too_large")
+            raise ApiError(413, UPLOAD_TOO_LARGE_TEMPLATE.format(
+                size=f"{int(length):,} bytes, ", limit=limit), code="upload_too_large")
         seen = {"n": 0}
 
         async def limited_receive() -> dict[str, Any]:
@@ -615,7 +752,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
             if message["type"] == "http.request":
                 seen["n"] += len(message.get("body", b""))
                 if seen["n"] > limit:
-                    raise ApiError(413, BODY_TOO_LARGE_TEMPLATE.format(limit=limit),
+                    raise ApiError(413, UPLOAD_TOO_LARGE_TEMPLATE.format(size="", limit=limit),
                                    code="upload_too_large")
             return dict(message)
 
@@ -633,15 +770,17 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                 raise ApiError(400, NO_FILE_MESSAGE, param="file", code="no_file")
             purpose = str(form.get("purpose") or "vision")
             filename = upload.filename or "upload"
-            fd, tmp_name = tempfile.mkstemp(dir=state.store.root, suffix=".part")
-            tmp = Path(tmp_name)
+            # Owner-named (host, PID): a server killed mid-upload leaves a file the next start
+            # can tell is litter (zoomearth.temporaries); a live server's uploads are kept.
+            tmp = temporary_sibling(state.store.root / "upload.part")
             try:
-                with os.fdopen(fd, "wb") as out:
+                with open(tmp, "xb") as out:
                     while chunk := await upload.read(1 << 20):
                         out.write(chunk)
                 ingestor = Ingestor(settings, state.store)
                 meta = await run_in_threadpool(ingestor.ingest_upload, tmp, filename, purpose)
             finally:
+                # Also on cancellation (a shutdown or a client gone mid-upload); GDAL sidecars too.
                 for leftover in state.store.root.glob(f"{tmp.stem}*"):
                     leftover.unlink(missing_ok=True)
         finally:
@@ -688,8 +827,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         require_auth(request)
-        limit = settings.max_upload_bytes * 16 // 3 + (1 << 20)  # ~4 images as base64 + text
-        raw = await read_body(request, limit)
+        raw = await read_json_body(request)
         body = await run_in_threadpool(_parse_json_body, raw)
         if not isinstance(body, dict):
             raise ApiError(400, BAD_JSON_TEMPLATE.format(reason="expected an object"),
@@ -712,8 +850,15 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
         headers = {"X-Conversation-Id": turn.conversation_id, "X-Thread-Id": turn.thread_id}
         info = {"conversation_id": turn.conversation_id, "thread_id": turn.thread_id}
         in_content = settings.progress_in_content
-        ticket = None if turn.action == "reply" else state.manager.admit(turn.thread_id)
         agent = state.require_agent()
+        if turn.action != "reply" and not state.manager.is_busy(turn.thread_id):
+            # Another process (a CLI `ask`, another worker) may run this thread: say so now
+            # with its PID, rather than as an error after the stream started.
+            holder = await run_in_threadpool(agent.running, turn.thread_id)
+            if holder is not None:
+                raise ApiError(409, busy_message(turn.thread_id, holder),
+                               code="conversation_busy")
+        ticket = None if turn.action == "reply" else state.manager.admit(turn.thread_id)
 
         def execute() -> AskResult:
             if turn.action == "resume":
@@ -739,6 +884,9 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                     text = await run_in_threadpool(_final_text, state, turn, value, base)
                     yield ("text", text)
                 elif kind == "error":
+                    if value.code not in _RESUMABLE_ERRORS:
+                        # A failed run leaves no empty run folder behind.
+                        await run_in_threadpool(_prune_run_dirs, state, turn.thread_id)
                     yield ("error", value)
                 elif kind == "tick":
                     yield ("tick", None)
@@ -760,7 +908,9 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                     elif kind == "tick":
                         yield ": keep-alive\n\n"
                     elif kind == "error":
+                        # The error event, then [DONE]: a client reading to the end sees both.
                         yield f"data: {json.dumps(value.body())}\n\n"
+                        yield "data: [DONE]\n\n"
                         return
                 if ticket is None:
                     status = {"status": "awaiting_approval"}
@@ -803,6 +953,51 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
 
     app.add_middleware(RequestIdMiddleware)  # type: ignore[arg-type]
     return app
+
+
+def _sweep_temporaries(settings: Settings, uploads: Path) -> None:
+    """Remove temporaries whose owner process is dead (a server or CLI killed mid-write)."""
+    swept = sweep_stale_temporaries(uploads, recursive=True)
+    if settings.runs_dir is not None:
+        swept += sweep_stale_temporaries(settings.runs_dir, recursive=True)
+    if swept.files:
+        log.info("removed %d stale temporary file(s) (%d bytes) left by stopped processes",
+                 swept.files, swept.bytes)
+
+
+def _hook_exit_signals(loop: asyncio.AbstractEventLoop,
+                       on_exit: Callable[[], None]) -> Callable[[], None]:
+    """Call ``on_exit`` on the event loop at SIGTERM/SIGINT, before the handler in place runs.
+
+    uvicorn installs its ``Server.handle_exit`` with ``signal.signal`` before the lifespan starts
+    (in every worker process too); it then stops accepting connections and waits for open
+    responses to finish before the lifespan shutdown. Chaining here ends the open streams at
+    once with an error event (instead of uvicorn cutting them after its graceful timeout).
+    Signals can be handled only in the main thread: elsewhere (a server run in a thread) this
+    does nothing. Returns the function that puts the previous handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        # A signal handler runs between bytecodes of the loop's own thread: only schedule.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(on_exit)
+        previous[signum](signum, frame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        prev = signal.getsignal(sig)
+        if callable(prev):  # a server that shuts down gracefully on it (uvicorn does)
+            previous[sig] = prev
+            signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, prev in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, prev)
+
+    return restore
 
 
 class _RunStreamingResponse(StreamingResponse):

@@ -7,17 +7,20 @@ this module imports neither FastAPI nor uvicorn (other commands stay fast).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from zoomearth.cli import command
 
 __all__ = [
+    "JsonLinesStderr",
     "JsonLogFormatter",
     "add_serve_command",
     "app_factory",
@@ -53,19 +56,90 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+#: Loggers of the server process that write through our handler (one format on stderr).
+_SERVER_LOGGERS = ("zoomearth", "uvicorn", "py.warnings")
+
+
+class JsonLinesStderr(io.TextIOBase):
+    """``sys.stderr`` under JSON logging: every line written to it becomes one JSON log record.
+
+    Catches what does not go through :mod:`logging`: a library's ``print(..., file=sys.stderr)``,
+    a traceback printed for a dying thread, a carriage-return progress line. Each non-empty line
+    becomes ``{"ts", "level": "info", "logger": "stderr", "msg": line}`` on the real stderr (which
+    the log handler writes to directly). Writes below Python (C libraries writing to file
+    descriptor 2) are not seen.
+
+    Args:
+        raw: The real stderr.
+    """
+
+    def __init__(self, raw: TextIO) -> None:
+        super().__init__()
+        self.raw = raw
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        """Always."""
+        return True
+
+    def isatty(self) -> bool:
+        """False: nothing should draw terminal graphics into a log."""
+        return False
+
+    def fileno(self) -> int:
+        """The real stderr's descriptor (for child processes and faulthandler)."""
+        return self.raw.fileno()
+
+    def write(self, text: str) -> int:
+        """Buffer ``text`` and emit its complete lines as JSON records."""
+        with self._lock:
+            *lines, self._partial = (self._partial + text.replace("\r", "\n")).split("\n")
+            for line in lines:
+                if line.strip():
+                    record = logging.LogRecord("stderr", logging.INFO, "", 0, line, None, None)
+                    self.raw.write(_JSON_FORMATTER.format(record) + "\n")
+            self.raw.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the real stderr (a partial line waits for its end)."""
+        self.raw.flush()
+
+
+_JSON_FORMATTER = JsonLogFormatter()
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Send ``zoomearth`` logs to stderr (JSON lines by default); quiet uvicorn's access log."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send the server process's logs to stderr in one format (JSON lines by default).
+
+    ``zoomearth``, uvicorn's own lines (start-up, shutdown, errors) and Python warnings all go
+    through the same handler; with ``fmt="json"``, whatever else is written to ``sys.stderr``
+    becomes a JSON record too (:class:`JsonLinesStderr`), so every line on stderr is one JSON
+    object. Progress bars are switched off (``TQDM_DISABLE``, inherited by child processes): a
+    bar redrawn with carriage returns is not a log line. uvicorn's access log stays off: our
+    middleware logs every request with its id.
+    """
+    raw = sys.stderr.raw if isinstance(sys.stderr, JsonLinesStderr) else sys.stderr
+    handler = logging.StreamHandler(raw)
     if fmt == "json":
         handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger("zoomearth")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    # Our middleware logs every request with its id; uvicorn's access line would repeat it.
+    for name in _SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("zoomearth").setLevel(level.upper())
+    logging.getLogger("uvicorn").setLevel(level.upper())
+    logging.captureWarnings(True)
     logging.getLogger("uvicorn.access").disabled = True
+    if fmt == "json" or not raw.isatty():
+        os.environ["TQDM_DISABLE"] = "1"
+    if fmt == "json":
+        sys.stderr = JsonLinesStderr(raw)
+    elif isinstance(sys.stderr, JsonLinesStderr):
+        sys.stderr = raw
 
 
 def add_serve_command(sub: Any) -> None:
@@ -108,18 +182,25 @@ def app_factory() -> Any:
 
 
 def serve(settings: Any, *, workers: int = 1, log_level: str = "info",
-          log_format: str = "json") -> None:
-    """Run the server until interrupted.
+          log_format: str = "json", agent_factory: Any = None) -> None:
+    """Run the server until interrupted (SIGINT or SIGTERM: a graceful shutdown).
+
+    On SIGTERM or Ctrl-C, running runs are cancelled and every open request ends at once: a
+    stream with an error event (code ``server_shutdown``) and ``[DONE]``, a non-streaming
+    request with a 503; then uvicorn closes the connections and the process exits.
 
     Args:
         settings: Effective settings (host, port, token, limits, planner).
         workers: Worker processes; more than one should use ``postgres_url`` so every worker sees
             every conversation (each worker applies the run limits on its own).
-        log_level: Log level of the ``zoomearth`` loggers.
+        log_level: Log level of the ``zoomearth`` and uvicorn loggers.
         log_format: ``json`` (one object per line) or ``text``.
+        agent_factory: ``(settings, on_event) -> Agent`` for :func:`create_app` (one worker
+            only; tests use it to serve a scripted planner).
 
     Raises:
-        ConfigError: A non-loopback bind address without ``api_token``.
+        ConfigError: A non-loopback bind address without ``api_token``, or ``agent_factory``
+            with several workers.
         MissingExtraError: FastAPI/uvicorn are not installed.
     """
     from zoomearth.errors import MissingExtraError
@@ -133,33 +214,44 @@ def serve(settings: Any, *, workers: int = 1, log_level: str = "info",
     configure_logging(log_level, log_format)
     logging.getLogger("zoomearth.server").info(
         "starting", extra={"host": settings.server_host, "port": settings.server_port})
+    # log_config=None: uvicorn keeps the handlers configured above instead of its own.
+    # proxy_headers=False: uvicorn would otherwise rewrite the client address and scheme from
+    # X-Forwarded-* sent by any loopback client; links use trusted_proxies instead.
     common: dict[str, Any] = {"host": settings.server_host, "port": settings.server_port,
-                              "log_level": log_level, "access_log": False,
-                              "timeout_graceful_shutdown": 5}
+                              "log_level": log_level, "log_config": None, "access_log": False,
+                              "proxy_headers": False, "timeout_graceful_shutdown": 5}
     if workers > 1:
+        if agent_factory is not None:
+            from zoomearth.errors import ConfigError
+
+            raise ConfigError("An agent factory can be given to one worker only; drop --workers.")
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         os.environ[LOG_ENV] = f"{log_level},{log_format}"
         uvicorn.run("zoomearth.server.cli:app_factory", factory=True, workers=workers, **common)
         return
     from zoomearth.server.app import create_app
 
-    uvicorn.run(create_app(settings), **common)
+    uvicorn.run(create_app(settings, agent_factory), **common)
 
 
 @command("serve")
 def cmd_serve(args: argparse.Namespace, settings: Any) -> int:
     """Run the OpenAI-compatible server."""
+    return _serve_with(args, settings)
+
+
+def _serve_with(args: argparse.Namespace, settings: Any, agent_factory: Any = None) -> int:
     settings = _settings_with_flags(args, settings)
     serve(settings, workers=max(1, args.workers), log_level=args.log_level,
-          log_format=args.log_format)
+          log_format=args.log_format, agent_factory=agent_factory)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, agent_factory: Any = None) -> int:
     """``python -m zoomearth.server [--config F] [--set K=V ...] [serve options]``.
 
     The same as ``zoomearth serve``, without the rest of the CLI (used by the multi-worker tests
-    and handy in containers).
+    and handy in containers). ``agent_factory`` is for tests (see :func:`serve`).
     """
     from zoomearth.config import load_settings, parse_set_flags
     from zoomearth.errors import ZoomEarthError
@@ -171,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(flags=parse_set_flags(args.set), config_file=args.config)
-        return cmd_serve(args, settings)
+        return _serve_with(args, settings, agent_factory)
     except ZoomEarthError as exc:
         print(f"zoomearth serve: error: {exc}", file=sys.stderr)
         return 2

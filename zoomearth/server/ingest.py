@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -257,9 +256,14 @@ class FileStore:
         if meta_path.exists():
             tmp.unlink(missing_ok=True)
             return self.meta(file_id)
-        folder.mkdir(parents=True, exist_ok=True)
         stored = f"image.{info['ext']}"
-        os.replace(tmp, folder / stored)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, folder / stored)
+        except OSError:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: no folder without its file is left
+            raise
         meta = {
             "id": file_id,
             "object": "file",
@@ -274,9 +278,14 @@ class FileStore:
             "height": info.get("height"),
             "georeferenced": info.get("georeferenced"),
         }
-        part = meta_path.with_suffix(".json.part")
-        part.write_text(json.dumps(meta))
-        os.replace(part, meta_path)
+        from zoomearth.temporaries import temporary_sibling
+
+        part = temporary_sibling(meta_path)
+        try:
+            part.write_text(json.dumps(meta))
+            os.replace(part, meta_path)
+        finally:
+            part.unlink(missing_ok=True)
         return meta
 
 
@@ -314,11 +323,14 @@ class Ingestor:
         Raises:
             ApiError: 400 for an unreadable raster, 413 for too many pixels.
         """
-        from zoomearth.errors import SceneError, SceneTooLargeError
+        from zoomearth.errors import SceneError, ScenePrepareBudgetError, SceneTooLargeError
         from zoomearth.scene import Scene
 
         try:
             scene = Scene.open(path, settings=self.settings)
+        except ScenePrepareBudgetError as exc:
+            raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
+                           code="prepare_budget_exceeded") from None
         except SceneTooLargeError as exc:
             # The scene names its file: hide the server-side (temporary) name.
             raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
@@ -333,12 +345,23 @@ class Ingestor:
                 raise ApiError(413, TOO_MANY_PIXELS_TEMPLATE.format(
                     width=width, height=height, pixels=width * height, limit=limit),
                     code="image_too_large")
+            try:
+                # Header only: a raster that would need a prepared copy above the work budget
+                # (max_prepare_pixels) is refused before any run starts (a small sparse TIFF
+                # can declare 1.6e9 pixels: minutes of CPU to prepare).
+                scene.check_prepare_budget()
+            except ScenePrepareBudgetError as exc:
+                raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
+                               code="prepare_budget_exceeded") from None
             if max(width, height) <= self.settings.prepare_min_side:
                 # Small images: decode a thumbnail now, so a corrupt body fails here, clearly.
                 try:
                     scene.read(scene.full_box, out_size=(min(width, 32), min(height, 32)))
                     if path.suffix.lower() in _PIL_CHECKED:
                         _pil_decode(path)  # GDAL reads a cut-off PNG/JPEG without an error
+                except ScenePrepareBudgetError as exc:
+                    raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
+                                   code="prepare_budget_exceeded") from None
                 except (SceneError, OSError, ValueError) as exc:
                     raise ApiError(400, CORRUPT_TEMPLATE.format(what=what,
                                                                 reason=_short(exc, path)),
@@ -419,19 +442,16 @@ class Ingestor:
             if ext is None:
                 raise ApiError(400, UNKNOWN_FORMAT_TEMPLATE.format(what="in the data URL"),
                                code="corrupt_image", param="messages")
-            dest_dir.mkdir(parents=True, exist_ok=True)
             path = dest_dir / f"{digest[:32]}.{ext}"
             if not path.exists():
-                fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".part-", suffix=f".{ext}")
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                tmp = Path(tmp_name)
+                tmp = _write_temporary(path, data)
                 try:
                     self.validate(tmp, "in the data URL")
-                except ApiError:
-                    tmp.unlink(missing_ok=True)
-                    raise
-                os.replace(tmp, path)
+                    os.replace(tmp, path)
+                finally:
+                    # Refused, failed or cancelled: the temporary (and GDAL sidecars) go.
+                    for leftover in dest_dir.glob(f"{tmp.name}*"):
+                        leftover.unlink(missing_ok=True)
             return ImageRef(path=path.resolve(), identity=digest, origin="data")
         if url.startswith("file:"):
             path = self._allowed(url)
@@ -469,6 +489,28 @@ class Ingestor:
                 h.update(chunk)
         info.update(ext=ext, sha256=h.hexdigest(), bytes=size)
         return self.store.add(typed, filename, purpose, info)
+
+
+def _write_temporary(final: Path, data: bytes) -> Path:
+    """Write ``data`` to an owner-named temporary beside ``final`` (its folder made as needed).
+
+    The name records this host and PID (:func:`zoomearth.temporaries.temporary_sibling`), so a
+    server killed mid-write leaves a file the next start removes. A folder removed meanwhile
+    (the empty-folder clean-up of a refused request of the same conversation) is made again.
+    """
+    from zoomearth.temporaries import temporary_sibling
+
+    tmp = temporary_sibling(final)
+    for attempt in range(2):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+            return tmp
+        except FileNotFoundError:
+            if attempt:
+                raise
+    return tmp  # pragma: no cover - the loop returns or raises
 
 
 _PIL_CHECKED = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})

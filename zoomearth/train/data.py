@@ -426,9 +426,16 @@ def _has_rows(path: Path) -> bool:
 def _save_png(rgb: Any, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(rgb, "RGB").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from zoomearth.temporaries import temporary_sibling
+
+    # An owner-named temporary: a killed export leaves litter the next start can sweep.
+    tmp = temporary_sibling(path)
+    try:
+        Image.fromarray(rgb, "RGB").save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _safe_name(text: str) -> str:
