@@ -132,7 +132,8 @@ def test_sigterm_ends_streams_with_an_error_then_done_and_leaves_no_temporaries(
             worker = threading.Thread(target=non_streaming)
             worker.start()
             _wait_for(lambda: _running(server) == 2, "both runs to execute")
-            assert len(_temporaries(data / "runs")) == 3  # live + one partial file per run
+            # live + one partial file per run (a run executes a little before its tool writes)
+            _wait_for(lambda: len(_temporaries(data / "runs")) == 3, "both tools to write")
             server.proc.send_signal(signal.SIGTERM)
             lines.extend(it)  # the rest of the stream, to its end
         worker.join(HANG_S)
