@@ -22,26 +22,64 @@ work in a worker thread (``asyncio.to_thread``), so the event loop never waits o
 
 Importing this module does not import torch: torch is looked up in ``sys.modules`` (if it is not
 imported, no torch object can exist yet) or imported inside the functions that need it.
+
+Its parts live beside it: :mod:`~zoomearth.models.spec` (:class:`ModelSpec`),
+:mod:`~zoomearth.models.budgets` (device names, budgets, gates), :mod:`~zoomearth.models.fallbacks`
+(:class:`PoolWarning`, the warning log), :mod:`~zoomearth.models.memory` (byte sizes,
+out-of-memory errors), :mod:`~zoomearth.models.devices` (CUDA devices without torch),
+:mod:`~zoomearth.models.stats` (snapshots, tables), :mod:`~zoomearth.models.defaults` (the
+process-wide pool). This module holds the models' state machine, :class:`ModelPool`; every name
+it exported before the split still imports from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import gc
 import logging
-import os
-import re
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from zoomearth.errors import ModelFallbackRequired, ModelPoolError, ModelTooLargeError
+from zoomearth.models.budgets import (
+    BUDGET_HINT,
+    HELD_BY_CALLER_TEMPLATE,
+    TOO_LARGE_TEMPLATE,
+    WAIT_TIMEOUT_TEMPLATE,
+    DeviceBudgets,
+    _DeviceGate,
+)
+from zoomearth.models.defaults import get_default_pool, pool_from_settings, set_default_pool
+from zoomearth.models.devices import CudaDevice, _is_cuda, visible_cuda_devices
+from zoomearth.models.fallbacks import (
+    CLASSICAL_FALLBACK_TEMPLATE,
+    CPU_FALLBACK_TEMPLATE,
+    FALLBACK_REQUIRED_TEMPLATE,
+    FallbackWarnings,
+    PoolWarning,
+)
+from zoomearth.models.memory import (
+    _short_error,
+    available_ram_bytes,
+    format_bytes,
+    is_out_of_memory,
+    measure_bytes,
+    parse_bytes,
+)
+from zoomearth.models.spec import ModelSpec, default_move
+from zoomearth.models.stats import (
+    DeviceStats,
+    ModelState,
+    ModelStats,
+    PoolStats,
+    format_stats,
+)
 
 __all__ = [
     "DeviceStats",
@@ -68,581 +106,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ModelState = Literal["unloaded", "loading", "resident", "offloaded"]
-
-#: What to tell the user when memory is short (the setting is wired by ``zoomearth.config``).
-BUDGET_HINT = "raise the model-pool budget (setting model_pool_budget) or free memory"
-
-TOO_LARGE_TEMPLATE = (
-    "Model '{key}' needs {need} on {device}, but the model-pool budget of {device} is {budget}. "
-    "To load it, {hint}."
-)
-HELD_BY_CALLER_TEMPLATE = (
-    "Model '{key}' needs {need} on {device}, but models this thread is still using there hold "
-    "{held} of the {budget} budget, so nothing can be evicted to make room. Use the models one "
-    "after the other, or {hint}."
-)
-WAIT_TIMEOUT_TEMPLATE = (
-    "Model '{key}' waited {timeout:.0f} s for other threads to release {held} on {device} "
-    "(budget {budget}). Lower the model-pool concurrency, or {hint}."
-)
-NO_BUDGET_TEMPLATE = (
-    "The model pool has no memory budget for device '{device}' and cannot measure it. "
-    "Pass budgets={{'{device}': <bytes>}} to ModelPool, or use 'cpu' or 'cuda'."
-)
-CPU_FALLBACK_TEMPLATE = (
-    "{what} ran out of memory on {device} ({error}); it ran on {fallback} instead, which is slower."
-)
-CLASSICAL_FALLBACK_TEMPLATE = (
-    "{what} ran out of memory on {devices} ({error}); the classical backend is used instead. "
-    "To use the model, {hint}."
-)
-FALLBACK_REQUIRED_TEMPLATE = (
-    "Model '{key}' ran out of memory on {devices} ({error}). Use the classical backend, or {hint}."
-)
-
-# Substrings of out-of-memory messages from torch (CUDA, MPS, cuDNN, cuBLAS) and allocators that
-# raise plain RuntimeError instead of torch.cuda.OutOfMemoryError.
-_OOM_MARKERS = ("out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed")
-
 _DEFAULT_TRANSFER_BYTES_PER_S = 10e9  # a PCIe 4 x16 link in practice; configurable per pool
 _DEFAULT_WAIT_TIMEOUT_S = 600.0
-
-# Warning buckets of the enclosing ModelPool.collect_warnings() blocks. A context variable, so one
-# run's warnings do not leak into another run served concurrently; asyncio.to_thread and
-# contextvars.copy_context propagate it into worker threads.
-_WARNING_SINKS: contextvars.ContextVar[tuple[list[PoolWarning], ...]] = contextvars.ContextVar(
-    "zoomearth_pool_warning_sinks", default=()
-)
-
-
-# --------------------------------------------------------------------------------------------
-# Value types
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to load, measure and move one model; the pool decides when.
-
-    Attributes:
-        key: Unique id of the model, stable across runs, e.g. ``"sam:vit_b:/models/sam_b.pth"``.
-            Two specs with the same key are the same model (the first one loaded is reused).
-        load: ``load(device) -> model``: builds the model on ``device`` (a normalised device
-            string such as ``"cuda:0"`` or ``"cpu"``). Called without any pool lock held.
-        size_bytes: Estimate of the model's bytes on the device, used to make room *before* the
-            first load. Without it the pool can only make room after loading (the measured size
-            is remembered for later loads), so the budget may be briefly exceeded the first time.
-        move: ``move(model, device) -> model``: moves the model to another device (offload and
-            restore). Default: :func:`default_move` (``model.to(device)``).
-        measure: ``measure(model) -> bytes`` after loading. Default: :func:`measure_bytes`
-            (parameters and buffers of torch modules); falls back to ``size_bytes``.
-        description: Human-readable name used in warnings and in ``zoomearth models``.
-        offloadable: Whether eviction may move the model to the offload device instead of
-            freeing it (models holding non-movable state, e.g. compiled graphs, set ``False``).
-        cpu_fallback: Whether :meth:`ModelPool.run` may retry on the CPU after running out of
-            memory on an accelerator.
-    """
-
-    key: str
-    load: Callable[[str], Any]
-    size_bytes: int | None = None
-    move: Callable[[Any, str], Any] | None = None
-    measure: Callable[[Any], int | None] | None = None
-    description: str = ""
-    offloadable: bool = True
-    cpu_fallback: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.key:
-            raise ValueError("ModelSpec.key must be a non-empty string")
-        if self.size_bytes is not None and self.size_bytes < 0:
-            raise ValueError(f"ModelSpec.size_bytes must be >= 0, got {self.size_bytes}")
-
-    @property
-    def label(self) -> str:
-        """Name used in user-facing messages: the description, else the key."""
-        return self.description or self.key
-
-
-@dataclass(frozen=True)
-class PoolWarning:
-    """A fallback the user should know about (shown with the run's answer).
-
-    Attributes:
-        key: The model's key.
-        device: The device the model was asked for.
-        fallback: Where the work went instead: a device name or ``"classical"``.
-        message: The human-readable text.
-        time: Wall-clock time (``time.time()``) when it was recorded.
-    """
-
-    key: str
-    device: str
-    fallback: str
-    message: str
-    time: float
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    """One model known to the pool (resident, offloaded, loading, or loaded before and freed).
-
-    Attributes:
-        key: The model's key.
-        device: Its home device (where it runs).
-        state: ``"resident"``, ``"offloaded"``, ``"loading"`` or ``"unloaded"``.
-        location: The device holding its bytes now (``None`` when unloaded).
-        nbytes: Bytes accounted for it on ``location`` (0 when unloaded).
-        pinned: Number of active uses (a pinned model is never evicted).
-        hits: Uses that found it resident.
-        loads: Uses that had to call the loader (misses).
-        restores: Uses that moved it back from the offload device.
-        offloads: Evictions that moved it to the offload device.
-        frees: Evictions that freed it.
-        load_seconds: Total time spent in its loader.
-        transfer_seconds: Total time spent moving it (offload and restore).
-        compute_seconds: Total time it was in use (pinned).
-        last_used: Wall-clock time of its last use, or ``None``.
-        description: The spec's description.
-    """
-
-    key: str
-    device: str
-    state: ModelState
-    location: str | None
-    nbytes: int
-    pinned: int
-    hits: int
-    loads: int
-    restores: int
-    offloads: int
-    frees: int
-    load_seconds: float
-    transfer_seconds: float
-    compute_seconds: float
-    last_used: float | None
-    description: str
-
-
-@dataclass(frozen=True)
-class DeviceStats:
-    """Memory accounting of one device.
-
-    Attributes:
-        device: Device name.
-        budget_bytes: The budget the pool keeps to.
-        used_bytes: Bytes of resident, offloaded and loading models accounted on it now.
-        peak_bytes: Highest ``used_bytes`` seen; never above ``budget_bytes``.
-        concurrency: How many threads may use models on it at once.
-        active: Threads using models on it now.
-    """
-
-    device: str
-    budget_bytes: int
-    used_bytes: int
-    peak_bytes: int
-    concurrency: int
-    active: int
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A consistent snapshot of the pool, for ``zoomearth models`` and the server.
-
-    Attributes:
-        models: Every model the pool knows, most recently used first.
-        devices: Every device the pool has used.
-        hits: Uses served by a resident model.
-        misses: Uses that called a loader.
-        restores: Uses served by moving an offloaded model back.
-        evictions: Models evicted (offloaded + freed).
-        offloads: Evictions that moved a model to the offload device.
-        frees: Evictions that freed a model.
-        ooms: Out-of-memory errors caught by :meth:`ModelPool.run`.
-        fallbacks: Fallbacks taken (to the CPU or to the classical backend).
-        load_seconds: Time spent in loaders.
-        transfer_seconds: Time spent moving models between devices.
-        compute_seconds: Time models were in use.
-    """
-
-    models: tuple[ModelStats, ...]
-    devices: tuple[DeviceStats, ...]
-    hits: int
-    misses: int
-    restores: int
-    evictions: int
-    offloads: int
-    frees: int
-    ooms: int
-    fallbacks: int
-    load_seconds: float
-    transfer_seconds: float
-    compute_seconds: float
-
-    def device(self, name: str) -> DeviceStats | None:
-        """The stats of device ``name``, or ``None`` if the pool never used it."""
-        return next((d for d in self.devices if d.device == name), None)
-
-    def model(self, key: str, device: str | None = None) -> ModelStats | None:
-        """The stats of model ``key`` (on ``device`` if given), or ``None``."""
-        return next(
-            (m for m in self.models if m.key == key and (device is None or m.device == device)),
-            None,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (for the server's API)."""
-        return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-
-
-def parse_bytes(value: str | int | float) -> int:
-    """Parse a memory size such as ``"8GiB"``, ``"512 MB"``, ``"1.5g"`` or ``1024``.
-
-    Args:
-        value: A number of bytes, or a number with a unit (B, KB/MB/GB/TB = powers of 1000,
-            KiB/MiB/GiB/TiB = powers of 1024; K/M/G/T alone = powers of 1000).
-
-    Returns:
-        The size in bytes, rounded down.
-
-    Raises:
-        ValueError: The text is not a size, or it is negative.
-    """
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"memory size must be >= 0, got {value}")
-        return int(value)
-    match = _BYTES_RE.match(value)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise ValueError(
-            f"cannot read {value!r} as a memory size; write e.g. '8GiB', '512MB' or '1073741824'"
-        )
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def format_bytes(nbytes: float) -> str:
-    """Format a byte count with a binary unit, e.g. ``"1.5 GiB"``."""
-    size = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def available_ram_bytes() -> int:
-    """Bytes of RAM available to new allocations without swapping (``MemAvailable``).
-
-    Uses psutil when installed, else ``/proc/meminfo``, else the physical page count.
-    """
-    try:
-        import psutil
-    except ImportError:
-        pass
-    else:
-        return int(psutil.virtual_memory().available)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    # Last resort (no psutil, not Linux): total physical memory overestimates what is free.
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-@dataclass(frozen=True)
-class CudaDevice:
-    """A CUDA device this process may use, as the driver reports it.
-
-    Attributes:
-        name: The pool's device name, ``"cuda:<index>"`` numbered as CUDA numbers the visible
-            devices (after ``CUDA_VISIBLE_DEVICES``).
-        free_bytes: Free memory now, when known without creating a CUDA context.
-        total_bytes: Total memory, when known.
-    """
-
-    name: str
-    free_bytes: int | None = None
-    total_bytes: int | None = None
-
-
-_NVIDIA_SMI_QUERY = (
-    "--query-gpu=index,uuid,memory.free,memory.total",
-    "--format=csv,noheader,nounits",
-)
-_PROC_NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
-
-
-@dataclass(frozen=True)
-class _PhysicalGpu:
-    index: int
-    uuid: str | None
-    free_bytes: int | None
-    total_bytes: int | None
-
-
-def _mib(text: str) -> int | None:
-    try:
-        return int(float(text)) * 2**20
-    except ValueError:  # "[N/A]" and the like
-        return None
-
-
-def _gpus_from_nvidia_smi(executable: str) -> list[_PhysicalGpu] | None:
-    import subprocess
-
-    try:
-        proc = subprocess.run(
-            [executable, *_NVIDIA_SMI_QUERY],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return None
-    gpus = []
-    for line in proc.stdout.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 4 or not fields[0].isdigit():
-            continue
-        index, uuid, free, total = fields[:4]
-        gpus.append(_PhysicalGpu(int(index), uuid or None, _mib(free), _mib(total)))
-    return gpus
-
-
-def _gpus_from_proc(proc_dir: str) -> list[_PhysicalGpu]:
-    try:
-        count = sum(1 for _ in os.scandir(proc_dir))
-    except OSError:
-        return []
-    return [_PhysicalGpu(i, None, None, None) for i in range(count)]
-
-
-def _apply_visible_devices(gpus: list[_PhysicalGpu], spec: str | None) -> list[_PhysicalGpu]:
-    """Select and order GPUs as CUDA does for ``CUDA_VISIBLE_DEVICES`` (None: all of them).
-
-    Entries are physical indexes, (prefixes of) ``GPU-...`` UUIDs or ``MIG-...`` instances
-    (memory unknown); like CUDA, the list ends at the first entry that names no device (or
-    repeats one).
-    """
-    if spec is None:
-        return list(gpus)
-    chosen: list[_PhysicalGpu] = []
-    for raw in spec.split(","):
-        item = raw.strip()
-        if item.isdigit():
-            match = next((g for g in gpus if g.index == int(item)), None)
-        elif item.startswith("GPU-"):
-            match = next((g for g in gpus if g.uuid and g.uuid.startswith(item)), None)
-        elif item.startswith("MIG-"):
-            match = _PhysicalGpu(-1, item, None, None)
-        else:
-            match = None
-        if match is None or match in chosen:
-            break
-        chosen.append(match)
-    return chosen
-
-
-def visible_cuda_devices(
-    *,
-    environ: Mapping[str, str] | None = None,
-    allow_torch: bool = True,
-    nvidia_smi: str | None = "nvidia-smi",
-    proc_dir: str = _PROC_NVIDIA_GPUS,
-) -> list[CudaDevice]:
-    """The CUDA devices this process can use, found without importing torch.
-
-    When torch is already imported (and ``allow_torch``), it is asked -- that costs nothing more.
-    Otherwise the driver is: ``nvidia-smi`` (which also gives each device's free memory), else
-    the entries of ``/proc/driver/nvidia/gpus``; ``CUDA_VISIBLE_DEVICES`` then selects and orders
-    them as CUDA would. Physical GPUs are numbered in PCI bus order (nvidia-smi's); CUDA numbers
-    them the same way with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or when the GPUs are alike (its
-    default order puts the fastest first).
-
-    Args:
-        environ: Environment to read ``CUDA_VISIBLE_DEVICES`` from (default ``os.environ``).
-        allow_torch: Ask torch when it is already imported.
-        nvidia_smi: The nvidia-smi executable (looked up on ``PATH``); None skips it.
-        proc_dir: The driver's per-GPU folder, used when nvidia-smi gives no answer.
-
-    Returns:
-        The devices, ``cuda:0`` first; empty without a driver or a visible device.
-    """
-    torch = sys.modules.get("torch") if allow_torch else None
-    if torch is not None:
-        try:
-            count = int(torch.cuda.device_count())
-        except Exception:  # noqa: BLE001 - a broken CUDA install means no usable device
-            count = 0
-        return [CudaDevice(f"cuda:{i}") for i in range(count)]
-    env = os.environ if environ is None else environ
-    gpus: list[_PhysicalGpu] | None = None
-    if nvidia_smi:
-        import shutil
-
-        executable = shutil.which(nvidia_smi, path=env.get("PATH"))
-        if executable:
-            gpus = _gpus_from_nvidia_smi(executable)
-    if gpus is None:
-        gpus = _gpus_from_proc(proc_dir)
-    visible = _apply_visible_devices(gpus, env.get("CUDA_VISIBLE_DEVICES"))
-    return [CudaDevice(f"cuda:{i}", g.free_bytes, g.total_bytes) for i, g in enumerate(visible)]
-
-
-def measure_bytes(obj: Any) -> int | None:
-    """Bytes held by a model object: parameters and buffers of torch modules, tensors, arrays.
-
-    Looks through torch modules, tensors, objects with an integer ``nbytes`` (numpy arrays),
-    mappings, lists and tuples, diffusers pipelines (``components``) and wrappers that keep their
-    module in ``.model`` (e.g. segment-anything's predictor). Storage shared by several tensors
-    (tied weights) is counted once.
-
-    Args:
-        obj: The loaded model.
-
-    Returns:
-        The byte count, or ``None`` when nothing measurable was found.
-    """
-    torch = sys.modules.get("torch")
-    seen: set[int] = set()  # ids of visited containers, so cycles end
-    storages: set[int] = set()  # storages already counted, so tied weights count once
-    found = False
-    total = 0
-
-    def add_tensor(tensor: Any) -> None:
-        nonlocal total
-        try:
-            storage = tensor.untyped_storage()
-            ident, nbytes = storage.data_ptr() or id(storage), storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # meta or sparse tensors have no storage
-            ident, nbytes = id(tensor), tensor.numel() * tensor.element_size()
-        if ident not in storages:
-            storages.add(ident)
-            total += nbytes
-
-    def visit(item: Any, depth: int) -> None:
-        nonlocal found, total
-        if item is None or depth > 4 or id(item) in seen:
-            return
-        if torch is not None and isinstance(item, torch.nn.Module):
-            seen.add(id(item))
-            found = True
-            for tensor in item.parameters():
-                add_tensor(tensor)
-            for tensor in item.buffers():
-                add_tensor(tensor)
-        elif torch is not None and isinstance(item, torch.Tensor):
-            found = True
-            add_tensor(item)
-        elif isinstance(getattr(item, "nbytes", None), int):
-            seen.add(id(item))
-            found = True
-            total += item.nbytes
-        elif isinstance(item, Mapping):
-            seen.add(id(item))
-            for value in item.values():
-                visit(value, depth + 1)
-        elif isinstance(item, list | tuple):
-            seen.add(id(item))
-            for value in item:
-                visit(value, depth + 1)
-        elif isinstance(getattr(item, "components", None), Mapping):  # diffusers pipelines
-            seen.add(id(item))
-            visit(item.components, depth + 1)
-        elif hasattr(item, "model"):  # predictors and other thin wrappers
-            seen.add(id(item))
-            visit(item.model, depth + 1)
-
-    visit(obj, 0)
-    return total if found else None
-
-
-def default_move(model: Any, device: str) -> Any:
-    """Move ``model`` to ``device`` with its ``.to(device)`` method (torch modules, pipelines).
-
-    Returns:
-        The moved model (``.to`` of ``nn.Module`` moves in place and returns the same object).
-
-    Raises:
-        ModelPoolError: The object has no ``.to`` method; give the spec a ``move`` function.
-    """
-    to = getattr(model, "to", None)
-    if not callable(to):
-        raise ModelPoolError(
-            f"cannot move a {type(model).__name__} to {device}: it has no .to(device) method. "
-            "Give its ModelSpec a move=... function or offloadable=False."
-        )
-    moved = to(device)
-    return model if moved is None else moved
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) means memory ran out.
-
-    True for :class:`MemoryError`, ``torch.cuda.OutOfMemoryError``,
-    :class:`~zoomearth.errors.ModelTooLargeError`, and any exception whose message contains
-    "out of memory" (CUDA/MPS errors raised as plain ``RuntimeError``).
-    """
-    torch = sys.modules.get("torch")
-    torch_oom: tuple[type[BaseException], ...] = ()
-    if torch is not None:
-        oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-        torch_oom = (oom_type,) if isinstance(oom_type, type) else ()
-    current: BaseException | None = exc
-    for _ in range(8):  # tools wrap errors; a short walk down the chain finds the cause
-        if current is None or isinstance(current, ModelFallbackRequired):
-            return False
-        if isinstance(current, (MemoryError, ModelTooLargeError, *torch_oom)):
-            return True
-        text = str(current).lower()
-        if any(marker in text for marker in _OOM_MARKERS):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _short_error(exc: BaseException, limit: int = 160) -> str:
-    # CUDA OOM texts run to several lines of allocator advice; the first line says what happened.
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_cuda(device: str) -> bool:
-    return device == "cuda" or device.startswith("cuda:")
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,54 +145,16 @@ class _Entry:
         return sum(self.pins.values())
 
 
-class _DeviceGate:
-    """A counting semaphore for one device, re-entrant per thread.
-
-    Re-entrant because one thread may legitimately use two models on one device at once (nested
-    ``use``), and with ``concurrency=1`` a plain semaphore would deadlock that thread.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._cond = threading.Condition()
-        self._holders: dict[int, int] = {}
-
-    @property
-    def active(self) -> int:
-        with self._cond:
-            return len(self._holders)
-
-    def acquire(self, timeout: float | None) -> bool:
-        me = threading.get_ident()
-        with self._cond:
-            if me in self._holders:
-                self._holders[me] += 1
-                return True
-            if not self._cond.wait_for(lambda: len(self._holders) < self.capacity, timeout):
-                return False
-            self._holders[me] = 1
-            return True
-
-    def release(self) -> None:
-        me = threading.get_ident()
-        with self._cond:
-            count = self._holders.get(me, 0)
-            if count <= 1:
-                self._holders.pop(me, None)
-                # notify_all, not notify: a woken waiter whose timeout just expired would
-                # otherwise swallow the wake-up and leave the free slot unclaimed.
-                self._cond.notify_all()
-            else:
-                self._holders[me] = count - 1
-
-
 # --------------------------------------------------------------------------------------------
 # The pool
 # --------------------------------------------------------------------------------------------
 
 
-class ModelPool:
+class ModelPool(DeviceBudgets, FallbackWarnings):
     """Shares device memory between models: lazy loads, budgets, LRU eviction, OOM fallbacks.
+
+    Device names, budgets and gates come from :class:`~zoomearth.models.budgets.DeviceBudgets`,
+    the fallback-warning log from :class:`~zoomearth.models.fallbacks.FallbackWarnings`.
 
     Example:
         >>> pool = ModelPool(budgets={"cpu": 2**30})
@@ -798,121 +225,7 @@ class ModelPool:
         )
         self._seconds = dict.fromkeys(("load", "transfer", "compute"), 0.0)
 
-    # ---- devices and budgets ---------------------------------------------------------------
-
-    @staticmethod
-    def _normalise(device: str) -> str:
-        name = str(device).strip().lower()
-        return "cpu" if name in ("cpu", "cpu:0") else name
-
-    def resolve_device(self, device: str = "auto") -> str:
-        """Normalise a device request: ``"auto"``, ``"cuda"`` -> ``"cuda:<current>"``, ``"cpu"``.
-
-        ``"auto"`` and a bare ``"cuda"`` import torch (that is when a model is about to be used,
-        never at import time).
-
-        Raises:
-            ModelPoolError: ``"cuda"`` was asked for but torch sees no CUDA device.
-        """
-        name = self._normalise(device)
-        if name == "auto":
-            if self._default_device is None:
-                self._default_device = self._detect_default_device()
-            return self._default_device
-        if name == "cuda":
-            torch = self._import_torch()
-            if torch is None or not torch.cuda.is_available():
-                raise ModelPoolError(
-                    "device 'cuda' was asked for but no CUDA device is visible; "
-                    "use device 'cpu' or 'auto'."
-                )
-            return f"cuda:{torch.cuda.current_device()}"
-        return name
-
-    @staticmethod
-    def _import_torch() -> Any:
-        try:
-            import torch
-        except ImportError:
-            return None
-        return torch
-
-    def _detect_default_device(self) -> str:
-        torch = self._import_torch()
-        if torch is not None and torch.cuda.is_available():
-            return f"cuda:{torch.cuda.current_device()}"
-        return "cpu"
-
-    def budget(self, device: str) -> int:
-        """The memory budget in bytes of ``device`` (measured on first call if not configured).
-
-        Raises:
-            ModelPoolError: No budget is configured and the device cannot be measured.
-        """
-        device = self.resolve_device(device)
-        with self._cond:
-            return self._budget(device)
-
-    def configured_budget(self, device: str) -> int | None:
-        """The budget of ``device`` if known without measuring it (configured or measured before).
-
-        Unlike :meth:`budget` this never imports torch nor touches a device, so status displays
-        can call it cheaply; None means the budget is measured on first use.
-        """
-        name = self._normalise(device)
-        if name in ("auto", "cuda"):
-            return None
-        with self._cond:
-            if name in self._budgets:
-                return self._budgets[name]
-            if name in self._budget_config:
-                return self._budget_config[name]
-            return self._budget_config.get(name.split(":", 1)[0])
-
-    def set_budget(self, device: str, nbytes: int) -> None:
-        """Change the budget of ``device``; models over it are evicted on the next load there."""
-        if nbytes < 0:
-            raise ValueError(f"budget must be >= 0 bytes, got {nbytes}")
-        device = self.resolve_device(device)
-        with self._cond:
-            self._budget_config[device] = int(nbytes)
-            self._budgets[device] = int(nbytes)
-
-    def _budget(self, device: str) -> int:
-        if device in self._budgets:
-            return self._budgets[device]
-        kind = device.split(":", 1)[0]
-        if device in self._budget_config:
-            budget = self._budget_config[device]
-        elif kind in self._budget_config:
-            budget = self._budget_config[kind]
-        elif device == "cpu":
-            budget = int(available_ram_bytes() * self.budget_fraction)
-        elif kind == "cuda":
-            torch = self._import_torch()
-            if torch is None or not torch.cuda.is_available():
-                raise ModelPoolError(NO_BUDGET_TEMPLATE.format(device=device))
-            index = int(device.split(":", 1)[1]) if ":" in device else 0
-            free, _total = torch.cuda.mem_get_info(index)
-            budget = int(free * self.budget_fraction)
-        else:
-            raise ModelPoolError(NO_BUDGET_TEMPLATE.format(device=device))
-        self._budgets[device] = budget
-        return budget
-
-    def _concurrency_of(self, device: str) -> int:
-        if isinstance(self._concurrency, Mapping):
-            kind = device.split(":", 1)[0]
-            value = self._concurrency.get(device, self._concurrency.get(kind, 1))
-            return int(value)
-        return int(self._concurrency)
-
-    def _gate(self, device: str) -> _DeviceGate:
-        with self._cond:
-            gate = self._gates.get(device)
-            if gate is None:
-                gate = self._gates[device] = _DeviceGate(self._concurrency_of(device))
-            return gate
+    # ---- accounting (device names and budgets: DeviceBudgets) -------------------------------
 
     def _used(self, device: str, exclude: _Entry | None = None) -> int:
         return sum(
@@ -1414,50 +727,6 @@ class ModelPool:
             self._cond.notify_all()
         return count
 
-    # ---- warnings -----------------------------------------------------------------------------
-
-    def _warn(self, spec: ModelSpec, device: str, fallback: str, message: str) -> None:
-        warning = PoolWarning(
-            key=spec.key, device=device, fallback=fallback, message=message, time=time.time()
-        )
-        with self._cond:
-            self._counters["fallbacks"] += 1
-            self._warnings.append(warning)
-        for bucket in _WARNING_SINKS.get():
-            bucket.append(warning)
-        logger.warning("%s", message)
-
-    @property
-    def warnings(self) -> list[PoolWarning]:
-        """Fallback warnings recorded so far (oldest first; bounded by ``max_warnings``)."""
-        with self._cond:
-            return list(self._warnings)
-
-    def drain_warnings(self) -> list[PoolWarning]:
-        """Return the recorded warnings and forget them."""
-        with self._cond:
-            drained = list(self._warnings)
-            self._warnings.clear()
-            return drained
-
-    @contextlib.contextmanager
-    def collect_warnings(self) -> Iterator[list[PoolWarning]]:
-        """Collect the warnings raised by the code inside the block (one run's warnings).
-
-        Scoped with a context variable, so concurrent runs in other threads or tasks do not
-        see each other's warnings. Work started in plain ``threading.Thread`` objects does not
-        inherit the context; use ``contextvars.copy_context().run`` or ``asyncio.to_thread``.
-
-        Yields:
-            A list that receives the warnings as they are recorded.
-        """
-        bucket: list[PoolWarning] = []
-        token = _WARNING_SINKS.set((*_WARNING_SINKS.get(), bucket))
-        try:
-            yield bucket
-        finally:
-            _WARNING_SINKS.reset(token)
-
     # ---- stats --------------------------------------------------------------------------------
 
     def stats(self) -> PoolStats:
@@ -1517,158 +786,3 @@ class _OOM:
     """Marker for an attempt that ran out of memory (carries the error text only)."""
 
     text: str
-
-
-# --------------------------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------------------------
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
-
-
-def format_stats(stats: PoolStats) -> str:
-    """Render :class:`PoolStats` as plain-text tables (for ``zoomearth models``)."""
-    lines: list[str] = []
-    if stats.devices:
-        rows = [
-            [
-                d.device,
-                format_bytes(d.budget_bytes),
-                format_bytes(d.used_bytes),
-                format_bytes(d.peak_bytes),
-                str(d.concurrency),
-                str(d.active),
-            ]
-            for d in stats.devices
-        ]
-        headers = ["device", "budget", "used", "peak", "concurrency", "active"]
-        lines += _table(headers, rows, right={1, 2, 3, 4, 5})
-    else:
-        lines.append("no device used yet")
-    lines.append("")
-    if stats.models:
-        rows = [
-            [
-                m.key,
-                m.device,
-                m.state if m.location in (None, m.device) else f"{m.state} ({m.location})",
-                format_bytes(m.nbytes) if m.state != "unloaded" else "-",
-                str(m.hits),
-                str(m.loads),
-                str(m.restores),
-                f"{m.load_seconds:.2f}",
-                f"{m.compute_seconds:.2f}",
-            ]
-            for m in stats.models
-        ]
-        headers = [
-            "model",
-            "device",
-            "state",
-            "size",
-            "hits",
-            "loads",
-            "restores",
-            "load s",
-            "use s",
-        ]
-        lines += _table(headers, rows, right={3, 4, 5, 6, 7, 8})
-    else:
-        lines.append("no model loaded yet")
-    lines.append("")
-    lines.append(
-        f"hits {stats.hits}, misses {stats.misses}, restores {stats.restores}, "
-        f"evictions {stats.evictions} (offloaded {stats.offloads}, freed {stats.frees}), "
-        f"out-of-memory {stats.ooms}, fallbacks {stats.fallbacks}; "
-        f"loading {stats.load_seconds:.2f} s, transfers {stats.transfer_seconds:.2f} s, "
-        f"in use {stats.compute_seconds:.2f} s"
-    )
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Process-wide default pool
-# --------------------------------------------------------------------------------------------
-
-_default_pool: ModelPool | None = None  # installed by set_default_pool: used for every call
-_pools_by_config: dict[tuple[int | None, float, int], ModelPool] = {}
-_default_pool_lock = threading.Lock()
-
-
-def _pool_config(settings: Any) -> tuple[int | None, float, int]:
-    """The pool configuration of ``settings`` (None: the defaults), as a hashable key."""
-    budget = getattr(settings, "model_pool_budget_bytes", None)
-    return (
-        int(budget) if budget else None,
-        float(getattr(settings, "model_pool_fraction", 0.8)),
-        int(getattr(settings, "model_pool_concurrency", 1)),
-    )
-
-
-def pool_from_settings(settings: Any) -> ModelPool:
-    """A new pool configured by the settings.
-
-    Uses ``model_pool_budget_bytes`` (per device; None = a fraction of free memory),
-    ``model_pool_fraction`` and ``model_pool_concurrency``.
-    """
-    budget, fraction, concurrency = _pool_config(settings)
-    budgets = {"cpu": budget, "cuda": budget} if budget else None
-    return ModelPool(budgets, concurrency=concurrency, budget_fraction=fraction)
-
-
-def get_default_pool(settings: Any = None) -> ModelPool:
-    """The process-wide pool for ``settings``: shared by every component with the same budgets.
-
-    There is one pool per distinct pool configuration (``model_pool_budget_bytes``,
-    ``model_pool_fraction``, ``model_pool_concurrency``; see :func:`pool_from_settings`),
-    created on first request and reused afterwards, so the planner and the tools of one
-    configuration share their resident models and one budget. ``settings=None`` means the
-    default configuration (the same pool as settings that leave the three values at their
-    defaults). A second ``Agent`` built with another budget gets its own pool: models resident
-    in the first pool stay there (owned by the first pool, freed by its LRU policy or
-    :meth:`ModelPool.clear`); the two pools do not count each other's memory, so give every
-    component of a process the same budget settings -- or pass one pool explicitly -- when
-    they share a GPU.
-
-    A pool installed with :func:`set_default_pool` overrides all of this: it is returned for
-    every call, whatever the settings.
-    """
-    with _default_pool_lock:
-        if _default_pool is not None:
-            return _default_pool
-        key = _pool_config(settings)
-        pool = _pools_by_config.get(key)
-        if pool is None:
-            pool = _pools_by_config[key] = pool_from_settings(settings)
-        return pool
-
-
-def set_default_pool(pool: ModelPool | None) -> ModelPool | None:
-    """Install ``pool`` as the pool of every :func:`get_default_pool` call (``None``: remove it).
-
-    An embedding application uses this to make all components share one pool it configured;
-    tests use it to install a pool with a small budget. Removing the installed pool also forgets
-    the per-configuration pools, so the next requests create fresh ones (pools already handed
-    out stay valid for their holders).
-
-    Returns:
-        The previously installed pool (None when there was none), so callers can restore it
-        with ``set_default_pool(previous)``.
-    """
-    global _default_pool
-    with _default_pool_lock:
-        previous, _default_pool = _default_pool, pool
-        if pool is None:
-            _pools_by_config.clear()
-        return previous
