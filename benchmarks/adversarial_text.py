@@ -51,10 +51,12 @@ MODULES: tuple[str, ...] = (
     "zoomearth.server.app",
     "zoomearth.server.ingest",
     "zoomearth.tools.edit",
-    "zoomearth.tools.base",
+    "zoomearth.tools.contract",
+    "zoomearth.tools.context",
     "zoomearth.artifacts",
     "zoomearth.api",
     "zoomearth.models.pool",
+    "zoomearth.models.memory",
 )
 #: The rules planner's readers, timed on the whole (uncapped) text.
 READERS: tuple[str, ...] = ("find_coordinates", "find_locations", "find_tool_intents")

@@ -5,7 +5,8 @@ registry's first listing; built-ins when first used). See ``docs/tools.md``.
 """
 
 from zoomearth.artifacts import Artifact, ArtifactDraft, ArtifactKind, ArtifactStore
-from zoomearth.tools.base import (
+from zoomearth.tools.context import ToolContext
+from zoomearth.tools.contract import (
     CONTRACT_VERSION,
     RESERVED_ARGS,
     ArtifactRef,
@@ -13,24 +14,19 @@ from zoomearth.tools.base import (
     Capabilities,
     InputPath,
     NoArgs,
-    Tile,
-    TileCache,
     Tool,
+    ToolOutcome,
+    ToolResult,
+    artifact_ref,
+    input_path,
+)
+from zoomearth.tools.errors import (
     ToolCancelled,
-    ToolContext,
     ToolDefinitionError,
     ToolError,
     ToolFailure,
     ToolInputError,
-    ToolOutcome,
-    ToolResult,
     UnknownToolError,
-    artifact_ref,
-    check_tool_call,
-    describe_arguments,
-    input_path,
-    run_tool,
-    split_region_args,
 )
 from zoomearth.tools.paths import PathNotAllowedError, check_allowed_path
 from zoomearth.tools.registry import (
@@ -45,6 +41,9 @@ from zoomearth.tools.registry import (
     list_tools,
     reset_registry,
 )
+from zoomearth.tools.runner import check_tool_call, run_tool
+from zoomearth.tools.schema import describe_arguments, split_region_args
+from zoomearth.tools.tiles import Tile, TileCache
 
 __all__ = [
     "BUILTIN_TOOLS",

@@ -66,7 +66,25 @@ class GeoreferenceError(SceneError, ValueError):
 
 
 class BoxError(ZoomEarthError, ValueError):
-    """A box is malformed: NaN, inverted, empty or entirely outside the image."""
+    """A box is malformed: NaN, inverted, empty or entirely outside the image.
+
+    ``code`` is the stable problem code a caller reports for it (the tool runner's
+    ``ToolInputError.code``): ``bad_box`` here; the subclasses carry their own.
+    """
+
+    code = "bad_box"
+
+
+class InvertedBoxError(BoxError):
+    """The box is inverted (x2 < x1 or y2 < y1)."""
+
+    code = "inverted_box"
+
+
+class BoxOutsideImageError(BoxError):
+    """The box lies entirely outside the image."""
+
+    code = "box_outside_image"
 
 
 class ModelPoolError(ZoomEarthError, RuntimeError):

@@ -34,7 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zoomearth.errors import BoxError, GeoreferenceError
+from zoomearth.errors import (
+    BoxError,
+    BoxOutsideImageError,
+    GeoreferenceError,
+    InvertedBoxError,
+)
 
 if TYPE_CHECKING:  # rasterio is only needed for the map conversions' type hints
     from affine import Affine
@@ -52,6 +57,7 @@ __all__ = [
     "map_to_pixel",
     "min_crop_xyxy",
     "parse_box",
+    "reference_resized_size",
     "validate_box",
     "view_to_full",
 ]
@@ -431,12 +437,12 @@ def validate_box(box: PixelBox, width: int, height: int) -> tuple[PixelBox, str 
     if not box.is_finite():
         raise BoxError(BOX_NOT_FINITE_TEMPLATE.format(box=box))
     if box.x2 < box.x1 or box.y2 < box.y1:
-        raise BoxError(BOX_INVERTED_TEMPLATE.format(box=box))
+        raise InvertedBoxError(BOX_INVERTED_TEMPLATE.format(box=box))
     if box.x2 == box.x1 or box.y2 == box.y1:
         raise BoxError(BOX_EMPTY_TEMPLATE.format(box=box))
     clipped = box.clip(width, height)
     if clipped.area <= 0:
-        raise BoxError(BOX_OUTSIDE_TEMPLATE.format(box=box, width=width, height=height))
+        raise BoxOutsideImageError(BOX_OUTSIDE_TEMPLATE.format(box=box, width=width, height=height))
     if clipped != box:
         return clipped, BOX_CLIPPED_TEMPLATE.format(
             box=box, width=width, height=height, clipped=clipped
@@ -459,3 +465,32 @@ def parse_box(text: str) -> PixelBox:
     except ValueError:
         raise BoxError(BOX_NEEDS_FOUR_TEMPLATE.format(got=text)) from None
     return PixelBox(x1, y1, x2, y2)
+
+
+REFERENCE_SIZE_TEMPLATE = "Image sizes must be positive; got {width}x{height} px."
+
+
+def reference_resized_size(
+    width: int, height: int, max_size: int = 512
+) -> tuple[int, int]:
+    """Size of an image after the reference's ``resize_image`` (long side ``max_size``).
+
+    ``scale = max_size / max(w, h)``; when ``scale < 1`` the image is resized bicubically to
+    ``(int(w * scale), int(h * scale))`` -- truncated, so 5000 x 3000 becomes 512 x 307 --,
+    otherwise it is left as it is (never upsampled). Lives in the scene engine (the core), which
+    renders these sizes and the planner side (:mod:`zoomearth.agent.profiles`) maps boxes with.
+
+    Args:
+        width: Image width in pixels.
+        height: Image height in pixels.
+        max_size: Long side after resizing.
+
+    Returns:
+        ``(width, height)`` after resizing.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(REFERENCE_SIZE_TEMPLATE.format(width=width, height=height))
+    scale = max_size / max(width, height)
+    if scale < 1:
+        return int(width * scale), int(height * scale)
+    return width, height
