@@ -49,15 +49,17 @@ Outputs (all aligned to the region, written atomically)
   images without georeference; properties ``id``, ``label``, ``area_px``, ``area_m2``.
 * ``preview.png``: the region with the mask in colour, its outline, the prompt box and points.
 * The text for the planner: ``"1 region, 12,400 m2, centroid (x, y) EPSG:26914 / pixel (c, r)"``.
+
+Module layout: SAM (architecture, loading, model-pool spec, cached predictor) is in
+:mod:`zoomearth.tools._sam_backend`, the working window, mask clean-up and summary text in
+:mod:`zoomearth.tools._segmentation_helpers`; this module holds the tool and re-exports them.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -67,6 +69,31 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from zoomearth.artifacts import ArtifactKind
 from zoomearth.errors import BandLayoutError, ModelFallbackRequired
 from zoomearth.geometry import PixelBox
+from zoomearth.tools._sam_backend import SAM_CONFIG_TEMPLATE as SAM_CONFIG_TEMPLATE
+from zoomearth.tools._sam_backend import (
+    SAM_MISSING_TEMPLATE,
+    SAM_PRESETS,
+    SamArchitecture,
+    SamConfigError,
+    _Embedding,
+    _predictor_class,
+    build_sam,
+    load_sam,
+    sam_architecture,
+    sam_config_path,
+    sam_model_spec,
+)
+from zoomearth.tools._sam_backend import SAM_STATE_TEMPLATE as SAM_STATE_TEMPLATE
+from zoomearth.tools._segmentation_helpers import CONTEXT_FRACTION as CONTEXT_FRACTION
+from zoomearth.tools._segmentation_helpers import CONTEXT_MIN_PX as CONTEXT_MIN_PX
+from zoomearth.tools._segmentation_helpers import (
+    _context_box,
+    _num,
+    _remove_small,
+    _summary,
+    _Work,
+)
+from zoomearth.tools._segmentation_helpers import _fmt_area as _fmt_area
 from zoomearth.tools.base import (
     BackendStatus,
     Capabilities,
@@ -77,7 +104,6 @@ from zoomearth.tools.base import (
 )
 
 if TYPE_CHECKING:
-    from zoomearth.models import ModelSpec
     from zoomearth.scene import Scene
 
 __all__ = [
@@ -95,8 +121,6 @@ __all__ = [
 MAX_SIDE = 4096
 GRABCUT_MAX_SIDE = 512
 GRABCUT_ITERATIONS = 5
-CONTEXT_FRACTION = 0.10
-CONTEXT_MIN_PX = 16
 PREVIEW_SIDE = 768
 PREVIEW_MIN_SIDE = 384
 EMBEDDING_CACHE_SIZE = 4
@@ -134,7 +158,6 @@ SAM_UNAVAILABLE_TEMPLATE = (
     "backend 'auto' or 'grabcut'."
 )
 SAM_NOT_CONFIGURED = "the setting sam_checkpoint is not set"
-SAM_MISSING_TEMPLATE = "the SAM checkpoint {path} does not exist"
 SAM_FALLBACK_TEMPLATE = "SAM was not used ({reason}); GrabCut segmented the region instead."
 SAM_OOM_FALLBACK_TEMPLATE = (
     "SAM ran out of memory ({reason}); GrabCut segmented the region instead."
@@ -144,377 +167,6 @@ NO_REGION_TEMPLATE = (
     "{what} found no region in {region}. Try a target_box tight around the object, points on it "
     "(mode 'points'), or a lower min_area_px."
 )
-SAM_CONFIG_TEMPLATE = (
-    "SAM architecture file {path} is invalid: {reason}. It must be a JSON object with an "
-    "optional 'model_type' (vit_b, vit_l, vit_h) and fields of SamArchitecture ({fields})."
-)
-SAM_STATE_TEMPLATE = (
-    "SAM checkpoint {path} does not match the architecture {arch}: set sam_model_type to the "
-    "checkpoint's type, or describe its architecture in a {config} file beside it ({reason})"
-)
-
-
-class SamConfigError(ValueError):
-    """A SAM architecture file or checkpoint does not describe a loadable model."""
-
-
-# --------------------------------------------------------------------------------------------
-# SAM architecture and loading (the same code for real and tiny checkpoints)
-# --------------------------------------------------------------------------------------------
-class SamArchitecture(BaseModel):
-    """Hyper-parameters of a ``segment_anything`` SAM (defaults: ``vit_b``).
-
-    The presets in :data:`SAM_PRESETS` reproduce ``segment_anything.sam_model_registry``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    image_size: int = Field(1024, ge=16, description="Encoder input side (px)")
-    patch_size: int = Field(16, ge=1)
-    encoder_embed_dim: int = Field(768, ge=1)
-    encoder_depth: int = Field(12, ge=1)
-    encoder_num_heads: int = Field(12, ge=1)
-    encoder_global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
-    encoder_mlp_ratio: float = Field(4.0, gt=0)
-    window_size: int = Field(14, ge=0)
-    prompt_embed_dim: int = Field(256, ge=8)
-    mask_in_chans: int = Field(16, ge=1)
-    decoder_depth: int = Field(2, ge=1)
-    decoder_mlp_dim: int = Field(2048, ge=1)
-    decoder_num_heads: int = Field(8, ge=1)
-    iou_head_depth: int = Field(3, ge=1)
-    iou_head_hidden_dim: int = Field(256, ge=1)
-    num_multimask_outputs: int = Field(3, ge=1)
-    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-
-
-#: The official architectures (``sam_model_registry``): encoder width, depth, heads, globals.
-SAM_PRESETS: dict[str, dict[str, Any]] = {
-    "vit_b": {
-        "encoder_embed_dim": 768,
-        "encoder_depth": 12,
-        "encoder_num_heads": 12,
-        "encoder_global_attn_indexes": (2, 5, 8, 11),
-    },
-    "vit_l": {
-        "encoder_embed_dim": 1024,
-        "encoder_depth": 24,
-        "encoder_num_heads": 16,
-        "encoder_global_attn_indexes": (5, 11, 17, 23),
-    },
-    "vit_h": {
-        "encoder_embed_dim": 1280,
-        "encoder_depth": 32,
-        "encoder_num_heads": 16,
-        "encoder_global_attn_indexes": (7, 15, 23, 31),
-    },
-}
-
-
-def sam_config_path(checkpoint: str | Path) -> Path:
-    """The architecture file that may accompany ``checkpoint`` (same name, suffix ``.json``)."""
-    return Path(checkpoint).with_suffix(".json")
-
-
-def sam_architecture(
-    checkpoint: str | Path | None, model_type: str = "vit_b"
-) -> tuple[str, SamArchitecture]:
-    """The architecture of a checkpoint: its ``.json`` file if present, else the preset.
-
-    Args:
-        checkpoint: Checkpoint path (None: just the preset).
-        model_type: Preset used when no architecture file exists (or it names none).
-
-    Returns:
-        ``(label, architecture)``: label is the preset name, or ``"<preset>+custom"`` when the
-        file overrides fields.
-
-    Raises:
-        SamConfigError: Unknown preset, unreadable file, unknown or invalid fields.
-    """
-    from pydantic import ValidationError
-
-    overrides: dict[str, Any] = {}
-    path = sam_config_path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.is_file():
-        fields = ", ".join(SamArchitecture.model_fields)
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SamConfigError(
-                SAM_CONFIG_TEMPLATE.format(path=path, reason=exc, fields=fields)
-            ) from None
-        if not isinstance(loaded, dict):
-            raise SamConfigError(
-                SAM_CONFIG_TEMPLATE.format(path=path, reason="not a JSON object", fields=fields)
-            )
-        overrides = dict(loaded)
-        model_type = str(overrides.pop("model_type", model_type))
-    if model_type not in SAM_PRESETS:
-        raise SamConfigError(
-            f"Unknown SAM model type {model_type!r}; use one of {', '.join(SAM_PRESETS)}."
-        )
-    try:
-        arch = SamArchitecture.model_validate({**SAM_PRESETS[model_type], **overrides})
-    except ValidationError as exc:
-        fields = ", ".join(SamArchitecture.model_fields)
-        raise SamConfigError(
-            SAM_CONFIG_TEMPLATE.format(
-                path=path, reason=" ".join(str(exc).split())[:300], fields=fields
-            )
-        ) from None
-    return (f"{model_type}+custom" if overrides else model_type), arch
-
-
-def build_sam(arch: SamArchitecture) -> Any:
-    """Assemble a randomly initialised ``segment_anything.modeling.Sam`` (eval mode, CPU).
-
-    Args:
-        arch: The architecture.
-
-    Returns:
-        The ``Sam`` module.
-    """
-    import torch
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    embed_side = arch.image_size // arch.patch_size
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=arch.encoder_depth,
-            embed_dim=arch.encoder_embed_dim,
-            img_size=arch.image_size,
-            mlp_ratio=arch.encoder_mlp_ratio,
-            norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=arch.encoder_num_heads,
-            patch_size=arch.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=arch.encoder_global_attn_indexes,
-            window_size=arch.window_size,
-            out_chans=arch.prompt_embed_dim,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=arch.prompt_embed_dim,
-            image_embedding_size=(embed_side, embed_side),
-            input_image_size=(arch.image_size, arch.image_size),
-            mask_in_chans=arch.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=arch.num_multimask_outputs,
-            transformer=TwoWayTransformer(
-                depth=arch.decoder_depth,
-                embedding_dim=arch.prompt_embed_dim,
-                mlp_dim=arch.decoder_mlp_dim,
-                num_heads=arch.decoder_num_heads,
-            ),
-            transformer_dim=arch.prompt_embed_dim,
-            iou_head_depth=arch.iou_head_depth,
-            iou_head_hidden_dim=arch.iou_head_hidden_dim,
-        ),
-        pixel_mean=list(arch.pixel_mean),
-        pixel_std=list(arch.pixel_std),
-    )
-    return sam.eval()
-
-
-def load_sam(checkpoint: str | Path, model_type: str = "vit_b", device: str = "cpu") -> Any:
-    """Load a SAM checkpoint (official or tiny) onto ``device``.
-
-    Args:
-        checkpoint: ``torch.save`` d state dict of ``Sam`` (also accepted: a dict holding it under
-            ``"model"`` or ``"state_dict"``). An architecture file may accompany it (see
-            :func:`sam_config_path`).
-        model_type: Preset used without an architecture file.
-        device: Torch device string.
-
-    Returns:
-        The ``Sam`` module in eval mode on ``device``.
-
-    Raises:
-        FileNotFoundError: No such checkpoint.
-        SamConfigError: Bad architecture file, or the weights do not fit the architecture.
-    """
-    import torch
-
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(SAM_MISSING_TEMPLATE.format(path=path))
-    label, arch = sam_architecture(path, model_type)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        state = state.get("model", state.get("state_dict", state))
-    sam = build_sam(arch)
-    try:
-        sam.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError) as exc:
-        raise SamConfigError(
-            SAM_STATE_TEMPLATE.format(
-                path=path,
-                arch=label,
-                reason=" ".join(str(exc).split())[:160],
-                config=sam_config_path(path).name,
-            )
-        ) from None
-    return sam.to(device).eval()
-
-
-def sam_model_spec(checkpoint: str | Path, model_type: str = "vit_b") -> ModelSpec:
-    """The model-pool spec of a SAM checkpoint (key: ``sam:<type>:<resolved path>``).
-
-    Args:
-        checkpoint: Checkpoint path.
-        model_type: Preset used without an architecture file.
-
-    Returns:
-        A :class:`~zoomearth.models.ModelSpec` whose loader is :func:`load_sam`.
-    """
-    from zoomearth.models import ModelSpec
-
-    path = Path(checkpoint).expanduser().resolve()
-    label = f"{model_type}+custom" if sam_config_path(path).is_file() else model_type
-    size = path.stat().st_size if path.is_file() else None
-    return ModelSpec(
-        key=f"sam:{label}:{path}",
-        load=lambda device: load_sam(path, model_type, device),
-        size_bytes=size,
-        description=f"SAM {label} ({path.name})",
-    )
-
-
-@dataclass(frozen=True)
-class _Embedding:
-    """A computed image embedding (``features``: ``(1, C, h, w)`` float tensor on the CPU)."""
-
-    features: Any
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-
-
-@functools.cache
-def _predictor_class() -> type:
-    """A ``SamPredictor`` that can be given a precomputed embedding (imported lazily)."""
-    from segment_anything import SamPredictor
-
-    class CachedPredictor(SamPredictor):  # type: ignore[misc]
-        """``set_image`` installs ``preset`` when the image size matches; records new ones."""
-
-        def __init__(self, model: Any, preset: _Embedding | None) -> None:
-            super().__init__(model)
-            self.preset = preset
-            self.computed: _Embedding | None = None
-
-        def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-            preset = self.preset
-            if preset is not None and tuple(image.shape[:2]) == preset.original_size:
-                self.reset_image()
-                self.features = preset.features.to(self.device)
-                self.original_size = preset.original_size
-                self.input_size = preset.input_size
-                self.is_image_set = True
-                return
-            super().set_image(image, image_format)
-            self.computed = _Embedding(
-                features=self.features.detach().to("cpu"),
-                original_size=(int(self.original_size[0]), int(self.original_size[1])),
-                input_size=(int(self.input_size[0]), int(self.input_size[1])),
-            )
-            self.preset = self.computed
-
-    return CachedPredictor
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------
-@dataclass
-class _Work:
-    """The working window of a call (all boxes full-resolution pixels).
-
-    Attributes:
-        region: The region (output grid).
-        work: Region + context margin, clipped to the image (what the backend sees).
-        rgb: ``(vh, vw, 3)`` uint8 view of ``work``.
-        valid_view: ``(vh, vw)`` bool validity of the view.
-        sx: View pixels per full-resolution pixel along x (<= 1).
-        sy: Same along y.
-    """
-
-    region: PixelBox
-    work: PixelBox
-    rgb: np.ndarray
-    valid_view: np.ndarray
-    sx: float
-    sy: float
-
-    def to_view(self, x: float, y: float) -> tuple[float, float]:
-        """Full-resolution pixel coordinates -> view pixel coordinates (continuous)."""
-        return (x - self.work.x1) * self.sx, (y - self.work.y1) * self.sy
-
-    def to_region(self, arr: np.ndarray, *, nearest: bool = False) -> np.ndarray:
-        """Resample a view-grid array to the region's full-resolution grid.
-
-        Args:
-            arr: ``(vh, vw)`` float32 (bilinear) or integer labels (``nearest=True``).
-            nearest: Nearest-neighbour instead of bilinear.
-
-        Returns:
-            ``(rh, rw)`` array of the same dtype.
-        """
-        import cv2
-
-        rw, rh = int(self.region.width), int(self.region.height)
-        ox = (0.5 + self.region.x1 - self.work.x1) * self.sx - 0.5
-        oy = (0.5 + self.region.y1 - self.work.y1) * self.sy - 0.5
-        matrix = np.array([[self.sx, 0.0, ox], [0.0, self.sy, oy]], dtype=np.float64)
-        flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
-        src = arr if arr.dtype != np.uint32 else arr.astype(np.float32)
-        return cv2.warpAffine(src, matrix, (rw, rh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-
-
-def _context_box(region: PixelBox, width: int, height: int) -> PixelBox:
-    margin = max(CONTEXT_MIN_PX, round(CONTEXT_FRACTION * max(region.width, region.height)))
-    return PixelBox(
-        max(0.0, region.x1 - margin),
-        max(0.0, region.y1 - margin),
-        min(float(width), region.x2 + margin),
-        min(float(height), region.y2 + margin),
-    )
-
-
-def _fmt_area(m2: float) -> str:
-    text = f"{m2:,.0f} m2" if m2 >= 10 else f"{m2:.1f} m2"
-    return text + (f" ({m2 / 10_000:,.2f} ha)" if m2 >= 10_000 else "")
-
-
-def _remove_small(mask: np.ndarray, min_area: int, region_valid: np.ndarray) -> np.ndarray:
-    """Drop object components and fill interior holes smaller than ``min_area`` pixels."""
-    import cv2
-
-    if min_area <= 1:
-        return mask
-    out = mask.copy()
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(out.astype(np.uint8), connectivity=4)
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area)
-    small = small[small > 0]
-    if small.size:
-        out[np.isin(labels, small)] = False
-    background = (~out & region_valid).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=4)
-    # Background touching the region's edge is open ground, not a hole.
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    holes = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area)
-    holes = holes[(holes > 0) & ~np.isin(holes, edge)]
-    if holes.size:
-        out[np.isin(labels, holes)] = True
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1129,37 +781,3 @@ class Segmentation(Tool):
         return ctx.artifact(
             png, ArtifactKind.PREVIEW, f"segmentation preview of {region} ({pw} x {ph} px)"
         )
-
-
-def _num(v: float) -> float | int:
-    return int(v) if float(v).is_integer() else round(float(v), 2)
-
-
-def _summary(gj: Any, polys: list[Any], coverage: float) -> str:
-    """``"2 regions, 12,400 m2 total; largest 10,000 m2, centroid (x, y) CRS / pixel (c, r)"``."""
-    n = len(polys)
-    areas = gj.areas_m2
-    cx, cy = gj.pixel_centroids[0]
-    pixel = f"pixel ({cx:.0f}, {cy:.0f})"
-    if gj.frame == "pixel":
-        where = pixel
-    elif gj.frame == "lonlat":
-        lon, lat = gj.centroids[0]
-        where = f"(lon {lon:.6f}, lat {lat:.6f}) / {pixel}"
-    else:
-        x, y = gj.centroids[0]
-        crs = gj.crs if gj.crs and len(gj.crs) < 40 else "scene CRS"
-        where = f"({x:.1f}, {y:.1f}) {crs} / {pixel}"
-    if all(a is not None for a in areas):
-        total = _fmt_area(sum(areas))
-        largest = _fmt_area(areas[0])
-    else:
-        total = f"{sum(p.area_px for p in polys):,} px"
-        largest = f"{polys[0].area_px:,} px"
-    cover = f"{coverage:.1%} of the valid pixels of the region"
-    if n == 1:
-        return f"1 region, {total}, centroid {where}; covers {cover}."
-    return (
-        f"{n} regions, {total} total; largest {largest}, centroid {where}; together they cover "
-        f"{cover}."
-    )

@@ -18,7 +18,10 @@ images are ingested to files first (:mod:`zoomearth.server.ingest`). Chat bodies
 ``max_json_body_bytes``; links are built from ``public_base_url``, trusted proxies' forwarded
 headers or the server's own address, never from ``Host``. SIGTERM/Ctrl-C end every open request
 with ``server_shutdown``; stale temporaries of dead processes are removed at start-up.
-FastAPI is imported only here, never by ``import zoomearth``.
+FastAPI is imported only here (and by :mod:`zoomearth.server.downloads`, which only this module
+imports), never by ``import zoomearth``. One chat turn (deciding it, progress lines, the answer)
+lives in :mod:`zoomearth.server.chat`, request-body parsing in :mod:`zoomearth.server.bodies`;
+their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -35,24 +38,70 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zoomearth.server.errors import INTERNAL_TEMPLATE, ApiError, error_body
-from zoomearth.server.ingest import (
-    Conversation,
-    FileStore,
-    ImageRef,
-    Ingestor,
-    parse_conversation,
-    sniff_extension,
+from zoomearth.server.bodies import _SURROGATE_RE as _SURROGATE_RE
+from zoomearth.server.bodies import (
+    BAD_FIELD_TEMPLATE,
+    BAD_FORM_TEMPLATE,
+    BAD_JSON_TEMPLATE,
+    BODY_TOO_LARGE_TEMPLATE,
+    NO_FILE_MESSAGE,
+    UPLOAD_TOO_LARGE_TEMPLATE,
+    _check_unsupported,
+    _one_line,
+    _parse_json_body,
 )
+from zoomearth.server.bodies import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from zoomearth.server.bodies import SURROGATE_TEMPLATE as SURROGATE_TEMPLATE
+from zoomearth.server.bodies import TOO_DEEP_TEMPLATE as TOO_DEEP_TEMPLATE
+from zoomearth.server.bodies import UNSUPPORTED_PARAM_TEMPLATE as UNSUPPORTED_PARAM_TEMPLATE
+from zoomearth.server.bodies import _refuse_surrogate as _refuse_surrogate
+from zoomearth.server.bodies import _safe_key as _safe_key
+from zoomearth.server.chat import _APPROVE_WORDS as _APPROVE_WORDS
+from zoomearth.server.chat import _CONV_ID_RE as _CONV_ID_RE
+from zoomearth.server.chat import _DENY_WORDS as _DENY_WORDS
+from zoomearth.server.chat import _PROGRESS_EVERY_S as _PROGRESS_EVERY_S
+from zoomearth.server.chat import APPROVAL_AGAIN_TEMPLATE as APPROVAL_AGAIN_TEMPLATE
+from zoomearth.server.chat import APPROVAL_ID_HINT_TEMPLATE as APPROVAL_ID_HINT_TEMPLATE
+from zoomearth.server.chat import APPROVAL_NEEDS_ID_MESSAGE as APPROVAL_NEEDS_ID_MESSAGE
+from zoomearth.server.chat import APPROVAL_TEMPLATE as APPROVAL_TEMPLATE
+from zoomearth.server.chat import BAD_CONVERSATION_ID_TEMPLATE as BAD_CONVERSATION_ID_TEMPLATE
+from zoomearth.server.chat import FINISHED_STATUSES as FINISHED_STATUSES
+from zoomearth.server.chat import LAST_NOT_USER_MESSAGE as LAST_NOT_USER_MESSAGE
+from zoomearth.server.chat import (
+    MODEL_ID,
+    AgentFactory,
+    ProgressText,
+    ServerState,
+    _chunk,
+    _final_text,
+    _prepare_turn,
+    _prune_run_dirs,
+    _status_fields,
+)
+from zoomearth.server.chat import NO_IMAGE_MESSAGE as NO_IMAGE_MESSAGE
+from zoomearth.server.chat import NO_MESSAGES_MESSAGE as NO_MESSAGES_MESSAGE
+from zoomearth.server.chat import NO_QUESTION_MESSAGE as NO_QUESTION_MESSAGE
+from zoomearth.server.chat import NOT_FINISHED_MESSAGE as NOT_FINISHED_MESSAGE
+from zoomearth.server.chat import RUN_NOT_CLEAN_TEMPLATE as RUN_NOT_CLEAN_TEMPLATE
+from zoomearth.server.chat import Turn as Turn
+from zoomearth.server.chat import _approval_word as _approval_word
+from zoomearth.server.chat import _artifact_markdown as _artifact_markdown
+from zoomearth.server.chat import _decide_turn as _decide_turn
+from zoomearth.server.chat import _thread_values as _thread_values
+from zoomearth.server.chat import prune_empty_dirs as prune_empty_dirs
+from zoomearth.server.downloads import _ACTIVE_MEDIA as _ACTIVE_MEDIA
+from zoomearth.server.downloads import _SNIFFED_MEDIA as _SNIFFED_MEDIA
+from zoomearth.server.downloads import _download
+from zoomearth.server.errors import INTERNAL_TEMPLATE, ApiError, error_body
+from zoomearth.server.ingest import FileStore, Ingestor
 from zoomearth.server.security import (
     check_bind_security,
     check_proxy_settings,
@@ -77,12 +126,9 @@ __all__ = [
 
 log = logging.getLogger("zoomearth.server")
 
-MODEL_ID = "zoomearth"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("zoomearth_request_id",
                                                                 default="-")
 
-#: ``agent_factory(settings, on_event) -> Agent``; ``on_event`` must be passed to the Agent.
-AgentFactory = Callable[["Settings", Callable[[dict[str, Any]], None]], "Agent"]
 
 MISSING_TOKEN_MESSAGE = (
     "Missing bearer token: send the header 'Authorization: Bearer <token>' (the server's "
@@ -94,71 +140,9 @@ BAD_LINK_MESSAGE = (
     "link, or send the bearer token."
 )
 UNKNOWN_MODEL_TEMPLATE = "The model {model!r} does not exist; this server serves {valid!r}."
-NO_MESSAGES_MESSAGE = "'messages' must be a non-empty list of chat messages."
-LAST_NOT_USER_MESSAGE = "The last message must be a user message (the question to answer)."
-NO_QUESTION_MESSAGE = "The latest user message has no text; ask a question about the image."
-NO_IMAGE_MESSAGE = (
-    "No image in this conversation: attach one to the user message as an image_url part (a "
-    "data: URL, a URL returned by POST /v1/files, or a file:// path under allowed_roots)."
-)
-BAD_CONVERSATION_ID_TEMPLATE = (
-    "Conversation id {value!r} is not usable: use 1-128 letters, digits, '_', '-' or '.', "
-    "starting with a letter or digit."
-)
-BODY_TOO_LARGE_TEMPLATE = (
-    "Request body is {size}larger than {limit:,} bytes (setting max_json_body_bytes); upload "
-    "larger images with POST /v1/files and put the returned file URL (its id) in the message "
-    "instead of a data: URL, or use file:// paths under allowed_roots."
-)
-UPLOAD_TOO_LARGE_TEMPLATE = (
-    "Upload is {size}larger than {limit:,} bytes (the setting max_upload_bytes plus 1 MiB of "
-    "form framing); send a smaller image, or use a file:// path under allowed_roots."
-)
-APPROVAL_NEEDS_ID_MESSAGE = (
-    "This conversation has a step waiting for approval, and an approval is taken only from a "
-    "request that names its conversation: send the header X-Conversation-Id (or "
-    "metadata.conversation_id) with the id returned with the approval request (the "
-    "X-Conversation-Id response header, or zoomearth.conversation_id). A conversation id derived "
-    "from the first message never approves, since another client starting with the same words "
-    "and image derives the same id."
-)
-APPROVAL_ID_HINT_TEMPLATE = (
-    " (To answer, send your reply with the header X-Conversation-Id: {conversation_id}.)"
-)
-BAD_JSON_TEMPLATE = "Request body is not valid JSON: {reason}"
-TOO_DEEP_TEMPLATE = (
-    "Request body is nested too deeply: this server accepts JSON nested up to {limit} levels."
-)
-SURROGATE_TEMPLATE = (
-    "Request body holds a lone UTF-16 surrogate ({char}) at {where}; send text as valid "
-    "Unicode (escape characters outside the BMP as a surrogate pair)."
-)
-BAD_FIELD_TEMPLATE = "Field {name!r} must be {what}."
-UNSUPPORTED_PARAM_TEMPLATE = "Parameter {name!r} is not supported by this server: {why}"
-NO_FILE_MESSAGE = "The upload needs a 'file' form field holding the image."
-BAD_FORM_TEMPLATE = "The upload is not a valid multipart form: {reason}"
 NOT_FOUND_MESSAGE = "Not found: {path}"
-APPROVAL_TEMPLATE = "{question} Reply 'approve' or 'deny'."
-APPROVAL_AGAIN_TEMPLATE = (
-    "A step is waiting for your approval: {question} Reply 'approve' to run it or 'deny' to skip "
-    "it."
-)
-NOT_FINISHED_MESSAGE = (
-    "The run stopped before answering; send the same message again to continue it."
-)
-RUN_NOT_CLEAN_TEMPLATE = "Run status: {status}. {reason}"
-#: Record statuses of finished runs (they carry an answer).
-FINISHED_STATUSES = frozenset({"answered", "partial", "failed"})
 
-#: Deepest JSON nesting a chat request may use (a chat request needs about six levels).
-MAX_JSON_DEPTH = 64
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_CONV_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "okay", "go", "go ahead", "run it",
-                  "proceed", "allow"}
-_DENY_WORDS = {"deny", "denied", "no", "n", "skip", "cancel", "stop", "don't", "do not"}
-_PROGRESS_EVERY_S = 1.0
 #: Error codes after which the thread continues later: its run folder is left as it is.
 _RESUMABLE_ERRORS = frozenset({"run_timeout", "server_shutdown", "thread_busy",
                                "conversation_busy"})
@@ -177,325 +161,6 @@ def _default_agent_factory(settings: Settings, on_event: Callable[[dict[str, Any
         checkpointer = open_postgres_checkpointer(
             settings.postgres_url, max_size=settings.max_concurrent_runs + 4)
     return Agent(settings, checkpointer=checkpointer, on_event=on_event)
-
-
-# ----------------------------------------------------------------------------------------------
-# Server state and one chat turn
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Turn:
-    """What one chat request will do.
-
-    Attributes:
-        conversation_id: The conversation (header, metadata or derived).
-        thread_id: The LangGraph thread (the conversation id, or ``<conversation>.<image>`` when
-            a later message brings another image).
-        action: ``ask`` (new question), ``resume`` (approval answer or an unfinished run) or
-            ``reply`` (answer without running: a repeated approval question).
-        image: The scene file for a new thread.
-        question: The latest user text.
-        approve: The approval decision for ``resume``.
-        artifacts_before: Artifacts the thread had before this turn (only new ones are linked).
-        reply: The text for ``reply``.
-        explicit: Whether the request named its conversation (header or metadata); only such
-            requests may answer an approval.
-    """
-
-    conversation_id: str
-    thread_id: str
-    action: str
-    image: ImageRef | None = None
-    question: str = ""
-    approve: bool | None = None
-    artifacts_before: int = 0
-    reply: str = ""
-    explicit: bool = True
-
-
-@dataclass
-class ServerState:
-    """Everything the endpoints share in one server process."""
-
-    settings: Settings
-    factory: AgentFactory
-    store: FileStore
-    signer: Any
-    manager: Any
-    agent: Agent | None = None
-    started_at: float = field(default_factory=time.time)
-
-    def require_agent(self) -> Agent:
-        """The agent (built at startup)."""
-        if self.agent is None:  # pragma: no cover - only before the lifespan ran
-            raise ApiError(503, "The server is starting; retry in a moment.",
-                           type="server_error", code="starting")
-        return self.agent
-
-
-def _approval_word(text: str) -> bool | None:
-    norm = re.sub(r"[^a-z' ]", "", text.lower()).strip()
-    if norm in _APPROVE_WORDS:
-        return True
-    if norm in _DENY_WORDS:
-        return False
-    return None
-
-
-def _prepare_turn(state: ServerState, body: dict[str, Any], header_conv: str | None) -> Turn:
-    """Parse the conversation, ingest its latest image and decide what to run (blocking)."""
-    settings = state.settings
-    agent = state.require_agent()
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, NO_MESSAGES_MESSAGE, param="messages", code="no_messages")
-    conv = parse_conversation(messages)
-    if not conv.last_is_user:
-        raise ApiError(400, LAST_NOT_USER_MESSAGE, param="messages", code="last_not_user")
-    ingestor = Ingestor(settings, state.store)
-
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise ApiError(400, BAD_FIELD_TEMPLATE.format(name="metadata", what="an object"),
-                       param="metadata")
-    given = header_conv or metadata.get("conversation_id")
-    if given is not None:
-        if not isinstance(given, str) or not _CONV_ID_RE.match(given):
-            raise ApiError(400, BAD_CONVERSATION_ID_TEMPLATE.format(value=str(given)[:140]),
-                           param="conversation_id", code="bad_conversation_id")
-        conv_id = given
-    else:
-        first = ingestor.identity(conv.images[0]) if conv.images else ""
-        conv_id = conversation_id_for(conv.first_user_text, first)
-
-    assert settings.runs_dir is not None
-    try:
-        return _decide_turn(state, agent, ingestor, conv, conv_id, explicit=given is not None)
-    except BaseException:
-        # A refused request leaves no empty folders behind (never removes a file).
-        _prune_run_dirs(state, conv_id)
-        raise
-
-
-def _decide_turn(state: ServerState, agent: Agent, ingestor: Ingestor, conv: Conversation,
-                 conv_id: str, *, explicit: bool) -> Turn:
-    """Ingest the latest image and decide what the turn does (see :func:`_prepare_turn`)."""
-    settings = state.settings
-    assert settings.runs_dir is not None
-    image = ingestor.ingest(conv.images[-1], settings.runs_dir / conv_id / "inputs") \
-        if conv.images else None
-    thread = conv_id
-    values = _thread_values(agent, thread)
-    if values and image is not None and str(image.path) != values["scene"]["path"]:
-        # A new image later in the conversation: its own thread, derived from both.
-        thread = f"{conv_id}.{image.identity[:12]}"
-        values = _thread_values(agent, thread)
-    question = conv.last_user_text
-    if not values:
-        if image is None:
-            raise ApiError(400, NO_IMAGE_MESSAGE, param="messages", code="no_image")
-        if not question:
-            raise ApiError(400, NO_QUESTION_MESSAGE, param="messages", code="no_question")
-        return Turn(conv_id, thread, "ask", image=image, question=question, explicit=explicit)
-    before = len(values.get("artifacts", []))
-    snapshot = agent.graph.get_state({"configurable": {"thread_id": thread}})
-    pending = [i.value for task in snapshot.tasks for i in task.interrupts]
-    if pending:
-        if not explicit:
-            # A derived id is shared by every client that starts with the same words and
-            # image: it must neither approve another client's edit nor show its question.
-            raise ApiError(409, APPROVAL_NEEDS_ID_MESSAGE, param="conversation_id",
-                           code="approval_needs_conversation_id")
-        decision = _approval_word(question)
-        if decision is None:
-            head: dict[str, Any] = pending[0] if isinstance(pending[0], dict) \
-                else {"question": str(pending[0])}
-            text = APPROVAL_AGAIN_TEMPLATE.format(question=head.get("question", "Run the tool?"))
-            return Turn(conv_id, thread, "reply", question=question, reply=text,
-                        artifacts_before=before)
-        return Turn(conv_id, thread, "resume", question=question, approve=decision,
-                    artifacts_before=before)
-    if not question:
-        raise ApiError(400, NO_QUESTION_MESSAGE, param="messages", code="no_question")
-    if snapshot.next and question == values.get("question"):
-        # The same message again after a disconnect or timeout: continue the stopped run.
-        return Turn(conv_id, thread, "resume", question=question, artifacts_before=before)
-    return Turn(conv_id, thread, "ask", question=question, artifacts_before=before)
-
-
-def _thread_values(agent: Agent, thread: str) -> dict[str, Any] | None:
-    snapshot = agent.graph.get_state({"configurable": {"thread_id": thread}})
-    return dict(snapshot.values) if snapshot and snapshot.values else None
-
-
-def _prune_run_dirs(state: ServerState, name: str) -> None:
-    """Remove the empty folders of ``RUNS_DIR/<name>`` unless a run of that thread is live."""
-    runs = state.settings.runs_dir
-    agent = state.agent
-    if runs is None or not (runs / name).is_dir():
-        return
-    # A live run (here or in another process) may be about to write into its folders; writers
-    # re-create missing folders anyway, so this only narrows the window further.
-    if agent is not None and agent.running(name) is not None:
-        return
-    prune_empty_dirs(runs / name, runs)
-
-
-def prune_empty_dirs(folder: Path, root: Path) -> int:
-    """Remove ``folder`` and its sub-folders when they hold no file; how many were removed.
-
-    Only folders strictly inside ``root`` are touched, deepest first, with ``os.rmdir`` (which
-    fails on a folder that is not empty, so a file written meanwhile is never lost).
-    """
-    try:
-        folder.resolve().relative_to(root.resolve())
-    except (OSError, ValueError):
-        return 0
-    if folder.resolve() == root.resolve() or not folder.is_dir() or folder.is_symlink():
-        return 0
-    removed = 0
-    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
-                      key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            sub.rmdir()
-            removed += 1
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-        removed += 1
-    return removed
-
-
-# ----------------------------------------------------------------------------------------------
-# Output formatting
-# ----------------------------------------------------------------------------------------------
-class ProgressText:
-    """Turns progress events into one-line texts (tool progress throttled to one a second)."""
-
-    def __init__(self) -> None:
-        self._last_progress: dict[str, float] = {}
-
-    def _due(self, key: str, unfinished: bool) -> bool:
-        # The last step always shows; others at most one a second per key.
-        now = time.monotonic()
-        if unfinished and now - self._last_progress.get(key, 0.0) < _PROGRESS_EVERY_S:
-            return False
-        self._last_progress[key] = now
-        return True
-
-    def __call__(self, event: dict[str, Any]) -> str | None:
-        """The line for an event, or None when it is not shown."""
-        kind = event.get("event")
-        if kind == "observe":
-            profile = f", profile {event['profile']}" if event.get("profile") else ""
-            return f"Looking at {Path(str(event.get('scene', ''))).name} " \
-                   f"(planner: {event.get('planner')}{profile})."
-        if kind == "note":
-            return f"Note: {event.get('text')}"
-        if kind == "plan":
-            problems = event.get("problems") or []
-            if event.get("stage") and not problems:
-                return f"Stage {event['stage']} done."
-            if problems:
-                return f"Step {event.get('step')}: " + "; ".join(
-                    str(p.get("message", ""))[:160] for p in problems)
-            return None
-        if kind == "zoom":
-            box = ", ".join(f"{v:.0f}" for v in event.get("region_xyxy") or [])
-            label = f" '{event['label']}'" if event.get("label") else ""
-            return f"Zoom{label} -> view {event.get('view_id')}: [{box}] (full-resolution px)"
-        if kind == "tool_start":
-            args = json.dumps(event.get("arguments") or {}, default=str)
-            region = event.get("region_xyxy")
-            where = f" on [{', '.join(f'{v:.0f}' for v in region)}]" if region else ""
-            return f"Tool {event.get('tool')} {args}{where}"
-        if kind == "prepare":
-            # Building the tiled, overviewed copy of a large scene (throttled like progress).
-            name = Path(str(event.get("scene") or "the scene")).name
-            done, total = int(event.get("done") or 0), int(event.get("total") or 0)
-            if not self._due(f"prepare:{name}", done < total):
-                return None
-            pct = int(100 * done / total) if total > 0 else 0
-            return f"Preparing {name}: {pct}%"
-        if kind == "progress":
-            key = str(event.get("tool"))
-            done, total = int(event.get("done") or 0), int(event.get("total") or 0)
-            if not self._due(key, done < total):
-                return None
-            msg = f" {event['message']}" if event.get("message") else ""
-            return f"  {key}: {done}/{total}{msg}"
-        if kind == "tool":
-            text = " ".join(str(event.get("text", "")).split())
-            return f"  -> {event.get('tool')}: {text[:400]}"
-        if kind == "approval":
-            return f"Waiting for approval: {event.get('question')}"
-        return None
-
-
-def _artifact_markdown(state: ServerState, result: AskResult, before: int, base: str) -> str:
-    runs = state.settings.runs_dir
-    assert runs is not None
-    root = runs.resolve()
-    lines: list[str] = []
-    previews: list[str] = []
-    for art in result.artifacts[before:]:
-        path = Path(str(art.get("path", ""))).resolve()
-        try:
-            rel = path.relative_to(root)
-        except ValueError:
-            continue
-        url = state.signer.url(base, f"/artifacts/{rel.as_posix()}")
-        summary = " ".join(str(art.get("summary", "")).split())
-        media = str(art.get("media_type", ""))
-        lines.append(f"- [{path.name}]({url}) ({art.get('kind')}): {summary}".rstrip(": "))
-        if media in ("image/png", "image/jpeg", "image/webp", "image/gif"):
-            previews.append(f"![{path.name}]({url})")
-    if result.status in FINISHED_STATUSES and result.trajectory and result.zooms:
-        traj = Path(result.trajectory).resolve()
-        with contextlib.suppress(ValueError):
-            url = state.signer.url(base, f"/artifacts/{traj.relative_to(root).as_posix()}")
-            previews.append(f"![where the agent looked]({url})")
-    parts = []
-    if lines:
-        parts.append("Artifacts:\n" + "\n".join(lines))
-    if previews:
-        parts.append("\n".join(previews))
-    return "\n\n".join(parts)
-
-
-def _final_text(state: ServerState, turn: Turn, result: AskResult, base: str) -> str:
-    if result.status == "awaiting_approval":
-        pending = result.pending_approval[0] if result.pending_approval else {}
-        ask = APPROVAL_TEMPLATE.format(question=pending.get("question", "Run the tool?"))
-        if not turn.explicit:
-            # Only a request naming the conversation may answer (see APPROVAL_NEEDS_ID_MESSAGE).
-            ask += APPROVAL_ID_HINT_TEMPLATE.format(conversation_id=turn.conversation_id)
-        return ask
-    finished = result.status in FINISHED_STATUSES and result.answer
-    text = result.answer if finished else NOT_FINISHED_MESSAGE
-    if finished and result.status != "answered":
-        # Tool requests failed: the answer must not read as a clean success.
-        note = RUN_NOT_CLEAN_TEMPLATE.format(status=result.status, reason=result.status_reason)
-        text = f"{text}\n\n{note}"
-    links = _artifact_markdown(state, result, turn.artifacts_before, base)
-    return f"{text}\n\n{links}" if links else str(text)
-
-
-def _status_fields(result: AskResult) -> dict[str, str]:
-    """The ``zoomearth`` object's status fields: ``status``, and ``status_reason`` when set."""
-    fields: dict[str, str] = {"status": result.status}
-    if result.status_reason:
-        fields["status_reason"] = result.status_reason
-    return fields
-
-
-def _chunk(cid: str, created: int, delta: dict[str, Any], finish: str | None = None,
-           extra: dict[str, Any] | None = None) -> str:
-    obj: dict[str, Any] = {
-        "id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL_ID,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    if extra:
-        obj.update(extra)
-    return f"data: {json.dumps(obj)}\n\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1019,99 +684,3 @@ def _abandon_unstarted(state: ServerState, ticket: Any) -> None:
     # A client gone before the stream's first chunk: its admitted run never started.
     if ticket is not None and not ticket.entered:
         state.manager.abandon(ticket)
-
-
-#: Sniffed image extension -> the content type downloads are served with.
-_SNIFFED_MEDIA = {"tif": "image/tiff", "png": "image/png", "jpg": "image/jpeg",
-                  "jp2": "image/jp2", "j2k": "image/jp2", "gif": "image/gif",
-                  "bmp": "image/bmp", "webp": "image/webp"}
-#: Content types a browser would render as active content: served as plain text instead.
-_ACTIVE_MEDIA = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/javascript",
-                 "application/javascript", "text/xml", "application/xml")
-
-
-def _download(path: Path, *, filename: str | None = None,
-              fallback: str = "application/octet-stream") -> FileResponse:
-    """A file response whose content type comes from the file's first bytes, with nosniff.
-
-    Images get their sniffed type (never the uploaded name's); other files get ``fallback``
-    (artifacts: derived from the server-chosen name), except types a browser would run.
-    """
-    with open(path, "rb") as fh:
-        ext = sniff_extension(fh.read(16))
-    media = _SNIFFED_MEDIA.get(ext or "") or fallback
-    if media.split(";")[0].strip().lower() in _ACTIVE_MEDIA:
-        media = "text/plain"
-    return FileResponse(path, media_type=media, filename=filename,
-                        headers={"X-Content-Type-Options": "nosniff"})
-
-
-def _check_unsupported(body: dict[str, Any]) -> None:
-    """Refuse (400) request parameters whose values this server cannot honour."""
-    def refuse(name: str, why: str) -> ApiError:
-        return ApiError(400, UNSUPPORTED_PARAM_TEMPLATE.format(name=name, why=why), param=name,
-                        code="unsupported_parameter")
-
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise refuse("n", "it returns exactly one choice; send n=1 or leave it out.")
-    for name in ("tools", "functions"):
-        if body.get(name):
-            raise refuse(name, "the agent uses its own tools (see GET /v1/models); leave it "
-                               "out.")
-    for name in ("tool_choice", "function_call"):
-        if body.get(name) not in (None, "none", "auto"):
-            raise refuse(name, "the agent chooses its own tools; leave it out.")
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise refuse("response_format", "answers are plain text (markdown); leave it out or "
-                                        "send {\"type\": \"text\"}.")
-    for name, high in (("temperature", 2), ("top_p", 1)):
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 <= value <= high):
-            raise ApiError(400, BAD_FIELD_TEMPLATE.format(
-                name=name, what=f"a number from 0 to {high}"), param=name, code="bad_parameter")
-
-
-def _parse_json_body(raw: bytes | bytearray) -> Any:
-    """Parse a request body, refusing (400) invalid JSON, deep nesting and lone surrogates."""
-    too_deep = ApiError(400, TOO_DEEP_TEMPLATE.format(limit=MAX_JSON_DEPTH), code="bad_json")
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise too_deep from None
-    except ValueError as exc:
-        raise ApiError(400, BAD_JSON_TEMPLATE.format(reason=exc), code="bad_json") from None
-    stack: list[tuple[Any, int, str]] = [(body, 1, "$")]
-    while stack:
-        value, depth, where = stack.pop()
-        if isinstance(value, str):
-            _refuse_surrogate(value, where)
-            continue
-        if not isinstance(value, (dict, list)):
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise too_deep
-        if isinstance(value, dict):
-            for key, item in value.items():
-                _refuse_surrogate(key, f"a key of {where}")
-                stack.append((item, depth + 1, f"{where}.{_safe_key(key)}"))
-        else:
-            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
-    return body
-
-
-def _refuse_surrogate(text: str, where: str) -> None:
-    match = _SURROGATE_RE.search(text)
-    if match:
-        char = f"\\u{ord(match.group()):04x}"
-        raise ApiError(400, SURROGATE_TEMPLATE.format(char=char, where=where), code="bad_unicode")
-
-
-def _safe_key(key: str) -> str:
-    return key[:40] if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", key[:40]) else "?"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
