@@ -22,33 +22,60 @@ those in its run folder, and every atomic write those of its own output
 after nested ones such as ``planner inputs``): :func:`build_parser` adds them to every subcommand
 parser once the command modules built theirs, and :func:`main` merges them in command-line order,
 so for the same key the value after the subcommand wins (:data:`SETTINGS_OPTIONS_EPILOG`).
+
+The helpers the sub-command modules share with this one (command registration, the settings
+options, error lines, signals) live in :mod:`zoomearth.cli_common`, which imports none of
+them; they are re-exported here under their old names.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import math
-import re
-import signal
 import sqlite3
 import sys
-import threading
-import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# Moved to zoomearth.cli_common; every one stays importable from here (tests and plugins use them).
+from zoomearth.cli_common import (  # noqa: F401 - some are only re-exported
+    _COMMANDS,
+    _OS_ERROR_ADVICE,
+    _SQLITE_ADVICE,
+    _SUB_CONFIG_DEST,
+    _SUB_DEST_PATTERN,
+    _SUB_SET_DEST,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    NON_UTF8_TEMPLATE,
+    OWN_CONFIG_EPILOG,
+    SET_HELP,
+    SETTINGS_OPTIONS_EPILOG,
+    SUB_CONFIG_HELP,
+    SUB_SET_HELP,
+    Handler,
+    Terminated,
+    _add_settings_options,
+    _error_text,
+    _non_utf8_argument,
+    _note,
+    _os_error_line,
+    _parse_bands,
+    _print_json,
+    _require_file_output,
+    _settings_arguments,
+    _sqlite_error_line,
+    _subcommand_parsers,
+    _warnings_on_one_line,
+    command,
+    sigterm_as_interrupt,
+)
 from zoomearth.errors import ZoomEarthError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "main", "build_parser"]
 
-#: Exit status after Ctrl-C (128 + SIGINT).
-EXIT_INTERRUPTED = 130
-#: Exit status after SIGTERM (128 + SIGTERM, what a shell reports for a process SIGTERM ended).
-EXIT_TERMINATED = 143
 # Commands that read or write scenes or runs: they sweep the scene cache's stale temporaries
 # first. `cache` does it in `cache clear`; `cache list` only reports them.
 _SWEEPING_COMMANDS = frozenset({"ask", "tool", "view", "synth", "prepare"})
@@ -58,52 +85,7 @@ SWEPT_TEMPLATE = (
     "removed {files} stale temporary file(s) ({size}) left in {dir} by processes that are gone"
 )
 
-Handler = Callable[[argparse.Namespace, Any], int]
-_COMMANDS: dict[str, Handler] = {}
-
-SETTINGS_OPTIONS_EPILOG = (
-    "--set and --config may be given before the command (zoomearth --set K=V ask ...) or after "
-    "it (zoomearth ask ... --set K=V), also after nested commands; all --set values apply, and "
-    "where two name the same key -- or both places give --config -- the one after the command "
-    "wins."
-)
-OWN_CONFIG_EPILOG = (
-    "--set may be given before the command or after it; where two name the same key, the one "
-    "after the command wins. Here --config is this command's own option: give a settings file "
-    "before the command (zoomearth --config FILE ...)."
-)
-SET_HELP = "override a setting (highest precedence); repeatable"
-SUB_SET_HELP = "override a setting; repeatable; wins over --set given before the command"
-SUB_CONFIG_HELP = "TOML settings file; wins over --config given before the command"
-# Namespace attributes of the --set/--config options added to subcommand parsers, one per
-# nesting level (a nested parser's namespace would otherwise overwrite its parent's values).
-_SUB_SET_DEST = "settings_set_{depth}"
-_SUB_CONFIG_DEST = "settings_config_{depth}"
-_SUB_DEST_PATTERN = re.compile(r"^settings_(?:set|config)_(\d+)$")
-
-
-def command(name: str) -> Callable[[Handler], Handler]:
-    """Register a subcommand handler."""
-
-    def deco(fn: Handler) -> Handler:
-        _COMMANDS[name] = fn
-        return fn
-
-    return deco
-
-
-def _parse_bands(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(p) for p in text.replace(" ", "").split(",") if p)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--bands expects 1-based band numbers like 3,2,1; got {text!r}"
-        ) from None
-
-
-# Keep in step with zoomearth.scene.synth.MIN_SIZE (not imported: the parser must start light).
+# Keep in step with zoomearth.synth.MIN_SIZE (not imported: the parser must start light).
 SYNTH_MIN_SIZE = 64
 
 
@@ -146,131 +128,6 @@ def _synth_seed(text: str) -> int:
     return value
 
 
-# errno -> what to do about it, for the one-line message of an operating-system error.
-_OS_ERROR_ADVICE: dict[int, str] = {
-    errno.EACCES: "choose a writable folder (--out/-o) or fix its permissions",
-    errno.EPERM: "choose a writable folder (--out/-o) or fix its permissions",
-    errno.EROFS: "the file system is read-only: write elsewhere (--out/-o, --set data_dir=...)",
-    errno.ENOSPC: "no space left on the device: free space or write elsewhere (--out/-o)",
-    errno.EDQUOT: "disk quota exceeded: free space or write elsewhere (--out/-o)",
-    errno.EFBIG: "the file is too large for this file system: write elsewhere (--out/-o)",
-    errno.EISDIR: "that path is a folder: give a file name (e.g. -o out.png)",
-    errno.ENOTDIR: "a part of that path is a file, not a folder: fix the path",
-    errno.ENOENT: "a folder in that path does not exist: create it or fix the path",
-    errno.EEXIST: "it already exists (a file where a folder is needed?): choose another path",
-    errno.ENAMETOOLONG: "the path is too long: choose a shorter name",
-    errno.EIO: "the device reported an I/O error: check the disk or write elsewhere",
-    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or close other programs",
-}
-
-# sqlite3.OperationalError messages that mean the database's folder or disk, not a bug.
-_SQLITE_ADVICE: tuple[tuple[str, str], ...] = (
-    ("unable to open database file", "choose a writable data folder (--set data_dir=...)"),
-    ("readonly database", "choose a writable data folder (--set data_dir=...)"),
-    ("database or disk is full", "no space left on the device: free space or move data_dir"),
-    ("disk i/o error", "check the disk or choose another data folder (--set data_dir=...)"),
-    ("database is locked", "another zoomearth process holds the database: wait and retry"),
-)
-
-NON_UTF8_TEMPLATE = (
-    "{what} is not valid UTF-8 ({value}): rename the file to a UTF-8 name or re-type the text "
-    "in UTF-8"
-)
-
-
-def _os_error_line(exc: OSError) -> str | None:
-    """One line naming an operating-system error, its path and what to do; None if unknown."""
-    advice = _OS_ERROR_ADVICE.get(exc.errno or 0)
-    if advice is None:
-        return None
-    what = exc.strerror or str(exc)
-    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
-    where = f" ({' -> '.join(str(p) for p in paths)})" if paths else ""
-    return f"{what}{where}: {advice}"
-
-
-def _sqlite_error_line(exc: sqlite3.OperationalError) -> str | None:
-    text = str(exc)
-    for needle, advice in _SQLITE_ADVICE:
-        if needle in text.lower():
-            return f"database error: {text}: {advice}"
-    return None
-
-
-def _non_utf8_argument(args: argparse.Namespace) -> str | None:
-    """The message for the first argument that is not valid UTF-8 (undecodable bytes), or None."""
-    for name, value in vars(args).items():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return NON_UTF8_TEMPLATE.format(what=f"argument {name}", value=ascii(item))
-    return None
-
-
-def _require_file_output(path: str, option: str, example: str) -> None:
-    """Refuse an output path that names an existing folder (one clear line, not a traceback)."""
-    if Path(path).is_dir():
-        raise ZoomEarthError(
-            f"{option} {path} is a folder: give a file name, e.g. {Path(path) / example}"
-        )
-
-
-def _warnings_on_one_line(command_name: str) -> None:
-    """Print Python warnings (e.g. a georeference that cannot be right) as one line each.
-
-    ``zoomearth CMD: warning: TEXT`` on stderr, instead of Python's two lines with the source file
-    and line. Set by :func:`main` for the rest of the process (a command line is one process).
-    """
-
-    def show(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:
-        print(f"zoomearth {command_name}: warning: {message}", file=sys.stderr)
-
-    warnings.showwarning = show
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that the clean-up paths of Ctrl-C run.
-
-    A subclass of ``KeyboardInterrupt``: every ``except KeyboardInterrupt`` and ``finally`` that
-    stops a tool, removes temporaries or releases a thread's lock handles it the same way.
-    """
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread.
-
-    Only the first SIGTERM raises; later ones are ignored so they cannot cut the clean-up short
-    (SIGKILL still ends the process at once). Outside the main thread (the handler can only be
-    installed there) nothing changes. The previous handler is restored afterwards.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        if previous is not None:  # None: a handler installed from C; leave ours off then
-            signal.signal(signal.SIGTERM, previous)
-        else:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _note(command_name: str, text: str) -> None:
-    print(f"zoomearth {command_name}: {text}", file=sys.stderr)
 
 
 def _sweep_cache(cache: Any) -> Any:
@@ -307,15 +164,6 @@ def _sweep_at_start(args: argparse.Namespace, settings: Any) -> None:
 def _format_size(n: int) -> str:
     return f"{n:,} bytes" if n < 10**6 else f"{n / 1e6:,.1f} MB"
 
-
-def _error_text(exc: BaseException | str) -> str:
-    """The text of an error line; hidden temporary names become the outputs they stand for."""
-    text = str(exc)
-    if ".tmp" in text:
-        from zoomearth.scene.writing import mask_temporary_names
-
-        text = mask_temporary_names(text)
-    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,21 +272,37 @@ def cmd_prepare(args: argparse.Namespace, settings: Any) -> int:
 
 @command("synth")
 def cmd_synth(args: argparse.Namespace, settings: Any) -> int:
-    """Generate a synthetic georeferenced scene with planted objects."""
+    """Generate a synthetic georeferenced scene with planted objects.
+
+    The one command line of :mod:`zoomearth.synth` (``python -m zoomearth.scene.synth`` runs
+    this too).
+    """
+    # Looked up through zoomearth.scene.synth, the path tests patch it at.
     from zoomearth.scene.synth import generate_scene
 
     _require_file_output(args.output, "OUTPUT", "scene.tif")
     result = generate_scene(
         Path(args.output),
-        args.size,
+        (args.size, args.height) if args.height else args.size,
         seed=args.seed,
         clouds=args.clouds,
         bands=args.bands_count,
-        progress=True,
+        dtype=args.dtype,
+        compress=args.compress,
+        quality=args.quality,
+        tile=args.tile,
+        progress=not args.no_progress,
         # Refused before anything is written: a larger scene could not be opened anyway.
         max_pixels=settings.max_image_pixels,
     )
     print(f"wrote {result.image_path} and {result.sidecar_path}")
+    mb = result.image_path.stat().st_size / 1e6
+    frac = "" if result.cloud_fraction is None else f", clouds {result.cloud_fraction:.3f}"
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
+    print(
+        f"{result.image_path}: {result.size[0]}x{result.size[1]} px, {mb:.1f} MB, "
+        f"{len(result.objects)} objects{frac}, {result.seconds:.1f} s ({phases})"
+    )
     return 0
 
 
@@ -597,13 +461,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=_synth_size,
         required=True,
-        help=f"side length in pixels (at least {SYNTH_MIN_SIZE})",
+        help=f"side length in pixels, the width with --height (at least {SYNTH_MIN_SIZE})",
     )
     s.add_argument("--seed", type=_synth_seed, default=0, help="random seed >= 0 (default 0)")
     s.add_argument(
         "--clouds", type=_synth_clouds, default=0.0, help="cloud cover fraction 0..1 (default 0)"
     )
-    s.add_argument("--bands-count", type=int, default=3, choices=(3, 4), help="3=RGB, 4=RGBN")
+    s.add_argument(
+        "--height", type=_synth_size, default=None, help="height in pixels if not square"
+    )
+    s.add_argument(
+        "--bands-count", "--bands", type=int, default=3, choices=(3, 4), help="3=RGB, 4=RGBN"
+    )
+    s.add_argument("--dtype", default="uint8", choices=("uint8", "uint16", "float32"))
+    s.add_argument(
+        "--compress",
+        default="jpeg",
+        help="jpeg (3-band uint8 only, else deflate), deflate, lzw, zstd or none",
+    )
+    s.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
+    s.add_argument("--tile", type=int, default=512, help="rendering tile, a multiple of 16")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("cache", help="list or clear the prepared-raster cache")
     s.add_argument("action", nargs="?", choices=("list", "clear"), default="list")
@@ -637,63 +515,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_options(p)
     return p
 
-
-def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    """The parsers of ``parser``'s subcommands (each once, aliases included)."""
-    found: dict[int, argparse.ArgumentParser] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                found.setdefault(id(child), child)
-    return list(found.values())
-
-
-def _add_settings_options(parser: argparse.ArgumentParser, depth: int = 1) -> None:
-    """Accept ``--set`` and ``--config`` after every (nested) subcommand too.
-
-    Added after the subcommand modules built their parsers, so they need not know about it. A
-    subcommand that defines its own option of that name keeps it (``train sft --config`` is the
-    training YAML); the global option before the command still works there. Values land in
-    per-level attributes (:data:`_SUB_SET_DEST`) that :func:`_settings_arguments` merges.
-    """
-    for child in _subcommand_parsers(parser):
-        taken = child._option_string_actions
-        own_config = "--config" in taken
-        if "--set" not in taken:
-            child.add_argument(
-                "--set",
-                action="append",
-                default=[],
-                metavar="KEY=VALUE",
-                dest=_SUB_SET_DEST.format(depth=depth),
-                help=SUB_SET_HELP,
-            )
-        if not own_config:
-            child.add_argument(
-                "--config",
-                dest=_SUB_CONFIG_DEST.format(depth=depth),
-                metavar="CONFIG",
-                help=SUB_CONFIG_HELP,
-            )
-        if child.epilog is None:
-            child.epilog = OWN_CONFIG_EPILOG if own_config else SETTINGS_OPTIONS_EPILOG
-        _add_settings_options(child, depth + 1)
-
-
-def _settings_arguments(args: argparse.Namespace) -> tuple[list[str], str | None]:
-    """Merge ``--set``/``--config`` from before and after the (nested) subcommands.
-
-    Returns:
-        The ``--set`` pairs in command-line order (so a later pair for the same key wins) and
-        the ``--config`` file given last (the innermost command's), or None.
-    """
-    pairs = list(args.set)
-    config = args.config
-    depths = sorted({int(m.group(1)) for key in vars(args) if (m := _SUB_DEST_PATTERN.match(key))})
-    for depth in depths:
-        pairs += getattr(args, _SUB_SET_DEST.format(depth=depth), None) or []
-        config = getattr(args, _SUB_CONFIG_DEST.format(depth=depth), None) or config
-    return pairs, config
 
 
 def main(argv: list[str] | None = None) -> int:

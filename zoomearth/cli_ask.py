@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zoomearth.cli import SETTINGS_OPTIONS_EPILOG, command
+from zoomearth.cli_common import SETTINGS_OPTIONS_EPILOG, command
 
 __all__ = ["EXIT_STATUS", "add_ask_command"]
 
@@ -214,7 +214,7 @@ def _print_result(result: Any, as_json: bool) -> None:
 def cmd_ask(args: argparse.Namespace, settings: Any) -> int:
     """Run the agent; see the module docstring for exit statuses."""
     from zoomearth.api import Agent
-    from zoomearth.cli import _parse_bands
+    from zoomearth.cli_common import _parse_bands
     from zoomearth.errors import ZoomEarthError
 
     settings = _settings_with_flags(args, settings)

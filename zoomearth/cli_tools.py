@@ -6,9 +6,9 @@ arguments. ``zoomearth tool NAME IMAGE [--args JSON] [--box x1,y1,x2,y2] [--out 
 runs one tool directly through :func:`zoomearth.tools.run_tool`, the same code path the agent's
 tool nodes use; ``--box`` is in full-resolution pixels (no box = the whole image). The first Ctrl-C
 cancels the call cleanly (no partial outputs); a second one interrupts at once. SIGTERM interrupts
-at once, like the second Ctrl-C (:func:`zoomearth.cli.sigterm_as_interrupt`): the tool's partial
-outputs and temporaries are removed and the command exits with status 143. A run folder this
-command created is removed again when the call leaves nothing in it (failed, cancelled,
+at once, like the second Ctrl-C (:func:`zoomearth.cli_common.sigterm_as_interrupt`): the tool's
+partial outputs and temporaries are removed and the command exits with status 143. A run folder
+this command created is removed again when the call leaves nothing in it (failed, cancelled,
 interrupted); with ``--out`` the temporaries a killed earlier call left there are removed first.
 
 Paths: ``--out`` may be relative (to the current directory); it is made absolute before the run.
@@ -17,7 +17,7 @@ this run even outside the setting ``allowed_roots`` (``ToolContext.typed_paths``
 still confines the paths that planners and API clients write.
 
 :func:`add_tool_commands` adds both subcommands to the main parser; the handlers register
-themselves with :func:`zoomearth.cli.command` when this module is imported.
+themselves with :func:`zoomearth.cli_common.command` when this module is imported.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zoomearth.cli import command
+from zoomearth.cli_common import _print_json, command
 
 __all__ = ["add_tool_commands", "cmd_tool", "cmd_tools"]
 
@@ -218,7 +218,7 @@ class _CancelOnInterrupt:
 @command("tool")
 def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
     """Run one tool on an image and print its outcome."""
-    from zoomearth.cli import _parse_bands
+    from zoomearth.cli_common import _parse_bands
     from zoomearth.geometry import parse_box
     from zoomearth.scene import Scene
     from zoomearth.tools import ToolCancelled, ToolContext, get_registry, run_tool
@@ -274,8 +274,3 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
         print(f"  {art.ref:<12} {art.kind:<8} {art.path}")
     print(f"run directory: {run_dir}")
     return 0
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")

@@ -38,25 +38,28 @@ Memory: :class:`TiledRasterWriter` hands each tile to GDAL at once and keeps not
 cache (``GDAL_CACHEMAX``, set by the caller with :class:`rasterio.Env`) bounds what GDAL holds.
 Write tiles in row-major order so a block is complete, and compressed once, before the cache
 evicts it.
+
+Modules: :mod:`~zoomearth.scene.atomic` (atomic paths, protected inputs, stale temporaries),
+:mod:`~zoomearth.scene.write_failures` (free space, size limits, write-failure errors),
+:mod:`~zoomearth.scene.tiff_check` (the TIFF block check), :mod:`~zoomearth.scene.profiles`
+(creation profiles, source georeference) and :mod:`~zoomearth.scene.png` (PNG previews); this
+module holds the streaming :class:`TiledRasterWriter` and :func:`write_window_array`, and
+re-exports the others' names, so ``from zoomearth.scene.writing import ...`` works for all of
+them. The writer looks the checks up here (``free_bytes``, ``check_free_space``,
+``tiff_block_problem``), so patching them on this module reaches it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
-import glob
-import math
 import os
-import re
-import struct
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import numpy as np
 import rasterio
@@ -66,11 +69,49 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.io import DatasetReader, DatasetWriter
+from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
-from zoomearth.errors import OutputWriteError, ProtectedPathError
-from zoomearth.temporaries import stale_temporaries, temporary_sibling
+from zoomearth.errors import OutputWriteError
+from zoomearth.scene.atomic import NOTHING_WRITTEN_TEMPLATE as NOTHING_WRITTEN_TEMPLATE
+from zoomearth.scene.atomic import PROTECTED_TEMPLATE as PROTECTED_TEMPLATE
+from zoomearth.scene.atomic import (
+    SIDECAR_SUFFIXES,
+    atomic_path,
+    check_not_protected,
+    sweep_stale_siblings,
+)
+from zoomearth.scene.png import PNG_ENCODE_TEMPLATE as PNG_ENCODE_TEMPLATE
+from zoomearth.scene.png import PNG_SHAPE_TEMPLATE as PNG_SHAPE_TEMPLATE
+from zoomearth.scene.png import write_png
+from zoomearth.scene.profiles import (
+    KEEP,
+    OverviewResampling,
+    SourceGeoref,
+    _Keep,
+    output_profile,
+    overview_factors,
+)
+from zoomearth.scene.tiff_check import tiff_block_problem
+from zoomearth.scene.write_failures import COMPRESSED_RATIO_BOUND as COMPRESSED_RATIO_BOUND
+from zoomearth.scene.write_failures import (
+    NEARLY_FULL_BYTES,
+    check_free_space,
+    estimate_output_bytes,
+    file_size_limit,
+    format_bytes,
+    free_bytes,
+    mask_temporary_names,
+    write_failure,
+)
+from zoomearth.scene.write_failures import NO_SPACE_TEMPLATE as NO_SPACE_TEMPLATE
+from zoomearth.scene.write_failures import NOT_ENOUGH_SPACE_TEMPLATE as NOT_ENOUGH_SPACE_TEMPLATE
+from zoomearth.scene.write_failures import OVERVIEW_SHARE as OVERVIEW_SHARE
+from zoomearth.scene.write_failures import QUOTA_TEMPLATE as QUOTA_TEMPLATE
+from zoomearth.scene.write_failures import SIZE_LIMIT_TEMPLATE as SIZE_LIMIT_TEMPLATE
+from zoomearth.scene.write_failures import SPACE_SAFETY as SPACE_SAFETY
+from zoomearth.scene.write_failures import TOO_LARGE_FOR_FS_TEMPLATE as TOO_LARGE_FOR_FS_TEMPLATE
+from zoomearth.scene.write_failures import WRITE_FAILED_TEMPLATE as WRITE_FAILED_TEMPLATE
 
 __all__ = [
     "KEEP",
@@ -94,35 +135,6 @@ __all__ = [
     "write_window_array",
 ]
 
-PROTECTED_TEMPLATE = (
-    "Refusing to write {output}: it is the same file as the input {protected}. Tools never "
-    "overwrite their input; choose another output path (for example in the run directory)."
-)
-NOTHING_WRITTEN_TEMPLATE = "Nothing was written to {output}; the writer produced no file."
-NOT_ENOUGH_SPACE_TEMPLATE = (
-    "Not enough free space in {dir}: this output needs about {need}, {free} are free. Free "
-    "space or choose another output folder (for example with -o or --out)."
-)
-NO_SPACE_TEMPLATE = (
-    "No space left on the device holding {dir}: free space and run again ({output} was not "
-    "written)."
-)
-QUOTA_TEMPLATE = (
-    "Disk quota exceeded on the device holding {dir}: free space and run again ({output} was "
-    "not written)."
-)
-SIZE_LIMIT_TEMPLATE = (
-    "{output} reached this process's file size limit of {limit} (ulimit -f): raise the limit "
-    "or write a smaller output; it was not written."
-)
-TOO_LARGE_FOR_FS_TEMPLATE = (
-    "{output} is larger than the file system holding {dir} allows: write it to another file "
-    "system; it was not written."
-)
-WRITE_FAILED_TEMPLATE = (
-    "Writing {output} failed ({reason}); the incomplete file was removed. Check the disk holding "
-    "{dir} (free space, quota, errors) and run again."
-)
 WINDOW_SHAPE_TEMPLATE = (
     "Array of shape {shape} does not match the window {window} (expected (bands, {height}, "
     "{width}) or ({height}, {width}))."
@@ -138,600 +150,6 @@ RANGE_TEMPLATE = (
 NOT_INTEGRAL_TEMPLATE = "Window {window} must have integer offsets and sizes; round it first."
 BAND_COUNT_TEMPLATE = "Array has {got} bands but the output was opened with {want}."
 NOT_OPEN_TEMPLATE = "TiledRasterWriter for {output} is not open; use it as a context manager."
-PNG_SHAPE_TEMPLATE = (
-    "write_png needs an (H, W), (H, W, 3) or (H, W, 4) uint8 array; got shape {shape}, "
-    "dtype {dtype}."
-)
-PNG_ENCODE_TEMPLATE = "Could not encode {output} as PNG (OpenCV imencode failed)."
-
-#: Files GDAL may create beside a raster; moved with it on success and removed on failure.
-SIDECAR_SUFFIXES: tuple[str, ...] = (".aux.xml", ".ovr", ".msk", ".aux")
-
-#: Overview resampling names accepted by the writers (GDAL's names).
-OverviewResampling = Literal["average", "nearest", "mode", "bilinear", "cubic", "gauss", "rms"]
-
-
-class _Keep(enum.Enum):
-    """Sentinel type: "take this setting from the source" (``None`` is a real value)."""
-
-    KEEP = "keep"
-
-
-#: Default of settings that are taken from the source unless a caller says otherwise.
-KEEP = _Keep.KEEP
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic paths
-# --------------------------------------------------------------------------------------------
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name the same file (symlinks resolved, hard links via samefile)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist yet: then they cannot be the same file
-        return False
-
-
-def check_not_protected(output: str | os.PathLike[str], protect: Iterable[Any] = ()) -> None:
-    """Refuse an output path that is the same file as any protected input.
-
-    Args:
-        output: The path about to be written.
-        protect: Input paths that must never be overwritten. ``None`` entries and non-path
-            values (e.g. ``/vsimem/`` names) are ignored.
-
-    Raises:
-        ProtectedPathError: ``output`` is (resolves to, or is a hard link of) a protected path.
-    """
-    out = Path(output)
-    for p in protect:
-        if p is None:
-            continue
-        prot = Path(p)
-        if str(prot).startswith("/vsi"):
-            continue
-        if _same_file(out, prot):
-            raise ProtectedPathError(PROTECTED_TEMPLATE.format(output=out, protected=prot))
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _with_suffix_appended(path: Path, suffix: str) -> Path:
-    # GDAL names sidecars by appending to the full file name: a.tif -> a.tif.aux.xml.
-    return path.with_name(path.name + suffix)
-
-
-def _remove_temporary(tmp: Path) -> None:
-    _remove_quietly(tmp)
-    for suffix in SIDECAR_SUFFIXES:
-        _remove_quietly(_with_suffix_appended(tmp, suffix))
-
-
-def sweep_stale_siblings(final: str | os.PathLike[str]) -> int:
-    """Remove the temporaries of ``final`` left by processes that are gone; never raises.
-
-    Only names that start with ``.NAME.tmp`` (this output's temporaries and their GDAL sidecars)
-    are looked at, so a user's folder is never swept as a whole; owners are judged by
-    :func:`zoomearth.temporaries.stale_temporaries` (same host, process gone).
-
-    Args:
-        final: The output path.
-
-    Returns:
-        How many files were removed.
-    """
-    final = Path(final)
-    prefix = f".{final.name}.tmp"
-    try:
-        # A listing by name only; the whole folder is judged only when a candidate exists.
-        if not any(final.parent.glob(glob.escape(prefix) + "*")):
-            return 0
-        stale = [p for p in stale_temporaries(final.parent) if p.name.startswith(prefix)]
-    except OSError:
-        return 0
-    removed = 0
-    for path in stale:
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed += 1
-    return removed
-
-
-# `.NAME.tmp-HOST-PID-RANDOM.EXT` (and the older `.NAME.tmp-RANDOM.EXT`), sidecar suffixes
-# included, starting a path component (after "/", a space, a quote or at the start). NAME may
-# hold spaces; it is bounded so the pattern stays linear on long text.
-_TEMPORARY_NAME_RE = re.compile(
-    r"(?<![^/\s'\"(\[])\.([^/\\]{1,255}?)\.tmp-(?:[0-9a-f]{8}-\d{1,10}-)?[0-9a-f]{6,32}"
-    r"(?:\.[A-Za-z0-9]{1,8}){0,3}"
-)
-
-
-def mask_temporary_names(text: str) -> str:
-    """Replace the temporary file names in ``text`` by the final names they stand for.
-
-    ``/runs/t/.x.tif.tmp-3fa9c2d1-48211-9b1c0e123456.tif: write error`` becomes
-    ``/runs/t/x.tif: write error``: error messages name the output the user asked for, never an
-    internal name that no longer exists.
-    """
-    return _TEMPORARY_NAME_RE.sub(r"\1", text)
-
-
-#: Free bytes below which a device counts as full: a write that failed there used up the rest.
-NEARLY_FULL_BYTES = 1 << 20
-#: Errors of the device or quota that mean "no room".
-_NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-def _existing_ancestor(directory: Path) -> Path:
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe
-
-
-def free_bytes(directory: str | os.PathLike[str]) -> int | None:
-    """Bytes this process may still write on the device holding ``directory``; None if unknown.
-
-    ``statvfs`` of the nearest existing folder: the blocks available to unprivileged users, or
-    for root also the blocks reserved for root (root may fill those).
-    """
-    try:
-        st = os.statvfs(_existing_ancestor(Path(directory)))
-    except OSError:
-        return None
-    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
-    return int(blocks) * int(st.f_frsize)
-
-
-def file_size_limit() -> int | None:
-    """This process's largest writable file in bytes (``RLIMIT_FSIZE``); None when unlimited."""
-    import resource
-
-    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    return None if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def format_bytes(n: float) -> str:
-    """``1.5 GB`` / ``12 MB`` / ``900 kB`` (decimal units, as ``df -H`` shows them)."""
-    if n >= 1e8:
-        return f"{n / 1e9:.1f} GB"
-    if n >= 1e6:
-        return f"{n / 1e6:.0f} MB"
-    return f"{max(n, 0) / 1e3:.0f} kB"
-
-
-def write_failure(
-    final: str | os.PathLike[str],
-    *,
-    reason: str = "",
-    error_number: int | None = None,
-    temp: Path | None = None,
-) -> OutputWriteError:
-    """The error for an output that could not be written, naming the cause when it is known.
-
-    The cause is ``error_number`` when the system gave one; GDAL gives none, so it is also read
-    from the state the failure left: a device with less than :data:`NEARLY_FULL_BYTES` free is
-    full, and a temporary file that reached ``RLIMIT_FSIZE`` hit the file size limit.
-
-    Args:
-        final: The output path (named in the message; ``temp`` never is).
-        reason: What the writer reported (temporary names are masked).
-        error_number: ``errno`` of the failure, when known.
-        temp: The temporary file, still on disk (for the size-limit diagnosis).
-
-    Returns:
-        An :class:`OutputWriteError` with ``errno`` set to ENOSPC, EDQUOT, EFBIG or EIO.
-    """
-    final = Path(final)
-    directory = final.parent
-    limit = file_size_limit()
-    size = None
-    if temp is not None:
-        with contextlib.suppress(OSError):
-            size = temp.stat().st_size
-    free = free_bytes(directory)
-    if error_number == errno.EFBIG or (
-        limit is not None and size is not None and size >= limit - 65536
-    ):
-        code = errno.EFBIG
-        if limit is not None:
-            text = SIZE_LIMIT_TEMPLATE.format(output=final, limit=format_bytes(limit))
-        else:
-            text = TOO_LARGE_FOR_FS_TEMPLATE.format(output=final, dir=directory)
-    elif error_number == errno.EDQUOT:
-        code = errno.EDQUOT
-        text = QUOTA_TEMPLATE.format(dir=directory, output=final)
-    elif error_number == errno.ENOSPC or (free is not None and free < NEARLY_FULL_BYTES):
-        code = errno.ENOSPC
-        text = NO_SPACE_TEMPLATE.format(dir=directory, output=final)
-    else:
-        code = errno.EIO
-        clean = " ".join(mask_temporary_names(reason).split())[:300] or "no reason given"
-        text = WRITE_FAILED_TEMPLATE.format(output=final, reason=clean, dir=directory)
-    error = OutputWriteError(text)
-    error.errno = code
-    return error
-
-
-def _output_error(exc: OSError, final: Path, tmp: Path) -> OSError:
-    """``exc`` restated for ``final``: no-room errors diagnosed, temporary names replaced."""
-    if isinstance(exc, OutputWriteError) or exc.errno not in _NO_ROOM_ERRNOS:
-        if type(exc).__module__ != "builtins":
-            return exc  # our own errors, rasterio's ...: they name what they mean
-        names = [exc.filename, exc.filename2]
-        if exc.errno is None or not any(n is not None and tmp.name in str(n) for n in names):
-            return exc
-        # e.g. os.replace(tmp, final) onto a folder: say it about the output.
-        return type(exc)(exc.errno, exc.strerror, str(final))
-    return write_failure(final, reason=str(exc.strerror or exc), error_number=exc.errno, temp=tmp)
-
-
-def _missing_parents(directory: Path) -> list[Path]:
-    """The folders of ``directory`` that do not exist yet, deepest first."""
-    missing: list[Path] = []
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    return missing
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str], *, protect: Iterable[Any] = ()) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
-
-    The temporary name is hidden, unique and names its owner (``.NAME.tmp-HOST-PID-RANDOM.EXT``,
-    :func:`zoomearth.temporaries.temporary_sibling`; the extension is kept so format-sniffing
-    writers still work). Temporaries of ``final`` left by a killed process are removed first
-    (:func:`sweep_stale_siblings`). The parent directory is created if needed. On success the
-    temporary file replaces ``final`` with :func:`os.replace` (atomic on one filesystem), together
-    with any GDAL sidecar written beside it; stale sidecars of an older ``final`` are removed so
-    they cannot describe the new file. On any exception the temporary file and its sidecars are
-    removed, as are the folders this call created if they are empty, and the exception
-    propagates; ``final`` is left as it was. An ``OSError`` of a full disk, quota or file size
-    limit becomes an :class:`OutputWriteError` (:func:`write_failure`), and one that names the
-    temporary file is restated for ``final``.
-
-    Args:
-        final: Destination path.
-        protect: Input paths ``final`` must not be (see :func:`check_not_protected`).
-
-    Yields:
-        The temporary path to write to (it does not exist yet).
-
-    Raises:
-        ProtectedPathError: ``final`` is a protected input; nothing is created.
-        OutputWriteError: The body finished without creating the temporary file, or the device
-            is full, over quota or the file too large.
-    """
-    final = Path(final)
-    check_not_protected(final, protect)
-    created = _missing_parents(final.parent)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_siblings(final)
-    tmp = temporary_sibling(final)
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise OutputWriteError(NOTHING_WRITTEN_TEMPLATE.format(output=final))
-        # Checked again: a protected input may have been created at that path meanwhile.
-        check_not_protected(final, protect)
-        for suffix in SIDECAR_SUFFIXES:
-            side_tmp = _with_suffix_appended(tmp, suffix)
-            side_final = _with_suffix_appended(final, suffix)
-            if side_tmp.exists():
-                os.replace(side_tmp, side_final)
-            else:
-                _remove_quietly(side_final)
-        os.replace(tmp, final)
-    except OSError as exc:
-        # Also when the rename fails (final is a directory, another filesystem ...).
-        restated = _output_error(exc, final, tmp)
-        _remove_temporary(tmp)
-        _remove_empty(created)
-        if restated is exc:
-            raise
-        raise restated from exc
-    except BaseException:
-        _remove_temporary(tmp)
-        _remove_empty(created)
-        raise
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    # Deepest first; a folder something else wrote into meanwhile stays.
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-
-
-# --------------------------------------------------------------------------------------------
-# Profiles
-# --------------------------------------------------------------------------------------------
-
-
-def overview_factors(width: int, height: int, *, min_size: int = 256) -> list[int]:
-    """Overview decimation factors 2, 4, 8, ... while the overview's long side stays >= min_size.
-
-    Args:
-        width: Full-resolution width in pixels.
-        height: Full-resolution height in pixels.
-        min_size: Smallest long side (pixels) an overview level may have.
-
-    Returns:
-        Increasing powers of two; empty for images whose half size is below ``min_size``.
-    """
-    long_side = max(width, height)
-    factors: list[int] = []
-    f = 2
-    while math.ceil(long_side / f) >= min_size:
-        factors.append(f)
-        f *= 2
-    return factors
-
-
-def _is_pixel_only(crs: CRS | None, transform: Affine | None) -> bool:
-    return crs is None and (transform is None or transform.is_identity)
-
-
-def output_profile(
-    like: Mapping[str, Any] | None = None,
-    *,
-    width: int | _Keep = KEEP,
-    height: int | _Keep = KEEP,
-    count: int | _Keep = KEEP,
-    dtype: str | np.dtype[Any] | type | _Keep = KEEP,
-    nodata: float | None | _Keep = KEEP,
-    crs: CRS | str | None | _Keep = KEEP,
-    transform: Affine | None | _Keep = KEEP,
-    tiled: bool = True,
-    blocksize: int = 512,
-    compress: str = "deflate",
-    photometric: str | None = None,
-    quality: int = 90,
-    num_threads: str | int | None = "ALL_CPUS",
-) -> dict[str, Any]:
-    """Creation profile of a tiled, compressed GeoTIFF for :func:`rasterio.open` (mode ``"w"``).
-
-    Settings not given are taken from ``like`` (a rasterio profile or any mapping with the same
-    keys). ``crs`` None together with an identity or missing transform means a pixel-only output:
-    both keys are then left out so GDAL writes no georeference.
-
-    Compression: ``"jpeg"`` is honoured only for 3-band ``uint8`` data (written as YCbCr, lossy,
-    ``quality`` 1-100); for anything else a :class:`UserWarning` is issued and DEFLATE is used,
-    because JPEG would corrupt masks, nodata and 16-bit or float values. DEFLATE/LZW/ZSTD get
-    predictor 2 (integers) or 3 (floats). ``"none"`` writes uncompressed tiles.
-
-    Args:
-        like: Profile to take unspecified settings from, or None.
-        width: Width in pixels.
-        height: Height in pixels.
-        count: Number of bands.
-        dtype: Pixel type (numpy name, e.g. ``"uint8"``, ``"float32"``).
-        nodata: Nodata value (NaN allowed for floats) or None for none.
-        crs: CRS of the output or None.
-        transform: Geotransform (pixel -> CRS) or None.
-        tiled: Write tiles (True) or strips.
-        blocksize: Tile size in pixels (multiple of 16).
-        compress: ``"deflate"``, ``"jpeg"``, ``"lzw"``, ``"zstd"`` or ``"none"``.
-        photometric: GeoTIFF photometric interpretation; by default YCbCr for JPEG and RGB for
-            other 3-band ``uint8`` outputs, so viewers show colour.
-        quality: JPEG quality (only for JPEG).
-        num_threads: GDAL compression threads (``"ALL_CPUS"``, an int or None for one).
-
-    Returns:
-        A profile dict: ``driver``, ``width``, ``height``, ``count``, ``dtype``, ``nodata``,
-        optionally ``crs``/``transform``, and the GTiff creation options.
-
-    Raises:
-        ValueError: A required setting is missing, or ``blocksize`` is not a multiple of 16.
-    """
-    like = dict(like or {})
-
-    def pick(name: str, value: Any) -> Any:
-        if value is not KEEP:
-            return value
-        if name in like:
-            return like[name]
-        if name in ("nodata", "crs", "transform"):
-            return None
-        raise ValueError(f"output_profile needs '{name}' (not given and not in the like-profile)")
-
-    w, h, n = int(pick("width", width)), int(pick("height", height)), int(pick("count", count))
-    dt = np.dtype(pick("dtype", dtype))
-    nd = pick("nodata", nodata)
-    crs_v = pick("crs", crs)
-    tr = pick("transform", transform)
-    if isinstance(crs_v, str):
-        crs_v = CRS.from_user_input(crs_v)
-    if blocksize % 16:
-        raise ValueError(f"blocksize must be a multiple of 16 (GeoTIFF tiles); got {blocksize}")
-
-    comp = (compress or "none").lower()
-    if comp == "jpeg" and not (dt == np.uint8 and n == 3):
-        warnings.warn(
-            f"JPEG compression needs 3-band uint8 data (got {n} band(s) of {dt}); using DEFLATE "
-            "so values are kept exactly.",
-            UserWarning,
-            stacklevel=2,
-        )
-        comp = "deflate"
-
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": w,
-        "height": h,
-        "count": n,
-        "dtype": dt.name,
-        "nodata": nd,
-        "BIGTIFF": "IF_SAFER",
-    }
-    if not _is_pixel_only(crs_v, tr):
-        profile["crs"] = crs_v
-        profile["transform"] = tr if tr is not None else Affine.identity()
-    if tiled:
-        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
-    if comp == "jpeg":
-        profile.update(compress="jpeg", jpeg_quality=int(quality), photometric="YCBCR")
-    elif comp != "none":
-        profile["compress"] = comp
-        profile["predictor"] = 3 if dt.kind == "f" else 2
-        if comp == "deflate":
-            profile["zlevel"] = 6
-    if photometric is not None:
-        profile["photometric"] = photometric
-    elif "photometric" not in profile and dt == np.uint8 and n == 3:
-        profile["photometric"] = "RGB"
-    elif "photometric" not in profile and n != 3:
-        # GDAL would tag a 4-band uint8 file as RGBA, turning a NIR band into an alpha mask;
-        # bands other than plain RGB are written as independent grey bands.
-        profile["photometric"] = "MINISBLACK"
-    if n > 1:
-        profile["interleave"] = "pixel"
-    if num_threads is not None and comp != "none":
-        profile["num_threads"] = str(num_threads)
-    return profile
-
-
-# --------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceGeoref:
-    """What a windowed output needs to know about its source raster.
-
-    Attributes:
-        crs: CRS of the source, or None.
-        transform: Source geotransform (full-resolution pixel -> CRS units); identity when the
-            source has none.
-        nodata: Source nodata value (NaN allowed) or None.
-        dtype: Source pixel type (numpy name).
-        count: Number of source bands.
-        path: Source file path, protected from being overwritten; None for in-memory sources.
-        gcps: Ground control points (full-resolution pixel frame of the source), if any.
-        gcps_crs: CRS of the GCPs' map coordinates.
-    """
-
-    crs: CRS | None = None
-    transform: Affine = field(default_factory=Affine.identity)
-    nodata: float | None = None
-    dtype: str = "uint8"
-    count: int = 1
-    path: Path | None = None
-    gcps: tuple[GroundControlPoint, ...] = ()
-    gcps_crs: CRS | None = None
-
-    def __post_init__(self) -> None:
-        # Normalise the look-alike inputs (CRS strings, numpy dtypes) once, here.
-        if isinstance(self.crs, str):
-            object.__setattr__(self, "crs", CRS.from_user_input(self.crs))
-        object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
-
-    @property
-    def is_georeferenced(self) -> bool:
-        """True unless the source has neither a CRS nor a non-identity transform nor GCPs."""
-        return not _is_pixel_only(self.crs, self.transform) or bool(self.gcps)
-
-    @classmethod
-    def from_dataset(cls, ds: DatasetReader | DatasetWriter) -> SourceGeoref:
-        """Describe an open rasterio dataset.
-
-        Args:
-            ds: Open dataset.
-
-        Returns:
-            Its georeference, pixel type and (for files) path.
-        """
-        name = str(ds.name)
-        path = None if name.startswith("/vsi") or not name else Path(name)
-        with warnings.catch_warnings():
-            # Reading crs/transform of a pixel-only file warns; pixel-only is a supported case.
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            gcps, gcps_crs = ds.gcps
-            return cls(
-                crs=ds.crs,
-                transform=ds.transform,
-                nodata=ds.nodata,
-                dtype=ds.dtypes[0],
-                count=ds.count,
-                path=path,
-                gcps=tuple(gcps or ()),
-                gcps_crs=gcps_crs,
-            )
-
-    @classmethod
-    def coerce(cls, source: Any) -> SourceGeoref:
-        """Build from a :class:`SourceGeoref`, an open dataset, a path, or a look-alike object.
-
-        Args:
-            source: A :class:`SourceGeoref`; a rasterio dataset; a path to a raster (opened
-                to read its metadata only); or any object with ``crs``, ``transform`` and
-                optionally ``nodata``, ``dtype``, ``count``, ``path`` attributes.
-
-        Returns:
-            The source description.
-        """
-        if isinstance(source, SourceGeoref):
-            return source
-        if isinstance(source, DatasetReader | DatasetWriter):
-            return cls.from_dataset(source)
-        if isinstance(source, str | os.PathLike):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(source) as ds:
-                    return cls.from_dataset(ds)
-        path = getattr(source, "path", None)
-        return cls(
-            crs=getattr(source, "crs", None),
-            transform=getattr(source, "transform", None) or Affine.identity(),
-            nodata=getattr(source, "nodata", None),
-            dtype=np.dtype(getattr(source, "dtype", "uint8")).name,
-            count=int(getattr(source, "count", 1)),
-            path=Path(path) if path is not None else None,
-        )
-
-    def for_window(self, window: Window) -> tuple[CRS | None, Affine | None, list[Any]]:
-        """Georeference of an output covering ``window`` of this source.
-
-        Args:
-            window: Integral window in the source's full-resolution pixel frame.
-
-        Returns:
-            ``(crs, transform, gcps)``: the source CRS and window transform, or ``(None, None,
-            [])`` for a pixel-only source; GCPs shifted into the window's pixel frame.
-        """
-        gcps = [
-            GroundControlPoint(
-                row=g.row - window.row_off,
-                col=g.col - window.col_off,
-                x=g.x,
-                y=g.y,
-                z=g.z,
-                id=g.id,
-                info=g.info,
-            )
-            for g in self.gcps
-        ]
-        if _is_pixel_only(self.crs, self.transform):
-            return None, None, gcps
-        # A geotransform wins over GCPs (GDAL keeps only one of them in a GeoTIFF).
-        t = self.transform
-        col, row = window.col_off, window.row_off
-        shifted = Affine(
-            t.a, t.b, t.c + t.a * col + t.b * row, t.d, t.e, t.f + t.d * col + t.e * row
-        )
-        return self.crs, shifted, []
 
 
 # --------------------------------------------------------------------------------------------
@@ -772,168 +190,6 @@ def _cast_to(array: np.ndarray, dtype: np.dtype[Any], *, strict: bool) -> np.nda
             raise ValueError(RANGE_TEMPLATE.format(want=dtype.name, lo=info.min, hi=info.max))
         return data.astype(dtype)
     return array.astype(dtype)
-
-
-#: Upper bound of compressed / raw bytes by compression, for the free-space check. Lossless
-#: codecs cannot shrink noise (uniform noise stays at raw size plus a little); JPEG (YCbCr 4:2:0,
-#: quality <= 95) measured 0.26 on uniform noise at quality 90, its worst case, and about 0.05 on
-#: imagery (tests/core/test_disk_space.py checks the estimate against noise for both).
-COMPRESSED_RATIO_BOUND: dict[str, float] = {"jpeg": 0.35}
-#: Overviews 2, 4, 8 ... add at most 1/4 + 1/16 + ... = 1/3 of the full resolution.
-OVERVIEW_SHARE = 1.0 / 3.0
-#: Safety factor on the estimate (headers, tile padding at the edges, GDAL's block rounding).
-SPACE_SAFETY = 1.1
-
-
-def estimate_output_bytes(
-    width: int,
-    height: int,
-    count: int,
-    dtype: str | np.dtype[Any] | type,
-    *,
-    compress: str | None = "deflate",
-    quality: int = 90,
-    overviews: bool = True,
-    ratio: float | None = None,
-) -> int:
-    """Upper estimate of a GeoTIFF's size on disk, for the free-space check before writing.
-
-    ``width x height x count x itemsize`` (raw bytes) times the compression's ratio bound
-    (:data:`COMPRESSED_RATIO_BOUND`: 1.0 for DEFLATE/LZW/ZSTD/none, 0.35 for JPEG up to quality
-    95) times 4/3 with overviews, times :data:`SPACE_SAFETY`, plus 1 MiB of headers.
-
-    Args:
-        width: Pixels.
-        height: Pixels.
-        count: Bands.
-        dtype: Pixel type.
-        compress: Compression name as in :func:`output_profile` (None: none).
-        quality: JPEG quality (above 95 the JPEG bound is 1.0).
-        overviews: Internal overviews are built.
-        ratio: A caller's own bound on compressed / raw bytes (e.g. a 0/1 mask), replacing the
-            compression's.
-
-    Returns:
-        Bytes.
-    """
-    raw = float(width) * float(height) * int(count) * np.dtype(dtype).itemsize
-    comp = (compress or "none").lower()
-    if ratio is None:
-        ratio = COMPRESSED_RATIO_BOUND.get(comp, 1.0) if quality <= 95 else 1.0
-    share = 1.0 + (OVERVIEW_SHARE if overviews else 0.0)
-    return int(raw * ratio * share * SPACE_SAFETY) + (1 << 20)
-
-
-def check_free_space(final: str | os.PathLike[str], need: int) -> None:
-    """Refuse to start an output of about ``need`` bytes where fewer are free.
-
-    An older file at ``final`` does not count as free: it is replaced only once the new one is
-    complete.
-
-    Args:
-        final: The output path (its folder's device is checked; the folder may not exist yet).
-        need: Estimated bytes (:func:`estimate_output_bytes`).
-
-    Raises:
-        OutputWriteError: Not enough free space (``errno`` ENOSPC); nothing was written.
-    """
-    directory = Path(final).parent
-    free = free_bytes(directory)
-    if free is not None and need > free:
-        error = OutputWriteError(
-            NOT_ENOUGH_SPACE_TEMPLATE.format(
-                dir=directory, need=format_bytes(need), free=format_bytes(free)
-            )
-        )
-        error.errno = errno.ENOSPC
-        raise error
-
-
-_TIFF_ARRAY_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
-_TIFF_OFFSET_TAGS = (324, 273)  # TileOffsets, StripOffsets
-_TIFF_COUNT_TAGS = (325, 279)  # TileByteCounts, StripByteCounts
-_MAX_DIRECTORIES = 4096
-
-
-def tiff_block_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why the TIFF at ``path`` is incomplete, or None when every block's bytes are in the file.
-
-    Walks every image file directory (full resolution, overviews, masks) of a classic or BigTIFF
-    file and checks that each tile or strip has a nonzero byte count and ends inside the file,
-    and that every directory lies inside it. A write GDAL could not complete (full disk, quota,
-    file size limit) leaves a block with no bytes or a directory past the end of the file; GDAL
-    itself reports that only on stderr. Reads only the directories (a few kB per 10,000 tiles).
-
-    Args:
-        path: A TIFF written with ``SPARSE_OK`` off (GDAL's default: every block is written).
-
-    Returns:
-        A short description of the first problem, or None.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        order = {b"II": "<", b"MM": ">"}.get(head[:2])
-        if order is None or len(head) < 8:
-            return "no TIFF header"
-        (version,) = struct.unpack(order + "H", head[2:4])
-        if version == 42:
-            big, ifd = False, struct.unpack(order + "I", head[4:8])[0]
-        elif version == 43 and len(head) >= 16:
-            big, ifd = True, struct.unpack(order + "Q", head[8:16])[0]
-        else:
-            return "no TIFF header"
-        count_fmt, entry_fmt, entry_size, next_fmt = (
-            ("Q", "HHQ", 20, "Q") if big else ("H", "HHI", 12, "I")
-        )
-        count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(next_fmt)
-        head_size = struct.calcsize(entry_fmt)
-        seen: set[int] = set()
-        while ifd:
-            number = len(seen) + 1
-            if ifd in seen or number > _MAX_DIRECTORIES:
-                return "its directories form a loop"
-            seen.add(ifd)
-            if ifd + count_size > size:
-                return f"directory {number} lies past the end of the file"
-            fh.seek(ifd)
-            (n,) = struct.unpack(order + count_fmt, fh.read(count_size))
-            table = fh.read(n * entry_size + next_size)
-            if len(table) < n * entry_size + next_size:
-                return f"directory {number} is cut off at the end of the file"
-            arrays: dict[int, np.ndarray] = {}
-            for i in range(n):
-                entry = table[i * entry_size : (i + 1) * entry_size]
-                tag, typ, cnt = struct.unpack(order + entry_fmt, entry[:head_size])
-                if tag not in _TIFF_OFFSET_TAGS + _TIFF_COUNT_TAGS:
-                    continue
-                code = _TIFF_ARRAY_TYPES.get(typ)
-                if code is None:
-                    return f"directory {number} has an unreadable block table"
-                dt = np.dtype(order + code)
-                inline = entry[head_size:]
-                nbytes = int(cnt) * dt.itemsize
-                if nbytes <= len(inline):
-                    raw = inline[:nbytes]
-                else:
-                    (where,) = struct.unpack(order + ("Q" if big else "I"), inline)
-                    if where + nbytes > size:
-                        return f"the block table of directory {number} lies past the end"
-                    fh.seek(where)
-                    raw = fh.read(nbytes)
-                arrays[tag] = np.frombuffer(raw, dtype=dt).astype(np.uint64)
-            offsets = next((arrays[t] for t in _TIFF_OFFSET_TAGS if t in arrays), None)
-            counts = next((arrays[t] for t in _TIFF_COUNT_TAGS if t in arrays), None)
-            if offsets is None or counts is None or offsets.shape != counts.shape:
-                return f"directory {number} has no complete block table"
-            empty = np.flatnonzero((counts == 0) | (offsets == 0))
-            if empty.size:
-                return f"block {int(empty[0])} of directory {number} was never written"
-            if offsets.size and int((offsets + counts).max()) > size:
-                return f"a block of directory {number} ends past the end of the file"
-            (ifd,) = struct.unpack(order + next_fmt, table[n * entry_size :])
-    return None
 
 
 class TiledRasterWriter:
@@ -1394,36 +650,3 @@ def write_window_array(
     with writer:
         writer.write(data, Window(0, 0, win.width, win.height))
     return writer.path
-
-
-def write_png(
-    path: str | os.PathLike[str], image: np.ndarray, *, protect: Iterable[Any] = ()
-) -> Path:
-    """Write a preview PNG atomically.
-
-    Args:
-        path: Output path.
-        image: ``uint8`` array, ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA.
-        protect: Input paths the output must not overwrite.
-
-    Returns:
-        The final path.
-
-    Raises:
-        ValueError: Wrong shape or dtype.
-        OutputWriteError: Encoding failed.
-    """
-    import cv2
-
-    img = np.asarray(image)
-    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
-        raise ValueError(PNG_SHAPE_TEMPLATE.format(shape=img.shape, dtype=img.dtype))
-    if img.ndim == 3:
-        # OpenCV encodes BGR(A).
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OutputWriteError(PNG_ENCODE_TEMPLATE.format(output=path))
-    with atomic_path(path, protect=protect) as tmp:
-        tmp.write_bytes(buf.tobytes())
-    return Path(path)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from zoomearth.cli import command
+from zoomearth.cli_common import command
 
 __all__ = [
     "JsonLinesStderr",

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zoomearth.cli import command
+from zoomearth.cli_common import command
 
 __all__ = ["add_train_command", "cmd_train"]
 
