@@ -10,18 +10,21 @@ from a cached tiled, overviewed copy (:mod:`zoomearth.scene.cache`).
 
 Frames: every box argument is a :class:`~zoomearth.geometry.PixelBox` in full-resolution pixels
 (xyxy, half-open). See :mod:`zoomearth.geometry` for the clip/reject policy.
+
+The parts of the engine that need no open raster live beside it: band mapping and display stretch
+in :mod:`zoomearth.scene.render`, :class:`View` and view writing in :mod:`zoomearth.scene.view`,
+georeference checks in :mod:`zoomearth.scene.georef` and GDAL's quieting in
+:mod:`zoomearth.scene.gdal`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,23 +33,54 @@ import numpy as np
 from zoomearth.errors import (
     BandLayoutError,
     BoxError,
-    OutputWriteError,
     SceneNotFoundError,
     SceneReadError,
     SceneTooLargeError,
 )
-from zoomearth.geometry import (
-    MapBox,
-    PixelBox,
-    ViewSpec,
-    full_to_map,
-    is_degenerate_transform,
-    validate_box,
+from zoomearth.geometry import MapBox, PixelBox, ViewSpec, full_to_map, validate_box
+
+# Moved out of this module; re-exported so that every old import path keeps working.
+from zoomearth.scene.gdal import (  # noqa: F401 - some are only re-exported
+    RASTERIO_LOGGERS,
+    _configure_gdal,
+    _gdal_reason,
+    quiet_gdal,
+)
+from zoomearth.scene.georef import (  # noqa: F401 - some are only re-exported
+    DEGENERATE_GEOREF_TEMPLATE,
+    DEGREES_LOOK_LIKE_METRES_TEMPLATE,
+    GEOGRAPHIC_MARGIN_DEG,
+    METRES_LOOK_LIKE_DEGREES_TEMPLATE,
+    PROJECTED_MIN_PIXEL,
+    SceneWarning,
+    georeference_warnings,
+)
+from zoomearth.scene.render import (  # noqa: F401 - some are only re-exported
+    BAD_BANDS_TEMPLATE,
+    BAND_LAYOUT_TEMPLATE,
+    BandMapping,
+    alpha_index,
+    auto_mapping,
+    explicit_mapping,
+    palette_lut,
+    stretch_range,
+    to_uint8,
+)
+from zoomearth.scene.view import (  # noqa: F401 - some are only re-exported
+    FEW_VALID_FRACTION,
+    FEW_VALID_PIXELS_TEMPLATE,
+    NO_VALID_PIXELS_TEMPLATE,
+    VIEW_FORMAT_TEMPLATE,
+    VIEW_FORMATS,
+    VIEW_JPEG_QUALITY,
+    View,
+    view_format,
+    write_view,
 )
 
 if TYPE_CHECKING:
     from zoomearth.config import Settings
-    from zoomearth.scene.cache import ProgressFn
+    from zoomearth.scene.prepare import ProgressFn
 
 __all__ = [
     "VIEW_FORMATS",
@@ -76,15 +110,6 @@ TOO_LARGE_TEMPLATE = (
     "If the image is genuine, raise the limit (setting max_image_pixels, e.g. "
     "ZOOMEARTH_MAX_IMAGE_PIXELS={suggest})."
 )
-BAND_LAYOUT_TEMPLATE = (
-    "{path} has {count} bands (colour interpretation: {interp}); which to show as RGB is "
-    "ambiguous. Choose bands explicitly: Scene.open(path, bands=(R, G, B)) or on the command "
-    "line --bands R,G,B (1-based, e.g. --bands 3,2,1), or a single band for grey."
-)
-BAD_BANDS_TEMPLATE = (
-    "Band mapping {bands} is invalid for {path} with {count} bands: give 1 or 3 band numbers "
-    "between 1 and {count}."
-)
 READ_FAILED_TEMPLATE = (
     "Reading pixels of {path} failed in window {window} ({reason}). The file may be truncated or "
     "corrupt; re-download or re-export it."
@@ -95,278 +120,6 @@ COMPLEX_TEMPLATE = (
     'supported. Convert it to amplitude first, e.g. gdal_calc.py -A {path} --calc "abs(A)" '
     "--type Float32 --outfile amplitude.tif"
 )
-DEGENERATE_GEOREF_TEMPLATE = (
-    "{path}: the geotransform has a zero pixel size (a={a:g}, e={e:g}, b={b:g}, d={d:g}), so map "
-    "coordinates, bounds and areas cannot be computed. Fix the georeference (e.g. gdal_edit.py "
-    "-a_ullr ULX ULY LRX LRY {path}), or use pixel boxes."
-)
-DEGREES_LOOK_LIKE_METRES_TEMPLATE = (
-    "{path}: CRS {crs} is geographic (degrees) but the bounds look like metres ({extreme}): the "
-    "georeference is probably wrong; areas and coordinates will be wrong. Fix the CRS (e.g. "
-    "gdal_edit.py -a_srs EPSG:32633 {path})."
-)
-METRES_LOOK_LIKE_DEGREES_TEMPLATE = (
-    "{path}: CRS {crs} is projected ({unit}) but the bounds look like degrees ({extreme}, pixel "
-    "size {pixel:g}): the georeference is probably wrong; areas and coordinates will be wrong. "
-    "Fix the CRS (e.g. gdal_edit.py -a_srs EPSG:4326 {path})."
-)
-
-VIEW_FORMAT_TEMPLATE = (
-    "Cannot tell the image format from {path!r}: name the output with one of the extensions "
-    "{supported} (e.g. -o view.png)."
-)
-NO_VALID_PIXELS_TEMPLATE = (
-    "{path} has no valid pixels in the requested region {region} (all NaN / Inf / nodata / "
-    "transparent); nothing to show. Choose another region (--box), or check the nodata value "
-    "with 'zoomearth info'."
-)
-FEW_VALID_PIXELS_TEMPLATE = (
-    "only {percent} of the pixels in region {region} are valid; the rest (NaN / Inf / nodata / "
-    "transparent) are black in the output."
-)
-
-#: ``zoomearth view`` warns when fewer than this fraction of a view's pixels are valid. Nodata
-#: collars of reprojected scenes commonly take 10-40 % of an overview, which needs no warning;
-#: a view that is mostly black does.
-FEW_VALID_FRACTION = 0.5
-
-#: Output formats of a rendered view, by lower-case file extension -> GDAL/Pillow format name.
-VIEW_FORMATS: dict[str, str] = {
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".tif": "GTiff",
-    ".tiff": "GTiff",
-}
-#: JPEG quality of views written as .jpg (Pillow's scale 1-95; 90 keeps edges crisp).
-VIEW_JPEG_QUALITY = 90
-
-#: Degrees beyond the valid longitude range [-180, 360] (0..360 grids exist) and latitude range
-#: [-90, 90] that bounds may reach before a geographic CRS is called implausible: at least this
-#: much, or two pixels (a coarse global grid centred on the poles reaches 90 + half a pixel).
-GEOGRAPHIC_MARGIN_DEG = 1.0
-#: A projected raster whose pixel is smaller than this many CRS units (metres: 1 mm) and whose
-#: bounds all lie within +-180 / +-90 is taken for degrees labelled as metres.
-PROJECTED_MIN_PIXEL = 1e-3
-
-
-def view_format(path: str | os.PathLike[str]) -> str:
-    """The format a view is written in, from the output's extension (case-insensitive).
-
-    Returns:
-        ``"PNG"``, ``"JPEG"`` or ``"GTiff"`` (see :data:`VIEW_FORMATS`).
-
-    Raises:
-        OutputWriteError: The extension names no supported format (nothing is written).
-    """
-    fmt = VIEW_FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise OutputWriteError(
-            VIEW_FORMAT_TEMPLATE.format(path=str(path), supported=", ".join(VIEW_FORMATS))
-        )
-    return fmt
-
-
-class SceneWarning(UserWarning):
-    """A raster opened, but something about it is probably wrong (e.g. its georeference).
-
-    Issued by :class:`Scene` at open (also kept in ``Scene.warnings`` and ``info()["warnings"]``);
-    the command line prints it as one line.
-    """
-
-
-def _extreme_text(xs: tuple[float, float], ys: tuple[float, float]) -> str:
-    """``x up to 500,032, y up to 4,000,000``: the largest magnitude along each axis."""
-
-    def fmt(v: float) -> str:
-        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.6g}"
-
-    return f"x up to {fmt(max(xs, key=abs))}, y up to {fmt(max(ys, key=abs))}"
-
-
-def georeference_warnings(
-    path: str | os.PathLike[str], crs: Any, transform: Any, width: int, height: int
-) -> list[str]:
-    """Notes about a georeference that cannot be right; empty when it looks plausible.
-
-    Three cases, each checked from the header alone:
-
-    * a degenerate geotransform (zero pixel size, NaN; :func:`is_degenerate_transform`);
-    * a geographic CRS (degrees) whose bounds leave longitude [-180, 360] or latitude [-90, 90]
-      by more than ``max(GEOGRAPHIC_MARGIN_DEG, 2 pixels)``: metre coordinates labelled as
-      degrees, e.g. UTM bounds with EPSG:4326;
-    * a projected CRS whose pixel is below :data:`PROJECTED_MIN_PIXEL` units and whose bounds
-      lie within +-180 / +-90: degrees labelled as metres.
-
-    Args:
-        path: The raster (named in the notes).
-        crs: ``rasterio.crs.CRS`` or None.
-        transform: The pixel->map ``affine.Affine`` (pixel-corner convention).
-        width: Raster width in pixels.
-        height: Raster height in pixels.
-
-    Returns:
-        One line per problem, saying what is wrong and how to fix it.
-    """
-    if transform is None or (transform.is_identity and crs is None):
-        return []
-    if is_degenerate_transform(transform):
-        a, b, _, d, e, _ = (float(v) for v in list(transform)[:6])
-        return [DEGENERATE_GEOREF_TEMPLATE.format(path=path, a=a, e=e, b=b, d=d)]
-    if crs is None:
-        return []
-    corners = [transform @ (c, r) for c in (0, width) for r in (0, height)]
-    xs = (min(p[0] for p in corners), max(p[0] for p in corners))
-    ys = (min(p[1] for p in corners), max(p[1] for p in corners))
-    name = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else (crs.to_string() or "of the file")[:60]
-    if crs.is_geographic:
-        pixel = max(abs(transform.a), abs(transform.b), abs(transform.d), abs(transform.e))
-        margin = max(GEOGRAPHIC_MARGIN_DEG, 2.0 * pixel)
-        if (
-            xs[0] < -180.0 - margin
-            or xs[1] > 360.0 + margin
-            or ys[0] < -90.0 - margin
-            or ys[1] > 90.0 + margin
-        ):
-            return [
-                DEGREES_LOOK_LIKE_METRES_TEMPLATE.format(
-                    path=path, crs=name, extreme=_extreme_text(xs, ys)
-                )
-            ]
-    elif crs.is_projected:
-        pixel = max(abs(transform.a), abs(transform.e))
-        inside = -180.0 <= xs[0] and xs[1] <= 180.0 and -90.0 <= ys[0] and ys[1] <= 90.0
-        if inside and 0.0 < pixel < PROJECTED_MIN_PIXEL:
-            unit = getattr(crs, "linear_units", None) or "linear units"
-            return [
-                METRES_LOOK_LIKE_DEGREES_TEMPLATE.format(
-                    path=path, crs=name, unit=unit, extreme=_extreme_text(xs, ys), pixel=pixel
-                )
-            ]
-    return []
-
-
-@dataclass(frozen=True)
-class BandMapping:
-    """Which source bands form the displayed image.
-
-    Attributes:
-        rgb: 1-based band indexes shown as (R, G, B), or a 1-tuple for grey.
-        alpha: 1-based index of an alpha band, or None.
-        note: How the mapping was chosen (shown by ``info``).
-    """
-
-    rgb: tuple[int, ...]
-    alpha: int | None = None
-    note: str = ""
-
-
-@dataclass
-class View:
-    """One rendered view.
-
-    Attributes:
-        spec: Frame of the view: the full-resolution region shown and the pixel size.
-        rgb: Pixels, shape ``(height, width, 3)``, dtype uint8, 0-255. Invalid pixels are 0.
-        valid: Shape ``(height, width)``, bool; False where the source is nodata, NaN, +-Inf or
-            transparent.
-        warnings: Human-readable notes (for example a box that was clipped).
-    """
-
-    spec: ViewSpec
-    rgb: np.ndarray
-    valid: np.ndarray
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def valid_fraction(self) -> float:
-        """Fraction of the view's pixels that are valid, in [0, 1] (0.0 for an empty view)."""
-        return float(self.valid.mean()) if self.valid.size else 0.0
-
-    def to_pil(self) -> Any:
-        """The view as a ``PIL.Image.Image`` (RGB)."""
-        from PIL import Image
-
-        return Image.fromarray(self.rgb, mode="RGB")
-
-
-def _gdal_reason(exc: BaseException) -> str:
-    """The most specific message in an exception chain (rasterio wraps GDAL's own text)."""
-    reasons: list[str] = []
-    while exc is not None and len(reasons) < 5:
-        text = str(exc).split("\n")[0].strip()
-        if text and "See previous exception" not in text:
-            reasons.append(text)
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return reasons[-1] if reasons else "unknown GDAL error"
-
-
-#: The loggers rasterio passes GDAL's own messages to (errors also reach us as exceptions).
-RASTERIO_LOGGERS = ("rasterio._env", "rasterio._err", "rasterio._io", "rasterio._base")
-
-
-class _QuietThreads(logging.Filter):
-    """Drops rasterio's records below CRITICAL from threads inside :func:`quiet_gdal`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.depth: dict[int, int] = {}  # thread id -> nesting depth of quiet_gdal
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.CRITICAL or record.thread not in self.depth
-
-
-_QUIET = _QuietThreads()
-_QUIET_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def quiet_gdal() -> Iterator[None]:
-    """Keep GDAL's messages out of the user's terminal during the project's own GDAL calls.
-
-    GDAL reports a failure through the rasterio loggers before rasterio raises it as an exception,
-    which this package turns into one clear message; the raw text would only repeat it. The scope
-    is this thread and this block: a filter on the rasterio loggers drops their records below
-    CRITICAL from the threads inside the block, and is removed when the last block ends -- logger
-    levels, ``os.environ`` and GDAL's configuration are never changed, so an application that
-    embeds the package keeps its own logging of rasterio. (GDAL's ``CPL_LOG`` is not used: GDAL
-    reads it once per process, so it cannot be scoped.) ``ZOOMEARTH_GDAL_DEBUG=1`` keeps
-    everything.
-    """
-    if os.environ.get("ZOOMEARTH_GDAL_DEBUG"):
-        yield
-        return
-    ident = threading.get_ident()
-    with _QUIET_LOCK:
-        if not _QUIET.depth:
-            for name in RASTERIO_LOGGERS:
-                logging.getLogger(name).addFilter(_QUIET)
-        _QUIET.depth[ident] = _QUIET.depth.get(ident, 0) + 1
-    try:
-        yield
-    finally:
-        with _QUIET_LOCK:
-            left = _QUIET.depth.pop(ident) - 1
-            if left:
-                _QUIET.depth[ident] = left
-            elif not _QUIET.depth:
-                for name in RASTERIO_LOGGERS:
-                    logging.getLogger(name).removeFilter(_QUIET)
-
-
-_GDAL_CONFIGURED = False
-
-
-def _configure_gdal(cache_mb: int) -> None:
-    global _GDAL_CONFIGURED
-    if _GDAL_CONFIGURED:
-        return
-    from rasterio.env import set_gdal_config
-
-    # A bounded block cache keeps peak memory predictable on UHR rasters (GDAL's default is 5 % of
-    # RAM, about 1.2 GB here, which a whole-scene stream would fill).
-    set_gdal_config("GDAL_CACHEMAX", int(cache_mb))
-    _GDAL_CONFIGURED = True
 
 
 class Scene:
@@ -395,7 +148,7 @@ class Scene:
             progress: When a cached copy must be built: True prints a line on stderr at its
                 start and end (and a bar on a terminal); False is silent; a callable
                 ``progress(done, total, message)`` receives progress units (see
-                :func:`zoomearth.scene.cache.build_tiled_copy`) -- an exception it raises
+                :func:`zoomearth.scene.prepare.build_tiled_copy`) -- an exception it raises
                 cancels the build and propagates from the pixel read that needed it.
 
         Raises:
@@ -611,7 +364,7 @@ class Scene:
 
         A copy already in the cache is used whatever its size. Building one runs in a worker
         process for all but small images, so the caller's GIL stays free (an event loop keeps
-        answering); see :mod:`zoomearth.scene.cache`.
+        answering); see :mod:`zoomearth.scene.prepare`.
 
         Args:
             progress: See :meth:`__init__`.
@@ -703,39 +456,13 @@ class Scene:
         return self._mapping
 
     def _explicit_mapping(self, bands: tuple[int, ...]) -> BandMapping:
-        if len(bands) not in (1, 3) or any(not 1 <= b <= self.count for b in bands):
-            raise BandLayoutError(
-                BAD_BANDS_TEMPLATE.format(bands=list(bands), path=self.path, count=self.count)
-            )
-        alpha = self._alpha_index()
-        return BandMapping(tuple(int(b) for b in bands), alpha, "explicit band mapping")
+        return explicit_mapping(bands, self.count, self.colorinterp, self.path)
 
     def _alpha_index(self) -> int | None:
-        for i, name in enumerate(self.colorinterp, start=1):
-            if name == "alpha":
-                return i
-        return None
+        return alpha_index(self.colorinterp)
 
     def _auto_mapping(self) -> BandMapping:
-        interp = self.colorinterp
-        alpha = self._alpha_index()
-        if all(c in interp for c in ("red", "green", "blue")):
-            rgb = (interp.index("red") + 1, interp.index("green") + 1, interp.index("blue") + 1)
-            return BandMapping(rgb, alpha, "RGB by colour interpretation")
-        n_colour = self.count - (1 if alpha else 0)
-        if n_colour == 1:
-            return BandMapping((1,), alpha, "single band shown as grey")
-        if n_colour == 3:
-            return BandMapping((1, 2, 3), alpha, "3 bands assumed R,G,B")
-        if self.count == 4 and alpha is None:
-            return BandMapping(
-                (1, 2, 3), None, "4 bands assumed R,G,B,NIR; pass bands= for other orders"
-            )
-        raise BandLayoutError(
-            BAND_LAYOUT_TEMPLATE.format(
-                path=self.path, count=self.count, interp=", ".join(interp) or "none"
-            )
-        )
+        return auto_mapping(self.colorinterp, self.count, self.path)
 
     def info(self) -> dict[str, Any]:
         """Metadata as a JSON-friendly dict. Reads headers only; never decodes pixels."""
@@ -887,24 +614,7 @@ class Scene:
         w, h = self.output_size(self.full_box, 1024)
         sample = self.read(None, out_size=(w, h), bands=rgb_bands, resampling="nearest")
         values = sample.compressed().astype(np.float64)
-        values = values[np.isfinite(values)]
-        lo_p, hi_p = self.settings.stretch_percentiles
-        if values.size == 0:
-            lo, hi = 0.0, 1.0
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):
-                lo, hi = (float(v) for v in np.percentile(values, [lo_p, hi_p]))
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                # Interpolating between values near the float64 limits overflowed.
-                lo, hi = float(values.min()), float(values.max())
-            if hi <= lo:  # constant image: place it within the dtype's range instead of at 0
-                dt = np.dtype(self.dtype)
-                if np.issubdtype(dt, np.integer):
-                    lo, hi = float(min(0, lo)), float(max(np.iinfo(dt).max, hi + 1))
-                else:
-                    lo, hi = lo - 0.5, lo + 0.5
-                    if hi <= lo:  # |lo| above 2**53: the 0.5 was lost to rounding
-                        lo, hi = math.nextafter(lo, -math.inf), lo
+        lo, hi = stretch_range(values, self.settings.stretch_percentiles, self.dtype)
         self._stretch[rgb_bands] = (lo, hi)
         return lo, hi
 
@@ -958,114 +668,31 @@ class Scene:
                 return self._apply_palette(raw[0])
             return raw.copy()
         lo, hi = self._stretch_for(mapping.rgb)
-        # float32 as always, except for float64 sources: their values beyond 3.4e38 would
-        # overflow in the cast. Whatever overflow is left only produces values that nan_to_num
-        # maps on purpose, so numpy's warnings about it are silenced rather than shown to users.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            span = hi - lo
-            if math.isfinite(span):
-                wide = raw.dtype == np.float64
-                values = raw.astype(np.float64) if wide else raw.astype(np.float32)
-                scaled = (values - lo) * (255.0 / span)
-            else:  # a range near the float64 limits: halved, so that the span cannot overflow
-                half_span = hi * 0.5 - lo * 0.5
-                scaled = (raw.astype(np.float64) * 0.5 - lo * 0.5) * (255.0 / half_span)
-        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-        return np.clip(scaled, 0, 255).astype(np.uint8)
+        return to_uint8(raw, lo, hi)
 
     def write_view(
         self, view: View, path: str | os.PathLike[str], *, protect: Iterable[Any] = ()
     ) -> Path:
-        """Write a rendered view in the format its extension names (:data:`VIEW_FORMATS`).
+        """Write a view rendered from this scene; returns the path written.
 
-        * ``.png``: the RGB pixels, lossless.
-        * ``.jpg``/``.jpeg``: the RGB pixels, lossy (quality :data:`VIEW_JPEG_QUALITY`).
-        * ``.tif``/``.tiff``: a 3-band uint8 GeoTIFF (DEFLATE) georeferenced to the view: the
-          scene's CRS and the scene's transform of ``view.spec.region`` scaled to the view's pixel
-          size (map units per view pixel), with a mask that is 0 where ``view.valid`` is False.
-          A scene without georeference gives a pixel-only TIFF.
-
-        Invalid pixels are black in every format. The file is written atomically
-        (:func:`~zoomearth.scene.writing.atomic_path`): a failure leaves nothing at ``path``.
-
-        Args:
-            view: A view rendered from this scene.
-            path: Output file; its extension chooses the format.
-            protect: Inputs that must not be overwritten (this scene's file always is).
-
-        Returns:
-            The path written.
+        The extension names the format (:data:`VIEW_FORMATS`): PNG, JPEG, or a GeoTIFF
+        georeferenced to the view with this scene's CRS and transform (pixel-only without one).
+        Invalid pixels are black; written atomically (:func:`zoomearth.scene.view.write_view`).
+        ``protect`` names inputs that must not be overwritten (this scene's file always is).
 
         Raises:
             OutputWriteError: Unsupported extension (before anything is written).
             ProtectedPathError: ``path`` is this scene or another protected input.
         """
-        from zoomearth.scene.writing import atomic_path, write_png
-
-        fmt = view_format(path)
-        guarded = [self.path, *protect]
-        if fmt == "PNG":
-            return write_png(path, view.rgb, protect=guarded)
-        if fmt == "JPEG":
-            import io
-
-            from PIL import Image
-
-            buffer = io.BytesIO()
-            Image.fromarray(view.rgb, mode="RGB").save(
-                buffer, format="JPEG", quality=VIEW_JPEG_QUALITY
-            )
-            with atomic_path(path, protect=guarded) as tmp:
-                tmp.write_bytes(buffer.getvalue())
-            return Path(path)
-        return self._write_view_tiff(view, Path(path), guarded)
-
-    def _write_view_tiff(self, view: View, path: Path, protect: list[Any]) -> Path:
-        """The GeoTIFF branch of :meth:`write_view`."""
-        import rasterio
-        from affine import Affine
-        from rasterio.errors import NotGeoreferencedWarning
-
-        from zoomearth.scene.writing import atomic_path, tiff_block_problem, write_failure
-
-        spec = view.spec
-        profile: dict[str, Any] = {
-            "driver": "GTiff",
-            "width": spec.width,
-            "height": spec.height,
-            "count": 3,
-            "dtype": "uint8",
-            "photometric": "RGB",
-            "compress": "deflate",
-            "predictor": 2,
-        }
-        if self.georeferenced:
-            region = spec.region
-            profile["crs"] = self.crs
-            profile["transform"] = (
-                self.transform
-                @ Affine.translation(region.x1, region.y1)
-                @ Affine.scale(spec.scale_x, spec.scale_y)
-            )
-        with atomic_path(path, protect=protect) as tmp:
-            with warnings.catch_warnings(), quiet_gdal():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(tmp, "w", **profile) as dst:
-                    dst.write(np.moveaxis(view.rgb, -1, 0))
-                    if not view.valid.all():
-                        dst.write_mask(np.where(view.valid, 255, 0).astype(np.uint8))
-            # GDAL reports an incomplete write (full disk, file size limit) on stderr only.
-            problem = tiff_block_problem(tmp)
-            if problem is not None:
-                raise write_failure(path, reason=problem, temp=tmp)
-        return path
+        return write_view(
+            view,
+            path,
+            protect=[self.path, *protect],
+            crs=self.crs,
+            transform=self.transform if self.georeferenced else None,
+        )
 
     def _apply_palette(self, index: np.ndarray) -> np.ndarray:
         if self._colormap is None:
-            cmap = self._dataset().colormap(1)
-            lut = np.zeros((256, 3), np.uint8)
-            for k, rgba in cmap.items():
-                if 0 <= k < 256:
-                    lut[k] = rgba[:3]
-            self._colormap = lut
+            self._colormap = palette_lut(self._dataset().colormap(1))
         return np.moveaxis(self._colormap[index], -1, 0)
