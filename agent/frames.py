@@ -13,7 +13,8 @@ the boxes the model writes (``pixels`` coordinate mode) are in the frame of that
 * :func:`planner_box_to_full` -- a box as the model wrote it (``pixels`` of the seen image,
   ``norm1000`` or ``norm1``) to full-resolution pixels,
 * :func:`zoom_region` -- the crop that is actually read: the minimum-crop rule of the reference
-  method (:func:`zoomearth.geometry.min_crop_xyxy`),
+  method (:func:`zoomearth.geometry.min_crop_xyxy`), snapped to whole pixels on request (the
+  graph's zooms),
 * :func:`fit_long_side` -- the pixel size of a rendered view (long side at most N).
 
 Nothing here imports torch or transformers.
@@ -222,29 +223,37 @@ def planner_box_to_full(
 
 
 def zoom_region(
-    box: PixelBox, image_w: int, image_h: int, min_side: int = 512
+    box: PixelBox, image_w: int, image_h: int, min_side: int = 512, *, snap: bool = False
 ) -> tuple[PixelBox, str | None]:
     """The full-resolution region to read for a zoom box: validated, clipped, minimum crop.
 
     The reference method's rule: the crop is at least ``min_side x min_side`` full-resolution
     pixels (the whole side when the image is smaller), centred on the box, shifted -- not shrunk --
-    to stay inside the image; a larger box keeps its extent.
+    to stay inside the image; a larger box keeps its extent. With ``snap`` the crop is then
+    expanded to whole pixels and clipped to the image again: the region the graph's ``zoom`` node
+    records and reads (:func:`zoomearth.graphs.regions.zoom_request_region`).
 
     Args:
         box: The requested box in full-resolution pixels (e.g. from :func:`planner_box_to_full`).
         image_w: Full-resolution image width in pixels.
         image_h: Full-resolution image height in pixels.
         min_side: Minimum crop side in full-resolution pixels (setting ``min_crop``).
+        snap: Snap the crop out to integer pixel edges (:meth:`PixelBox.snap_out`) and clip it
+            to ``[0, image_w] x [0, image_h]``.
 
     Returns:
-        ``(crop, warning)``: the crop box inside ``[0, image_w] x [0, image_h]`` (xyxy, floats),
-        and a warning text when the box had to be clipped to the image first (None otherwise).
+        ``(crop, warning)``: the crop box inside ``[0, image_w] x [0, image_h]`` (xyxy, floats;
+        whole numbers with ``snap``), and a warning text when the box had to be clipped to the
+        image first (None otherwise).
 
     Raises:
         BoxError: The box is NaN/infinite, inverted, empty or entirely outside the image.
     """
     clipped, warning = validate_box(box, image_w, image_h)
-    return min_crop_xyxy(clipped, image_w, image_h, min_side), warning
+    crop = min_crop_xyxy(clipped, image_w, image_h, min_side)
+    if snap:
+        crop = crop.snap_out().clip(image_w, image_h)
+    return crop, warning
 
 
 def fit_long_side(width: float, height: float, long_side: int) -> tuple[int, int]:

@@ -5,14 +5,15 @@ LangGraph's own prebuilt agents. It holds the scene reference (path + band mappi
 transcript as text entries that name views and artifacts by id, the views (full-resolution region
 and pixel size), the artifacts (small JSON records of files in the run directory), step records
 for the run log, problems, and counters. Pixels are rendered on demand from the scene through a
-small per-process cache (:mod:`zoomearth.graphs.views`), so a checkpoint stays a few kilobytes
-however many zooms a run makes.
+small per-process cache (:meth:`zoomearth.graphs.runtime.GraphRuntime.render`), so a checkpoint
+stays a few kilobytes however many zooms a run makes.
 
 Every tool call that reaches a tool node leaves exactly one :class:`ToolResultRecord` in
 ``results`` (ok, invalid arguments, failed or denied), in the order the calls finish; a call
 stopped by a cancellation request leaves none (its task error is kept by the checkpointer and the
 call runs again when the thread is resumed). :meth:`zoomearth.api.Agent.result` pairs them with the
-calls of the step records to give each call of the ``--json`` record its status.
+calls of the step records to give each call of the ``--json`` record its status
+(:mod:`zoomearth.run_record`).
 
 Frames: every ``*_xyxy`` field is in full-resolution pixels of the scene (xyxy, half-open).
 """
@@ -27,6 +28,7 @@ from typing import Annotated, Any, Literal
 from typing_extensions import TypedDict
 
 __all__ = [
+    "DENIED_TEMPLATE",
     "AgentState",
     "ActionPayload",
     "SceneRef",
@@ -43,6 +45,8 @@ ViewKind = Literal["overview", "zoom", "preview"]
 #: raised); ``denied`` (the user did not approve it); ``cancelled`` (stopped by a cancellation
 #: request); ``pending`` (not run yet: awaiting approval, or the run stopped first).
 ToolCallStatus = Literal["ok", "invalid_arguments", "failed", "denied", "cancelled", "pending"]
+#: The text of a ``denied`` call (the tool node writes it; the run record reads it back).
+DENIED_TEMPLATE = "The user did not approve running {tool}; it was not run."
 
 
 class SceneRef(TypedDict):

@@ -1,4 +1,4 @@
-"""The body of every tool node: one tool call through the contract's single code path.
+"""The body of every tool node (:class:`~zoomearth.graphs.nodes.ToolActionNode`): one tool call.
 
 The node builds a :class:`~zoomearth.tools.base.ToolContext` from the state's references (scene,
 region in full-resolution pixels, views, earlier artifacts, the model pool, the run directory,

@@ -87,7 +87,7 @@ def extract_reference_prompt(repo: str | Path) -> str:
 
 def add_planner_command(sub: Any) -> None:
     """Register ``zoomearth planner inputs|extract-prompt``."""
-    from zoomearth.cli import command
+    from zoomearth.cli_common import command
 
     p = sub.add_parser(
         "planner", help="render a planner's exact inputs; extract ZoomEarth's prompt text"
@@ -152,7 +152,7 @@ def _write_png(path: Path, rgb: Any) -> None:
 
 
 def _inputs(args: argparse.Namespace, settings: Any) -> int:
-    from zoomearth.cli import _parse_bands
+    from zoomearth.cli_common import _parse_bands
     from zoomearth.scene import Scene
 
     out = Path(args.out)
@@ -238,10 +238,10 @@ def _agent_inputs(
 ) -> dict[str, Any]:
     from zoomearth.agent.base import PlanRequest, TranscriptEntry
     from zoomearth.agent.conversation import build_conversation, to_chat_dicts
-    from zoomearth.agent.frames import planner_box_to_full, seen_size
+    from zoomearth.agent.frames import planner_box_to_full, seen_size, zoom_region
     from zoomearth.agent.parsing import parse_response
     from zoomearth.agent.prompting import load_template
-    from zoomearth.geometry import ViewSpec, min_crop_xyxy, validate_box
+    from zoomearth.geometry import ViewSpec
     from zoomearth.tools.registry import get_registry
 
     template = load_template(args.prompt_file or settings.planner_prompt)
@@ -297,9 +297,7 @@ def _agent_inputs(
         return record
     zoom = parsed.zooms[0]
     full = planner_box_to_full(zoom.box, "pixels", views[0], seen_size(ow, oh))
-    clipped, _ = validate_box(full, scene.width, scene.height)
-    crop = min_crop_xyxy(clipped, scene.width, scene.height, settings.min_crop)
-    crop = crop.snap_out().clip(scene.width, scene.height)
+    crop, _ = zoom_region(full, scene.width, scene.height, settings.min_crop, snap=True)
     view = scene.render(crop, max_side=settings.view_side)
     views[1] = ViewSpec(1, crop, view.spec.width, view.spec.height)
     pixels[1] = view.rgb

@@ -544,9 +544,10 @@ class _Preparer:
         else:
             written = full_to_seen_box(inside, entry.overview, entry.seen)
             mapped = planner_box_to_full(written, "pixels", entry.overview, entry.seen)
-            region, _warning = zoom_region(mapped, width, height, self.settings.min_crop)
             # As the graph's zoom: snapped to whole pixels, inside the image.
-            region = region.snap_out().clip(width, height)
+            region, _warning = zoom_region(
+                mapped, width, height, self.settings.min_crop, snap=True
+            )
             view = scene.render(region, self.settings.view_side, view_id=1)
             rgb, spec = view.rgb, view.spec
         _save_png(rgb, self.out / png)
