@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Final
 
 from zoomearth.agent.base import PlannerError, ProfileName
 from zoomearth.agent.protocol import VISION_PLACEHOLDER, stage2_prefix
+from zoomearth.geometry import reference_resized_size as reference_resized_size
 
 if TYPE_CHECKING:
     from zoomearth.agent.base import PlanRequest
@@ -151,31 +152,6 @@ def load_zoomearth_prompt(path: str | Path | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # The reference's geometry (pure functions, property-tested against an independent port)
 # ---------------------------------------------------------------------------------------------
-
-
-def reference_resized_size(
-    width: int, height: int, max_size: int = REFERENCE_SIDE
-) -> tuple[int, int]:
-    """Size of an image after the reference's ``resize_image`` (long side ``max_size``).
-
-    ``scale = max_size / max(w, h)``; when ``scale < 1`` the image is resized bicubically to
-    ``(int(w * scale), int(h * scale))`` -- truncated, so 5000 x 3000 becomes 512 x 307 --,
-    otherwise it is left as it is (never upsampled).
-
-    Args:
-        width: Image width in pixels.
-        height: Image height in pixels.
-        max_size: Long side after resizing.
-
-    Returns:
-        ``(width, height)`` after resizing.
-    """
-    if width <= 0 or height <= 0:
-        raise ValueError(SIZE_TEMPLATE.format(width=width, height=height))
-    scale = max_size / max(width, height)
-    if scale < 1:
-        return int(width * scale), int(height * scale)
-    return width, height
 
 
 def reference_box_factor(width: int, height: int, max_size: int = REFERENCE_SIDE) -> float:

@@ -52,9 +52,8 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from zoomearth.agent.profiles import reference_resized_size
 from zoomearth.errors import BoxError
-from zoomearth.geometry import PixelBox
+from zoomearth.geometry import PixelBox, reference_resized_size
 
 if TYPE_CHECKING:
     from zoomearth.scene.scene import Scene
@@ -66,6 +65,7 @@ __all__ = [
     "pil_bicubic_resize_streamed",
     "pillow_pass_order",
     "render_reference_crop",
+    "reference_resized_size",
     "render_reference_overview",
 ]
 
@@ -78,6 +78,7 @@ DEFAULT_STRIP_BYTES: Final = 16 * 1024 * 1024
 APPROX_FACTOR: Final = 4
 
 PassOrder = Literal["auto", "horizontal_first", "vertical_first"]
+
 _PASS_ORDERS: Final = ("auto", "horizontal_first", "vertical_first")
 
 SIZE_TEMPLATE: Final = (
