@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -74,7 +75,12 @@ from zoomearth.cli_common import (  # noqa: F401 - some are only re-exported
 )
 from zoomearth.errors import ZoomEarthError
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "main", "build_parser"]
+__all__ = [
+    "EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "main", "build_parser"
+]
+
+#: Exit status when the reader of stdout went away (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
 
 # Commands that read or write scenes or runs: they sweep the scene cache's stale temporaries
 # first. `cache` does it in `cache clear`; `cache list` only reports them.
@@ -560,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
         hint = getattr(exc, "resume_hint", None)
         _note(args.command, what + (f"; {hint}" if hint else ""))
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`zoomearth tools --json | head`): stop quietly, as Unix tools do
+        # (status 128 + SIGPIPE); stdout goes to /dev/null so the exit's flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         # Permissions, read-only or full disks, a folder where a file belongs ...: the
         # environment, not a bug. Anything else keeps its traceback.

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -294,3 +297,18 @@ def test_failed_tool_removes_the_run_folder_it_made(tmp_path, capsys):
     assert main(["tool", "denoise", str(tif), "--out", str(run)]) == 2
     capsys.readouterr()
     assert run.is_dir() and list(run.iterdir()) == []
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(tmp_path: Path) -> None:
+    # `zoomearth info X | head -c 10`: the pipe closes early. Unix tools stop quietly (141).
+    from zoomearth.scene.synth import generate_scene
+
+    scene = generate_scene(tmp_path / "s.tif", 600, seed=1).image_path
+    for command in (["tools", "--json"], ["info", str(scene)]):
+        proc = subprocess.Popen([sys.executable, "-m", "zoomearth.cli", *command],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        proc.stdout.close()  # gone before the command (still importing) prints anything
+        _, err = proc.communicate(timeout=120)
+        assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+        assert proc.returncode == 141
