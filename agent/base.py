@@ -96,6 +96,11 @@ class PlanRequest:
         final: True when budgets are exhausted and only an answer is acceptable.
         scene_info: Small facts about the scene (size, CRS, ground sampling distance).
         artifacts: Artifacts so far (id, kind, one-line summary), for reference by ``artifact:N``.
+        check_arguments: ``check_arguments(tool_name, arguments)`` returns what running the tool
+            would say about a planner's arguments (region arguments included), or None when they
+            are accepted: the tool's own ``Args`` model, the validator the tool runner uses. Set
+            by the graph; None where no registry is at hand (a planner then checks the JSON
+            Schema in ``tools``).
     """
 
     question: str
@@ -110,6 +115,7 @@ class PlanRequest:
     #: The thread's first question, shown with the overview, when follow-ups came after it
     #: (they are ``question`` entries of the transcript). None: ``question`` is the first one.
     first_question: str | None = None
+    check_arguments: Callable[[str, Mapping[str, Any]], str | None] | None = None
 
     @property
     def current(self) -> list[TranscriptEntry]:

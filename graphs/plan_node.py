@@ -185,6 +185,7 @@ class PlanNode:
             first_question=state.get("first_question")
             if state.get("first_question") != state["question"]
             else None,
+            check_arguments=getattr(registry, "argument_problem", None) if tools else None,
         )
         if is_zoomearth(state):
             chooser = self.zoomearth_tool_planner() if tools else None

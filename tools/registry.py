@@ -385,6 +385,19 @@ class ToolRegistry:
                 self._instances[name] = inst
             return inst
 
+    def argument_problem(self, name: str, arguments: Mapping[str, Any]) -> str | None:
+        """What running tool ``name`` would say about ``arguments`` (None: accepted).
+
+        ``arguments`` are a planner's: the region arguments (``bbox_2d``, ``view``) are split off
+        first, as the graph does, and the rest is validated by the runner's own check
+        (:func:`~zoomearth.tools.runner.argument_problem`, the tool's ``Args`` model).
+        """
+        from zoomearth.tools.runner import argument_problem
+        from zoomearth.tools.schema import split_region_args
+
+        _region, own = split_region_args(arguments)
+        return argument_problem(self.get_tool(name), own)
+
     @property
     def warnings(self) -> list[str]:
         """Problems met while loading plugins (after the first listing)."""

@@ -118,6 +118,21 @@ __all__ = ["check_tool_call", "run_tool"]
 # --------------------------------------------------------------------------------------------
 # The runner
 # --------------------------------------------------------------------------------------------
+def argument_problem(tool: Tool, args: Mapping[str, Any]) -> str | None:
+    """What :func:`run_tool` would say about these arguments, or None when it accepts them.
+
+    The same validation as a call (the tool's ``Args`` pydantic model, unknown and reserved
+    names), without the region or the scene: a planner fills arguments and checks them here, so
+    there is one validator. ``args`` must not hold the region arguments (``bbox_2d``, ``view``;
+    see :func:`~zoomearth.tools.schema.split_region_args`).
+    """
+    try:
+        _validate_args(tool, args)
+    except ToolInputError as exc:
+        return str(exc)
+    return None
+
+
 def _validate_args(tool: Tool, args: Mapping[str, Any] | BaseModel | None) -> BaseModel:
     args_cls = tool.Args
     if isinstance(args, args_cls):

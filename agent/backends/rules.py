@@ -390,7 +390,13 @@ def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
                 break
             if out.whole_image is not None:
                 _set_whole_scene(args, parameters, overview, request.overview_id, whole)
-            problem = _validate_arguments(args, parameters)
+            # The runner's own check (the tool's Args model) when the graph gives it; the JSON
+            # Schema the planner was shown otherwise.
+            problem = (
+                request.check_arguments(name, args)
+                if request.check_arguments is not None
+                else _validate_arguments(args, parameters)
+            )
             if problem is not None:
                 out.skipped.append(TOOL_ARGS_INVALID_TEMPLATE.format(tool=name, reason=problem))
                 break

@@ -2,8 +2,11 @@
 
 :func:`_fill_arguments` fills box arguments (:func:`is_box_argument`), text prompts, edit
 instructions and modes from a :class:`~zoomearth.agent.text.intents.ToolIntent` and a
-full-resolution box; :func:`_validate_arguments` checks the result against the schema the
-planner was given; :func:`_set_whole_scene` makes a tool work on the whole scene explicitly.
+full-resolution box; the result is checked by the tool runner's own validation
+(:attr:`~zoomearth.agent.base.PlanRequest.check_arguments`, the tool's ``Args`` model), which the
+graph hands the planner; :func:`_validate_arguments` (the JSON Schema the planner was shown) is
+the fallback where no registry is at hand. :func:`_set_whole_scene` makes a tool work on the
+whole scene explicitly.
 """
 
 from __future__ import annotations
