@@ -217,3 +217,22 @@ __all__ += [
     "UNKNOWN_VIEW_TEMPLATE",
     "TILE_CACHE_FORMAT",
 ]
+
+# The old module also had these in its namespace (imported from the core); plugins written
+# against it may import them from here, so they stay.
+from zoomearth.artifacts import (  # noqa: E402
+    ARTIFACT_REF_PATTERN as ARTIFACT_REF_PATTERN,
+)
+from zoomearth.artifacts import Artifact as Artifact  # noqa: E402
+from zoomearth.artifacts import ArtifactDraft as ArtifactDraft  # noqa: E402
+from zoomearth.artifacts import ArtifactError as ArtifactError  # noqa: E402
+from zoomearth.artifacts import ArtifactKind as ArtifactKind  # noqa: E402
+from zoomearth.artifacts import ArtifactStore as ArtifactStore  # noqa: E402
+from zoomearth.artifacts import artifacts_by_id as artifacts_by_id  # noqa: E402
+from zoomearth.artifacts import format_artifact_ref as format_artifact_ref  # noqa: E402
+from zoomearth.artifacts import guess_media_type as guess_media_type  # noqa: E402
+from zoomearth.artifacts import parse_artifact_ref as parse_artifact_ref  # noqa: E402
+from zoomearth.errors import BoxError as BoxError  # noqa: E402
+from zoomearth.errors import ZoomEarthError as ZoomEarthError  # noqa: E402
+from zoomearth.geometry import PixelBox as PixelBox  # noqa: E402
+from zoomearth.geometry import ViewSpec as ViewSpec  # noqa: E402

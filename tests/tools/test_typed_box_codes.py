@@ -81,3 +81,14 @@ def test_box_error_in_run_keeps_its_code(scene, tmp_path):
         run_tool(TypedBoxInRun, ctx, {})
     assert info.value.code == "custom_box_code" and info.value.tool == "typed_box_in_run"
     assert str(info.value) == "Tool 'typed_box_in_run': the box lies entirely outside the image"
+
+
+def test_the_old_contract_module_keeps_every_name_plugins_imported() -> None:
+    # tools/base.py was split; plugins written against it import these names from it.
+    import zoomearth.tools.base as base
+
+    for name in ("Tool", "ToolContext", "ToolResult", "Capabilities", "Tile", "run_tool",
+                 "ToolInputError", "ToolFailure", "Artifact", "ArtifactDraft", "ArtifactKind",
+                 "ArtifactStore", "guess_media_type", "parse_artifact_ref", "BoxError",
+                 "PixelBox", "ViewSpec", "prompt_schema", "TILE_CACHE_DIR"):
+        assert hasattr(base, name), name

@@ -50,6 +50,7 @@ from zoomearth.errors import ModelFallbackRequired, ModelPoolError, ModelTooLarg
 from zoomearth.models.budgets import (
     BUDGET_HINT,
     HELD_BY_CALLER_TEMPLATE,
+    NO_BUDGET_TEMPLATE,  # noqa: F401 - re-exported (the old home of the template)
     TOO_LARGE_TEMPLATE,
     WAIT_TIMEOUT_TEMPLATE,
     DeviceBudgets,

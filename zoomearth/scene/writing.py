@@ -45,8 +45,10 @@ Modules: :mod:`~zoomearth.scene.atomic` (atomic paths, protected inputs, stale t
 (creation profiles, source georeference) and :mod:`~zoomearth.scene.png` (PNG previews); this
 module holds the streaming :class:`TiledRasterWriter` and :func:`write_window_array`, and
 re-exports the others' names, so ``from zoomearth.scene.writing import ...`` works for all of
-them. The writer looks the checks up here (``free_bytes``, ``check_free_space``,
-``tiff_block_problem``), so patching them on this module reaches it.
+them. :class:`TiledRasterWriter` looks its checks up here (``free_bytes``,
+``check_free_space``, ``tiff_block_problem``), so patching them on this module reaches the writer;
+``check_free_space`` and ``write_failure`` themselves read ``free_bytes`` from
+:mod:`~zoomearth.scene.write_failures` (patch it there for them).
 """
 
 from __future__ import annotations

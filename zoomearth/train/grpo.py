@@ -87,6 +87,8 @@ from zoomearth.train.common import (
     require_rl,
 )
 from zoomearth.train.rollout_rules import (
+    MIXED_PROFILES_TEMPLATE,  # noqa: F401 - re-exported (the old home)
+    NO_PROMPT_TEXT_TEMPLATE,  # noqa: F401 - re-exported (the old home)
     agent_rollout_region,
     reference_rollout_window,
     resolve_box_frame,
