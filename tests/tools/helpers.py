@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
+import rasterio
+from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field
+from rasterio.errors import NotGeoreferencedWarning
 
 from zoomearth.scene import Scene
 from zoomearth.scene.writing import atomic_path
@@ -52,3 +57,45 @@ def open_scene(path: Path, settings) -> Scene:
 
 def make_ctx(scene: Scene, run_dir: Path, region=None, **kw) -> ToolContext:
     return ToolContext(scene=scene, run_dir=run_dir, region=region, **kw)
+
+
+#: The georeference of the tool tests' rasters (UTM 14N, 1 m pixels).
+TEST_TRANSFORM = Affine(1.0, 0, 600_000, 0, -1.0, 5_200_000)
+
+
+def write_array(
+    path: Path,
+    array: np.ndarray,
+    *,
+    nodata: float | None = None,
+    tiled: bool = False,
+    georef: bool = True,
+    rgb: bool = False,
+) -> Path:
+    """Write ``array`` (bands, rows, cols; any dtype) as a GeoTIFF the tool tests read.
+
+    Args:
+        nodata: The nodata value, if any.
+        tiled: 256 px internal tiles (else strips).
+        georef: EPSG:32614 with :data:`TEST_TRANSFORM`; False: pixel-only.
+        rgb: Photometric RGB for 3 bands; otherwise MINISBLACK, like NAIP, so no band is taken
+            for alpha.
+    """
+    profile = {
+        "driver": "GTiff",
+        "width": array.shape[2],
+        "height": array.shape[1],
+        "count": array.shape[0],
+        "dtype": array.dtype.name,
+        "nodata": nodata,
+        "photometric": "RGB" if rgb and array.shape[0] == 3 else "MINISBLACK",
+    }
+    if tiled:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    if georef:
+        profile.update(crs="EPSG:32614", transform=TEST_TRANSFORM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(array)
+    return path

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 
+from tests.tools.helpers import write_array
 from zoomearth.geometry import PixelBox
 from zoomearth.models import ModelPool
 from zoomearth.scene import Scene
@@ -26,26 +26,8 @@ from zoomearth.tools.denoise import (
 NAIP = "naip/m_4709963_se_14_1_20090818.tif"
 
 
-def _write(path: Path, array: np.ndarray, *, nodata=None, georef=True) -> Path:
-    profile = {
-        "driver": "GTiff",
-        "width": array.shape[2],
-        "height": array.shape[1],
-        "count": array.shape[0],
-        "dtype": array.dtype.name,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "photometric": "MINISBLACK",  # like NAIP: no band is taken for alpha
-    }
-    if georef:
-        profile.update(crs="EPSG:32614", transform=Affine(1.0, 0, 600_000, 0, -1.0, 5_200_000))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(array)
-    return path
+_write = functools.partial(write_array, tiled=True)
+
 
 
 def _naip(shared_data: Path) -> np.ndarray:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 
+from tests.tools.helpers import write_array
 from zoomearth.artifacts import ArtifactDraft, ArtifactStore
 from zoomearth.geometry import PixelBox
 from zoomearth.models import ModelPool
@@ -24,23 +23,8 @@ NAIP = "naip/m_4709963_se_14_1_20090818.tif"
 CAR = (100, 60, 112, 68)  # x1, y1, x2, y2 in the test image's pixels
 
 
-def _write(path: Path, array: np.ndarray, *, nodata=None) -> Path:
-    profile = {
-        "driver": "GTiff",
-        "width": array.shape[2],
-        "height": array.shape[1],
-        "count": array.shape[0],
-        "dtype": array.dtype.name,
-        "nodata": nodata,
-        "photometric": "MINISBLACK",
-        "crs": "EPSG:32614",
-        "transform": Affine(1.0, 0, 600_000, 0, -1.0, 5_200_000),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(array)
-    return path
+_write = write_array
+
 
 
 @pytest.fixture()

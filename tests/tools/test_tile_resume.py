@@ -8,18 +8,17 @@ uninterrupted run's bit for bit.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 
 import zoomearth.tools.denoise as denoise_module
+from tests.tools.helpers import write_array
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene
 from zoomearth.temporaries import HOST_TAG
@@ -40,26 +39,8 @@ REGION = PixelBox(10, 5, 190, 145)  # 180 x 140 px: 4 x 3 = 12 tiles of 48 px
 TILES = 12
 
 
-def _write(path: Path, array: np.ndarray, *, nodata=None) -> Path:
-    profile = {
-        "driver": "GTiff",
-        "width": array.shape[2],
-        "height": array.shape[1],
-        "count": array.shape[0],
-        "dtype": array.dtype.name,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "photometric": "MINISBLACK",
-        "crs": "EPSG:32614",
-        "transform": Affine(1.0, 0, 600_000, 0, -1.0, 5_200_000),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(array)
-    return path
+_write = functools.partial(write_array, tiled=True)
+
 
 
 @pytest.fixture()

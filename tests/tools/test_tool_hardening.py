@@ -12,20 +12,19 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 
+from tests.tools.helpers import write_array
 from zoomearth.errors import OutputWriteError, SceneReadError
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene
@@ -48,23 +47,8 @@ ENTRY = "import sys; from zoomearth.cli import main; sys.exit(main())"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _write(path: Path, array: np.ndarray, *, nodata=None) -> Path:
-    profile = {
-        "driver": "GTiff",
-        "width": array.shape[2],
-        "height": array.shape[1],
-        "count": array.shape[0],
-        "dtype": array.dtype.name,
-        "nodata": nodata,
-        "photometric": "MINISBLACK" if array.shape[0] != 3 else "RGB",
-        "crs": "EPSG:32614",
-        "transform": Affine(1.0, 0, 600_000, 0, -1.0, 5_200_000),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(array)
-    return path
+_write = functools.partial(write_array, rgb=True)
+
 
 
 def _zoomearth(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
