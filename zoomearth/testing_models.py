@@ -25,6 +25,7 @@ __all__ = [
     "QWEN_SPECIAL_TOKENS",
     "build_tiny_instruct_pix2pix",
     "build_tiny_qwen25vl",
+    "build_tiny_sam",
     "build_tiny_sd_inpaint",
 ]
 
@@ -198,13 +199,48 @@ CLIP_BOS_TOKEN: Final = "<|startoftext|>"
 CLIP_EOS_TOKEN: Final = "<|endoftext|>"
 
 
-def _tiny_sd_components(unet_in_channels: int, seed: int) -> dict[str, object]:
+#: UNet, VAE and CLIP text-encoder dimensions of Stable Diffusion 1.5 (``size="sd15"``).
+SD15_UNET: Final = {
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "sample_size": 64,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+SD15_VAE: Final = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+}
+SD15_TEXT: Final = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "vocab_size": 49408,
+    "projection_dim": 768,
+}
+
+
+def _tiny_sd_components(
+    unet_in_channels: int, seed: int, size: str = "tiny"
+) -> dict[str, object]:
     """Build the random parts of a tiny Stable Diffusion pipeline (no network).
 
     Args:
         unet_in_channels: UNet input channels: 9 for inpainting (latent 4 + mask 1 + masked
             image latent 4), 8 for InstructPix2Pix (latent 4 + image latent 4).
         seed: Seed of the random weights.
+        size: ``tiny`` (the dimensions below: milliseconds on a CPU) or ``sd15`` (Stable
+            Diffusion 1.5's UNet, VAE and text-encoder dimensions, :data:`SD15_UNET` ...; the
+            byte-level tokenizer stays, its ids fit the larger vocabulary): for timing the
+            real-size path on a GPU.
 
     Returns:
         Keyword arguments for a diffusers Stable Diffusion pipeline constructor: ``vae``,
@@ -212,7 +248,7 @@ def _tiny_sd_components(unet_in_channels: int, seed: int) -> dict[str, object]:
         ``feature_extractor`` (None), ``requires_safety_checker`` (False).
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -229,6 +265,30 @@ def _tiny_sd_components(unet_in_channels: int, seed: int) -> dict[str, object]:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
     torch.manual_seed(seed)
+    if size == "sd15":
+        return {
+            "vae": AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **SD15_VAE),
+            "text_encoder": CLIPTextModel(
+                CLIPTextConfig(
+                    bos_token_id=vocab[CLIP_BOS_TOKEN],
+                    eos_token_id=vocab[CLIP_EOS_TOKEN],
+                    pad_token_id=vocab[CLIP_EOS_TOKEN],
+                    max_position_embeddings=77,
+                    hidden_act="quick_gelu",
+                    **SD15_TEXT,
+                )
+            ).eval(),
+            "tokenizer": tokenizer,
+            "unet": UNet2DConditionModel(
+                in_channels=unet_in_channels, out_channels=4, **SD15_UNET
+            ).eval(),
+            "scheduler": _ddim_scheduler(),
+            "safety_checker": None,
+            "feature_extractor": None,
+            "requires_safety_checker": False,
+        }
+    if size != "tiny":
+        raise ValueError(f"size must be 'tiny' or 'sd15'; got {size!r}")
     unet: Any = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -265,7 +325,23 @@ def _tiny_sd_components(unet_in_channels: int, seed: int) -> dict[str, object]:
             max_position_embeddings=77,
         )
     )
-    scheduler = DDIMScheduler(
+    return {
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": tokenizer,
+        "unet": unet.eval(),
+        "scheduler": _ddim_scheduler(),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+
+
+def _ddim_scheduler() -> Any:
+    """Stable Diffusion 1.5's DDIM noise schedule."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -273,19 +349,9 @@ def _tiny_sd_components(unet_in_channels: int, seed: int) -> dict[str, object]:
         set_alpha_to_one=False,
         steps_offset=1,  # avoids diffusers' deprecation warning
     )
-    return {
-        "vae": vae.eval(),
-        "text_encoder": text_encoder.eval(),
-        "tokenizer": tokenizer,
-        "unet": unet.eval(),
-        "scheduler": scheduler,
-        "safety_checker": None,
-        "feature_extractor": None,
-        "requires_safety_checker": False,
-    }
 
 
-def build_tiny_sd_inpaint(path: str | Path, seed: int = 0) -> Path:
+def build_tiny_sd_inpaint(path: str | Path, seed: int = 0, *, size: str = "tiny") -> Path:
     """Build and save a tiny random Stable Diffusion inpainting pipeline.
 
     The directory loads with ``StableDiffusionInpaintPipeline.from_pretrained(path)`` (or
@@ -300,18 +366,78 @@ def build_tiny_sd_inpaint(path: str | Path, seed: int = 0) -> Path:
     Args:
         path: Directory to write (created if needed; existing files are overwritten).
         seed: Seed of the random weights (same seed, same weights).
+        size: ``tiny`` or ``sd15`` (Stable Diffusion 1.5 inpainting's dimensions, random weights
+            saved in float16, about 2 GB: for timing the real-size path on a GPU).
 
     Returns:
         The directory (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
         ``tokenizer/``, ``scheduler/``).
     """
+    import torch
     from diffusers import StableDiffusionInpaintPipeline
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    pipe: Any = StableDiffusionInpaintPipeline(**_tiny_sd_components(9, seed))
+    pipe: Any = StableDiffusionInpaintPipeline(**_tiny_sd_components(9, seed, size))
+    if size == "sd15":
+        pipe = pipe.to(torch.float16)
     pipe.save_pretrained(out)
     return out
+
+
+def build_tiny_sam(path: str | Path, seed: int = 0, *, size: str = "tiny") -> Path:
+    """Build and save a random SAM checkpoint that ``sam_checkpoint`` loads like a real one.
+
+    Args:
+        path: The checkpoint file to write (``.pth``); for ``tiny`` its architecture file
+            (same name, ``.json``, see :func:`zoomearth.tools._sam_backend.sam_config_path`) is
+            written beside it.
+        seed: Seed of the random weights.
+        size: ``tiny`` (encoder width 64, depth 2, 256 px input: milliseconds on a CPU; use
+            ``sam_model_type`` ``vit_b`` with it) or ``vit_h`` (SAM ViT-H's architecture, about
+            2.5 GB in float32: set ``sam_model_type`` to ``vit_h``).
+
+    Returns:
+        The checkpoint path.
+    """
+    import json
+
+    import torch
+
+    from zoomearth.tools._sam_backend import SAM_PRESETS, SamArchitecture, build_sam
+
+    fields: dict[str, Any]
+    if size == "tiny":
+        fields = dict(TINY_SAM)
+    elif size == "vit_h":
+        fields = dict(SAM_PRESETS["vit_h"])
+    else:
+        raise ValueError(f"size must be 'tiny' or 'vit_h'; got {size!r}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_sam(SamArchitecture(**fields))
+    torch.save(model.state_dict(), out)
+    if size == "tiny":
+        out.with_suffix(".json").write_text(
+            json.dumps({"model_type": "vit_b", **fields}), encoding="utf-8"
+        )
+    return out
+
+
+#: A tiny SAM architecture (fields of :class:`~zoomearth.tools._sam_backend.SamArchitecture`).
+TINY_SAM: Final = {
+    "image_size": 256,
+    "encoder_embed_dim": 64,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": [1],
+    "window_size": 4,
+    "prompt_embed_dim": 64,
+    "decoder_mlp_dim": 64,
+    "decoder_num_heads": 2,
+    "iou_head_hidden_dim": 32,
+}
 
 
 def build_tiny_instruct_pix2pix(path: str | Path, seed: int = 0) -> Path:
