@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,rl,dist,studio
 # Debian packages the tests need (installed only when missing and running as root).
-DEB_PACKAGES ?= wordnet-base wordnet-sense-index postgresql
+DEB_PACKAGES ?= wordnet-base wordnet-sense-index postgresql chromium postgresql-15-postgis-3
 DEMO_DIR ?= demo-out
 
 export HF_HUB_OFFLINE := 1

@@ -101,6 +101,10 @@ class PlanRequest:
             are accepted: the tool's own ``Args`` model, the validator the tool runner uses. Set
             by the graph; None where no registry is at hand (a planner then checks the JSON
             Schema in ``tools``).
+        dates: The scene's time stack, None for a one-date scene: ``{"available": [labels,
+            oldest first], "viewing": the label the views show, "named": [labels the question
+            names, oldest first], "unknown": [dates named that no image has], "reference": the
+            label whose pixel grid every box is in}`` (:mod:`zoomearth.agent.text.dates`).
     """
 
     question: str
@@ -116,6 +120,7 @@ class PlanRequest:
     #: (they are ``question`` entries of the transcript). None: ``question`` is the first one.
     first_question: str | None = None
     check_arguments: Callable[[str, Mapping[str, Any]], str | None] | None = None
+    dates: Mapping[str, Any] | None = None
 
     @property
     def current(self) -> list[TranscriptEntry]:

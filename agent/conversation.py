@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 
 from zoomearth.agent.base import CoordMode, Layout, PlanRequest, TranscriptEntry
 from zoomearth.agent.prompting import PromptTemplate, load_template, render_tool_section
+from zoomearth.agent.text.dates import DateChoice, dates_line
 from zoomearth.geometry import PixelBox
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "TextPart",
     "ToolCallRef",
     "build_conversation",
+    "stack_dates_text",
     "to_chat_dicts",
     "zoom_entry_text",
 ]
@@ -136,6 +138,19 @@ class Conversation:
     def image_view_ids(self) -> tuple[int, ...]:
         """View ids of all images in the order the model sees them."""
         return tuple(v for m in self.messages for v in m.image_view_ids)
+
+
+def stack_dates_text(dates: Mapping[str, Any]) -> str:
+    """The planner's line about a time stack's dates (from ``PlanRequest.dates``).
+
+    E.g. ``"Dates available: 2009, 2014, 2020; you are looking at 2020."``
+    """
+    choice = DateChoice(
+        str(dates["viewing"]),
+        tuple(str(d) for d in dates.get("named") or ()),
+        tuple(str(d) for d in dates.get("unknown") or ()),
+    )
+    return dates_line([str(d) for d in dates["available"]], choice)
 
 
 def zoom_entry_text(region: PixelBox, width: int, height: int, label: str | None = None) -> str:
@@ -304,6 +319,9 @@ def build_conversation(
         artifacts=list(request.artifacts),
         **common,
     )
+    if request.dates:
+        # A time stack: say which dates exist and which one the views show.
+        user = f"{user.rstrip()}\n{stack_dates_text(request.dates)}"
     _check_view(request, request.overview_id, -1, "overview")
     b.add_user(ImagePart(request.overview_id), TextPart(user))
 

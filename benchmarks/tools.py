@@ -13,21 +13,38 @@ Three parts, each case in its own subprocess (so every peak RSS is that case's a
    subclass of the tool whose one-piece limit is 4,096 px, so the region is read, processed and
    written in one piece). Target: streamed within 2x of one piece.
 
+4. **parallel** (issue 18): ``denoise`` and ``cloud_removal`` on a whole scene of ``--side`` px
+   (default 20,000; ``--quick``: 4,096): the tiled whole-scene throughput (Mpx/s, the whole call:
+   statistics, tiles, the one writer) with ``--workers`` workers (default: the CPUs) against
+   ``workers x`` the bare single-tile throughput of the same filter measured in the same run
+   (the tool's own per-tile function, timed inside ``map_tiles`` on a serial run of
+   ``--bare-tiles`` tiles with OpenCV held to one thread: one core's worth). Target: ratio >= 0.75.
+   Peak RSS of the whole-scene child (``getrusage`` max RSS, which is the kernel's VmHWM; the
+   children's too). Target: < 1.5 GB. With ``--ray ADDRESS`` (e.g. ``local``) the same call also
+   runs with its tiles as Ray tasks, side by side with the single-machine run.
+5. **estimate** (``--estimate 200000 --machines N``): a paper estimate of a whole scene of that
+   side on N machines of ``--cores-per-machine`` cores, from the per-tile seconds and the
+   parallel efficiency measured by part 4 (run in the same command), with its arithmetic.
+
 Scenes are generated once into ``--workdir`` with :func:`zoomearth.scene.synth.generate_scene`
 (``synth_<N>.tif``, reused when present -- other benchmarks write the same files;
 ``synth_<N>_clouds.tif`` with 15 % clouds for cloud removal).
 
 Usage::
 
-    python benchmarks/tools.py [--parts view,scene,overhead] [--scene-size 20000]
+    python benchmarks/tools.py [--parts view,scene,overhead,parallel] [--scene-size 20000]
                                [--tools denoise,edit] [--workdir ~/.cache/zoomearth-bench]
+    python benchmarks/tools.py --parts parallel [--side 20000 | --quick] [--workers N]
+                               [--ray local] [--estimate 200000 --machines 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,10 +70,32 @@ RSS_TARGET_MB = 1536
 # ----------------------------------------------------------------------------------------------
 # child
 # ----------------------------------------------------------------------------------------------
-def _peak_rss_mb() -> float:
+def _peak_rss_mb(who: int | None = None) -> float:
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF if who is None else who).ru_maxrss / 1024.0
+
+
+def _time_tiles(times: list[float], writes: list[float]) -> None:
+    """Time every ``map_tiles`` tile (bare mode): the tile function's seconds go to ``times``,
+    the caller's seconds per yielded tile (the one writer writing it) to ``writes``."""
+    from zoomearth.tools.context import ToolContext
+
+    real = ToolContext.map_tiles
+
+    def timed(self: Any, fn: Any, tiles: Any = None, **kw: Any) -> Any:
+        def clocked(tile: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(tile)
+            times.append(time.perf_counter() - t0)
+            return out
+
+        for item in real(self, clocked, tiles, **kw):
+            t0 = time.perf_counter()
+            yield item
+            writes.append(time.perf_counter() - t0)
+
+    ToolContext.map_tiles = timed  # type: ignore[method-assign]
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +116,17 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             "cache_dir": spec["tmp"] + "/cache",
             "tool_device": "cpu",
             **({"tool_tile_side": spec["tile_side"]} if spec.get("tile_side") else {}),
+            **({"tool_workers": spec["workers"]} if spec.get("workers") else {}),
+            "max_image_pixels": 10**12,
         }
     )
+    tile_times: list[float] = []
+    write_times: list[float] = []
+    if spec.get("bare"):
+        import cv2
+
+        cv2.setNumThreads(1)  # one core's worth of the filter
+        _time_tiles(tile_times, write_times)
     base = _peak_rss_mb()
     t0 = time.perf_counter()
     with Scene.open(spec["image"], settings=settings, progress=False) as scene:
@@ -86,11 +134,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         ctx = ToolContext(
             scene=scene, run_dir=Path(spec["tmp"]) / "run", region=region, settings=settings
         )
-        outcome = run_tool(cls(), ctx, spec.get("args", {}))
+        outcome = run_tool(cls(), ctx, spec.get("args", {}), ray_address=spec.get("ray"))
     seconds = time.perf_counter() - t0
+    import resource
+
     return {
         "seconds": seconds,
+        "tile_seconds": tile_times,
+        "write_seconds": write_times,
         "peak_rss_mb": _peak_rss_mb(),
+        "children_peak_rss_mb": _peak_rss_mb(resource.RUSAGE_CHILDREN),
         "baseline_rss_mb": base,
         "streamed": outcome.streamed,
         "text": outcome.text[:300],
@@ -158,13 +211,108 @@ def centred_box(size: int, side: int) -> list[int]:
     return [x0, x0, x0 + side, x0 + side]
 
 
+def parallel_part(workdir: Path, name: str, side: int, ns: Any) -> dict[str, float] | None:
+    """Part 4 for one tool; returns the figures the estimate needs (None on an error)."""
+    image = ensure_scene(workdir, side, 0.15 if name == "cloud_removal" else 0.0)
+    tile = 1024  # the setting tool_tile_side's default
+    workers = ns.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1)  # fmt: skip
+    args = {**DEFAULT_ARGS[name], "preview": False}
+    print(f"\n[parallel] {name} on the whole {side} px scene {image.name}, {workers} worker(s)")
+    # The bare filter: the tool's own per-tile function on a serial run over a few tiles, OpenCV
+    # on one thread -- what one core does per tile. Regions above the one-piece limit stream in
+    # tiles of `tile` px, so the box below is cut exactly into bare_tiles tiles.
+    n = max(1, ns.bare_tiles)
+    cols = min(n, max(1, side // tile))
+    rows = max(1, -(-n // cols))
+    box = [0, 0, min(side, cols * tile), min(side, rows * tile)]
+    bare = run_child(
+        {"tool": name, "image": str(image), "box": box, "args": args, "workers": 1, "bare": True}
+    )
+    if "error" in bare or not bare.get("tile_seconds"):
+        print(f"  bare           ERROR {bare.get('error', 'no tile timed')}")
+        return None
+    tile_s = statistics.median(bare["tile_seconds"][1:] or bare["tile_seconds"])  # 1st warms up
+    bare_mpxs = tile * tile / tile_s / 1e6
+    print(f"  bare filter    {tile_s:8.2f} s per {tile} px tile (median of "
+          f"{len(bare['tile_seconds'])}) = {bare_mpxs:.3f} Mpx/s on one core")  # fmt: skip
+    whole = run_child({"tool": name, "image": str(image), "args": args, "workers": workers})
+    if "error" in whole:
+        print(f"  whole scene    ERROR {whole['error']}")
+        return None
+    mpxs = side * side / whole["seconds"] / 1e6
+    ratio = mpxs / (workers * bare_mpxs)
+    rss = whole["peak_rss_mb"] + whole["children_peak_rss_mb"]
+    print(f"  whole scene    {whole['seconds']:8.1f} s = {mpxs:.3f} Mpx/s with {workers} workers")
+    print(f"  ratio          {mpxs:.3f} / ({workers} x {bare_mpxs:.3f}) = {ratio:.2f}  "
+          f"[{'OK' if ratio >= 0.75 else 'BELOW'} target 0.75]")  # fmt: skip
+    print(f"  peak RSS       {rss:7.0f} MB (process {whole['peak_rss_mb']:.0f} MB, children "
+          f"{whole['children_peak_rss_mb']:.0f} MB)  "
+          f"[{'OK' if rss < RSS_TARGET_MB else 'ABOVE'} target {RSS_TARGET_MB} MB]")  # fmt: skip
+    if ns.ray:
+        on_ray = run_child({"tool": name, "image": str(image), "args": args, "ray": ns.ray})
+        if "error" in on_ray:
+            print(f"  Ray ({ns.ray})    ERROR {on_ray['error']}")
+        else:
+            print(f"  Ray ({ns.ray}) {on_ray['seconds']:8.1f} s = "
+                  f"{side * side / on_ray['seconds'] / 1e6:.3f} Mpx/s; single machine / Ray = "
+                  f"{whole['seconds'] / on_ray['seconds']:.2f}x")  # fmt: skip
+    driver_s = statistics.median(bare["write_seconds"] or [0.0])
+    return {"tile_s": tile_s, "tile": tile, "efficiency": ratio, "driver_s": driver_s}
+
+
+def print_estimate(name: str, fig: dict[str, float], side: int, machines: int, cores: int) -> None:
+    """The paper estimate of a ``side`` px scene on ``machines`` x ``cores`` from measured figures.
+
+    Workers: tiles x (seconds per tile on one core) / (machines x cores x the parallel efficiency
+    measured on this machine). The driver (one process: receives each tile's result, writes it
+    in order) does not get faster with machines: its seconds per tile are the median time the
+    tool's own loop spent on a yielded tile in the bare run (the writer's compression; the
+    overviews built at the end and the transfer of results are not included). The two overlap
+    (tiles are written while others compute), so the run takes about the larger.
+    """
+    tile = int(fig["tile"])
+    tiles = math.ceil(side / tile) ** 2
+    eff = min(1.0, max(0.05, fig["efficiency"]))
+    compute = tiles * fig["tile_s"] / (machines * cores * eff)
+    driver = tiles * fig["driver_s"]
+    one = tiles * fig["tile_s"] / (cores * eff)
+    print(f"\n[estimate] {name}, {side} px scene on {machines} machine(s) x {cores} cores")
+    print(f"  tiles          ceil({side} / {tile})^2 = {tiles:,}")
+    print(
+        f"  workers        {tiles:,} x {fig['tile_s']:.2f} s / ({machines} x {cores} x "
+        f"efficiency {eff:.2f}) = {compute:,.0f} s"
+    )
+    print(
+        f"  driver         {tiles:,} x {fig['driver_s']:.3f} s per tile = {driver:,.0f} s "
+        "(one writer: not divided by machines)"
+    )
+    total = max(compute, driver)
+    print(
+        f"  total          ~max of the two = {total:,.0f} s = {total / 3600:.1f} h "
+        f"(one machine: ~{max(one, driver) / 3600:.1f} h)"
+    )
+    print(
+        "  assumes: the scene readable by every machine, tiles as independent as here, "
+        "max_image_pixels raised above the scene's pixels"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="view,scene,overhead")
+    parser.add_argument("--parts", default="view,scene,overhead,parallel")
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--scene-size", type=int, default=20_000)
     parser.add_argument("--view-scene-size", type=int, default=5_000)
     parser.add_argument("--workdir", default="~/.cache/zoomearth-bench")
+    parser.add_argument("--side", type=int, default=None, help="parallel: scene side (px)")
+    parser.add_argument("--quick", action="store_true", help="parallel: a 4,096 px scene")
+    parser.add_argument("--workers", type=int, default=None, help="parallel: tool_workers")
+    parser.add_argument("--bare-tiles", type=int, default=4, help="parallel: tiles timed bare")
+    parser.add_argument("--ray", default=None, help="parallel: also run on Ray (e.g. local)")
+    parser.add_argument("--estimate", type=int, default=None, help="paper estimate: scene side")
+    parser.add_argument("--machines", type=int, default=8, help="paper estimate: machines")
+    parser.add_argument("--cores-per-machine", type=int, default=16, help="paper estimate")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns.child:
@@ -198,6 +346,18 @@ def main(argv: list[str] | None = None) -> int:
                 ok = res["peak_rss_mb"] < RSS_TARGET_MB
                 verdict = f"  [{'OK' if ok else 'ABOVE'} target {RSS_TARGET_MB} MB]"
             print(f"  {name:14s} {_fmt(res)}{verdict}", flush=True)
+
+    if ns.estimate and "parallel" not in parts:
+        parts.add("parallel")  # the estimate needs the per-tile figures of this run
+    if "parallel" in parts:
+        side = ns.side or (4096 if ns.quick else 20_000)
+        measured = {}
+        for name in [t for t in tools if t in SCENE_TOOLS]:
+            measured[name] = parallel_part(workdir, name, side, ns)
+        if ns.estimate:
+            for name, fig in measured.items():
+                if fig:
+                    print_estimate(name, fig, ns.estimate, ns.machines, ns.cores_per_machine)
 
     if "overhead" in parts:
         for name in [t for t in tools if t in SCENE_TOOLS]:

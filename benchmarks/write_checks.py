@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from zoomearth.scene import writing  # noqa: E402
+from zoomearth.scene.gdal import cache_max  # noqa: E402
 from zoomearth.scene.writing import TiledRasterWriter, tiff_block_problem  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def write_once(path: Path, strips: list[np.ndarray], checks: bool) -> float:
     try:
         t0 = time.perf_counter()
         with (
-            rasterio.Env(GDAL_CACHEMAX=256),
+            rasterio.Env(GDAL_CACHEMAX=cache_max(256)),
             TiledRasterWriter(path, width=side, height=side, count=3, dtype="uint8") as w,
         ):
             for i, strip in enumerate(strips):

@@ -32,9 +32,16 @@ from langgraph.types import interrupt
 
 from zoomearth.agent.conversation import zoom_entry_text
 from zoomearth.agent.profiles import reference_resized_size
+from zoomearth.agent.text.dates import choose_dates
 from zoomearth.geometry import PixelBox
 from zoomearth.graphs.runtime import GraphRuntime
-from zoomearth.graphs.state import DENIED_TEMPLATE, ActionPayload, AgentState, ViewRecord
+from zoomearth.graphs.state import (
+    DENIED_TEMPLATE,
+    ActionPayload,
+    AgentState,
+    SceneRef,
+    ViewRecord,
+)
 from zoomearth.graphs.tool_node import check_tool_action, run_tool_action
 from zoomearth.graphs.zoomearth_stages import reference_view_size
 
@@ -52,6 +59,7 @@ __all__ = [
     "emit",
     "entry",
     "is_zoomearth",
+    "stack_dates_for",
 ]
 
 # The graph's log lines keep the logger name they have always had.
@@ -81,6 +89,26 @@ def current_entries(state: AgentState) -> list[dict[str, Any]]:
         if transcript[i]["kind"] == "question":
             return transcript[i + 1 :]
     return transcript
+
+
+def stack_dates_for(ref: SceneRef, question: str) -> dict[str, Any] | None:
+    """The ``PlanRequest.dates`` of a question about a time stack; None for a one-date scene.
+
+    The planner sees one date: the one the question names, the later of two it names, else the
+    newest (:func:`zoomearth.agent.text.dates.choose_dates`).
+    """
+    dates = ref.get("stack") or []
+    if not dates:
+        return None
+    labels = [str(d["label"]) for d in dates]
+    choice = choose_dates(question, labels)
+    return {
+        "available": labels,
+        "viewing": choice.viewing,
+        "named": list(choice.named),
+        "unknown": list(choice.unknown),
+        "reference": labels[int(ref.get("stack_reference", 0))],
+    }
 
 
 def is_zoomearth(state: AgentState) -> bool:
@@ -118,8 +146,10 @@ class ObserveNode:
             ref = runtime.scene_ref(ref["path"], ref.get("bands"))
             update["scene"] = ref
         scene = runtime.scene(ref)
+        stack_dates = stack_dates_for(ref, state["question"])
         update.update(
             {
+                "stack_dates": stack_dates,
                 "step": 0,
                 "zooms_used": 0,
                 "answer": None,
@@ -145,6 +175,8 @@ class ObserveNode:
                 "label": "overview",
                 "step": 0,
             }
+            if stack_dates is not None:
+                overview["date"] = stack_dates["viewing"]
             if zoomearth_profile:
                 # The reference's overview: PIL bicubic to long side 512, int() sizes.
                 overview["width"], overview["height"] = reference_resized_size(
@@ -168,6 +200,7 @@ class ObserveNode:
                 "selection": planner.selection,
                 "profile": getattr(planner, "profile", "agent"),
                 "profile_reason": getattr(planner, "profile_reason", ""),
+                **({"date": stack_dates["viewing"]} if stack_dates else {}),
             }
         )
         return update
@@ -208,6 +241,10 @@ class ZoomNode:
         if reference:
             rec["render"] = "reference"
         caption = zoom_entry_text(region, w, h, payload.get("label"))
+        date = payload.get("date")
+        if date:
+            rec["date"] = date
+            caption = f"{caption} (date {date})"
         emit(
             {
                 "event": "zoom",
@@ -215,6 +252,7 @@ class ZoomNode:
                 "region_xyxy": region.as_list(),
                 "label": payload.get("label"),
                 "step": payload["step"],
+                **({"date": date} if date else {}),
             }
         )
         return {

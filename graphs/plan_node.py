@@ -186,6 +186,7 @@ class PlanNode:
             if state.get("first_question") != state["question"]
             else None,
             check_arguments=getattr(registry, "argument_problem", None) if tools else None,
+            dates=state.get("stack_dates"),
         )
         if is_zoomearth(state):
             chooser = self.zoomearth_tool_planner() if tools else None
@@ -233,17 +234,19 @@ class PlanNode:
             if problem is not None:
                 problems.append(problem)
                 continue
-            payloads.append(
-                {
-                    "action_id": f"s{step}a{i}",
-                    "step": step,
-                    "kind": "zoom",
-                    "region_xyxy": region,
-                    "view_id": next_view,
-                    "label": zoom.label,
-                    "question": int(state.get("question_index", 0)),
-                }
-            )
+            zoom_payload: ActionPayload = {
+                "action_id": f"s{step}a{i}",
+                "step": step,
+                "kind": "zoom",
+                "region_xyxy": region,
+                "view_id": next_view,
+                "label": zoom.label,
+                "question": int(state.get("question_index", 0)),
+            }
+            dates = state.get("stack_dates")
+            if dates:
+                zoom_payload["date"] = str(dates["viewing"])  # time stacks: the date it shows
+            payloads.append(zoom_payload)
             turn_zoom_region = region
             next_view += 1
             zooms_left -= 1

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from zoomearth.config import Settings
     from zoomearth.graphs.state import SceneRef, ViewRecord
     from zoomearth.scene import Scene
+    from zoomearth.scene.stack import SceneStack
 
 __all__ = ["GraphRuntime", "view_spec_of"]
 
@@ -82,6 +83,7 @@ class GraphRuntime:
         default_factory=OrderedDict
     )
     _views: OrderedDict[tuple[Any, ...], np.ndarray] = field(default_factory=OrderedDict)
+    _stacks: OrderedDict[tuple[Any, ...], SceneStack] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- scenes ---------------------------------------------------------------------------------
@@ -152,9 +154,16 @@ class GraphRuntime:
         return progress
 
     def scene_ref(self, path: str | Path, bands: list[int] | None = None) -> SceneRef:
-        """Open a scene and return the small reference stored in state."""
+        """Open a scene and return the small reference stored in state.
+
+        ``path`` is a local raster or the URL of a remote one (``https://``, ``s3://``): the
+        reference keeps the absolute path, or the URL as given (never through ``Path``, which
+        would collapse its ``//``).
+        """
+        from zoomearth.scene.remote import source_key
+
         ref: SceneRef = {
-            "path": str(Path(path).expanduser().resolve()),
+            "path": source_key(path),
             "bands": list(bands) if bands else None,
             "width": 0,
             "height": 0,
@@ -173,9 +182,77 @@ class GraphRuntime:
         )
         return ref
 
+    # -- time stacks ----------------------------------------------------------------------------
+    @staticmethod
+    def _stack_key(ref: SceneRef) -> tuple[Any, ...]:
+        dates = ref.get("stack") or []
+        return (
+            ref["path"],
+            tuple(ref.get("bands") or ()),
+            int(ref.get("stack_reference", 0)),
+            tuple((d["label"], d["source"]) for d in dates),
+        )
+
+    def attach_stack(self, ref: SceneRef, stack: SceneStack) -> SceneRef:
+        """Record a time stack in a scene reference (its dates and reference index).
+
+        ``ref`` must be the reference of the stack's reference date (:meth:`scene_ref` of its
+        source). Only the dates are recorded: :meth:`stack` rebuilds the stack on this runtime's
+        open scene (so the band mapping and handles are shared), other dates open lazily.
+        """
+        record = stack.describe()
+        out: SceneRef = {
+            **ref,
+            "stack": record["dates"],
+            "stack_reference": record["reference_index"],
+        }
+        return out
+
+    def stack(self, ref: SceneRef) -> SceneStack | None:
+        """The :class:`~zoomearth.scene.stack.SceneStack` of a reference; None for one date.
+
+        Opened once per process (the other dates lazily, on their first read); its reference is
+        :meth:`scene` of ``ref``, so a stack shares the scene's handle and band mapping.
+        """
+        if not ref.get("stack"):
+            return None
+        from zoomearth.scene.stack import SceneStack, StackDate
+
+        key = self._stack_key(ref)
+        with self._lock:
+            found = self._stacks.get(key)
+            if found is not None:
+                self._stacks.move_to_end(key)
+                return found
+        scene = self.scene(ref)
+        stack = SceneStack(
+            scene,
+            [StackDate.from_dict(d) for d in ref.get("stack") or []],
+            int(ref.get("stack_reference", 0)),
+            settings=self.settings,
+            bands=ref.get("bands"),
+        )
+        with self._lock:
+            found = self._stacks.setdefault(key, stack)
+            while len(self._stacks) > self.max_open_scenes:
+                _, old = self._stacks.popitem(last=False)
+                old.close()
+            return found
+
+    def date_index(self, ref: SceneRef, label: str | None) -> int | None:
+        """Index of the stack date ``label`` names; None for a one-date scene or no label."""
+        stack = self.stack(ref) if label else None
+        if stack is None or label is None:
+            return None
+        return stack.index_of(label)
+
     # -- views ----------------------------------------------------------------------------------
     def render(self, ref: SceneRef, rec: ViewRecord) -> np.ndarray:
-        """Pixels of a view: RGB uint8 ``(height, width, 3)``, from the LRU cache or rendered."""
+        """Pixels of a view: RGB uint8 ``(height, width, 3)``, from the LRU cache or rendered.
+
+        A view of a time stack's date (``rec["date"]``) other than the reference is rendered on
+        the reference grid from that date (:meth:`SceneStack.render`).
+        """
         key = (
             ref["path"],
             tuple(ref["bands"] or ()),
@@ -184,17 +261,21 @@ class GraphRuntime:
             rec["width"],
             rec["height"],
             rec.get("path"),
+            rec.get("date"),
         )
         with self._lock:
             hit = self._views.get(key)
             if hit is not None:
                 self._views.move_to_end(key)
                 return hit
+        date = self.date_index(ref, rec.get("date")) if rec.get("kind") != "preview" else None
         if rec.get("kind") == "preview" and rec.get("path"):
             from PIL import Image
 
             with Image.open(rec["path"]) as im:
                 rgb = np.asarray(im.convert("RGB"))
+        elif date is not None and date != int(ref.get("stack_reference", 0)):
+            rgb = self._render_date(ref, rec, date)
         elif rec.get("render") == "reference":
             rgb = self._render_reference(ref, rec)
         else:
@@ -205,6 +286,22 @@ class GraphRuntime:
             self._views[key] = rgb
             while len(self._views) > self.max_cached_views:
                 self._views.popitem(last=False)
+        return rgb
+
+    def _render_date(self, ref: SceneRef, rec: ViewRecord, index: int) -> np.ndarray:
+        """A view of stack date ``index`` at exactly the record's size (reference grid)."""
+        stack = self.stack(ref)
+        assert stack is not None
+        spec = view_spec_of(rec)
+        view = stack.render(index, spec.region, max(spec.width, spec.height))
+        rgb = view.rgb
+        if rgb.shape[:2] != (spec.height, spec.width):
+            # zoomearth-profile views have the reference's own sizes (PIL bicubic, int() sides).
+            from PIL import Image
+
+            rgb = np.asarray(
+                Image.fromarray(rgb).resize((spec.width, spec.height), Image.Resampling.BICUBIC)
+            )
         return rgb
 
     def _render_reference(self, ref: SceneRef, rec: ViewRecord) -> np.ndarray:
@@ -276,6 +373,9 @@ class GraphRuntime:
     def close(self) -> None:
         """Close open scenes and drop cached pixels."""
         with self._lock:
+            for stack in self._stacks.values():
+                stack.close()
+            self._stacks.clear()
             for scene in self._scenes.values():
                 scene.close()
             self._scenes.clear()

@@ -21,7 +21,7 @@ Frames: every ``*_xyxy`` field is in full-resolution pixels of the scene (xyxy, 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 # typing_extensions' TypedDict: pydantic (the LangGraph server's input schema, Studio's form)
 # cannot build a JSON Schema from typing.TypedDict on Python < 3.12.
@@ -50,7 +50,13 @@ DENIED_TEMPLATE = "The user did not approve running {tool}; it was not run."
 
 
 class SceneRef(TypedDict):
-    """Where the pixels come from. Attributes are JSON scalars only."""
+    """Where the pixels come from. Attributes are JSON scalars only.
+
+    ``path``, ``width``, ``height``, ``crs`` and ``transform`` describe the reference grid. A
+    time stack adds ``stack`` (its dates, oldest first: ``{"label", "when", "source"}``, see
+    :class:`zoomearth.scene.stack.StackDate`) and ``stack_reference`` (the index of the date
+    whose grid ``path`` is); one-date scenes have neither.
+    """
 
     path: str
     bands: list[int] | None
@@ -58,6 +64,8 @@ class SceneRef(TypedDict):
     height: int
     crs: str | None
     transform: list[float] | None
+    stack: NotRequired[list[dict[str, Any]]]
+    stack_reference: NotRequired[int]
 
 
 class ViewRecord(TypedDict, total=False):
@@ -76,6 +84,8 @@ class ViewRecord(TypedDict, total=False):
         render: ``reference`` for views rendered as the ZoomEarth reference renders them (PIL
             bicubic to long side 512 of the exact window, zero-padded outside the image:
             :mod:`zoomearth.scene.reference`); absent for the engine's own rendering.
+        date: Time stacks: the label of the date the view shows (rendered on the reference
+            grid through :meth:`zoomearth.scene.stack.SceneStack.render`); absent otherwise.
     """
 
     view_id: int
@@ -89,6 +99,7 @@ class ViewRecord(TypedDict, total=False):
     step: int
     question: int
     render: Literal["reference"]
+    date: str
 
 
 def merge_views(
@@ -150,6 +161,7 @@ class ActionPayload(TypedDict, total=False):
         tool: Tool name.
         arguments: Tool arguments (JSON), box keys removed.
         render: For zooms: ``reference`` to render the view as the ZoomEarth reference does.
+        date: Time stacks: the label of the date a zoom shows.
     """
 
     action_id: str
@@ -162,6 +174,7 @@ class ActionPayload(TypedDict, total=False):
     arguments: dict[str, Any]
     question: int
     render: Literal["reference"]
+    date: str
 
 
 class AgentState(TypedDict, total=False):
@@ -177,6 +190,8 @@ class AgentState(TypedDict, total=False):
     first_question: str
     question_id: str | None
     question_index: int  # 0 for the thread's first question, +1 per follow-up
+    # time stacks: the current question's dates (PlanRequest.dates; None for one date)
+    stack_dates: dict[str, Any] | None
     run_dir: str
     # conversation (text with view/artifact references)
     transcript: Annotated[list[dict[str, Any]], operator.add]

@@ -140,6 +140,7 @@ def _tool_and_context(
         is_cancelled=is_cancelled,
         step=step,
         store=ArtifactStore(out_dir),
+        stack=runtime.stack(scene_ref),
     )
     return tool, ctx, step
 

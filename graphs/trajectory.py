@@ -1,7 +1,8 @@
 """The trajectory picture: where the agent looked, at a glance.
 
 The overview with every zoom box drawn and numbered in order, and a strip of tool-output
-thumbnails (previews) beneath it, each captioned with its tool and step.
+thumbnails (previews) beneath it, each captioned with its tool and step. For a time stack the
+overview is captioned with its date and every zoom's number with the date it showed.
 """
 
 from __future__ import annotations
@@ -60,8 +61,17 @@ def render_trajectory(state: AgentState, runtime: GraphRuntime) -> np.ndarray:
         box = [x1 * sx, y1 * sy, max(x1 * sx + 2, x2 * sx - 1), max(y1 * sy + 2, y2 * sy - 1)]
         draw.rectangle(box, outline=colour, width=3)
         tx, ty = box[0] + 3, box[1] + 2
-        draw.rectangle([tx - 2, ty - 1, tx + 10 * len(str(n)) + 2, ty + 12], fill=(0, 0, 0))
-        draw.text((tx, ty), str(n), fill=colour)
+        tag = f"{n} {rec['date']}" if rec.get("date") else str(n)
+        width = draw.textlength(tag)
+        draw.rectangle(
+            [tx - 2, ty - 1, tx + max(10 * len(str(n)), width) + 2, ty + 12], fill=(0, 0, 0)
+        )
+        draw.text((tx, ty), tag, fill=colour)
+    if overview_rec.get("date"):
+        caption = f"overview: {overview_rec['date']}"
+        cx, cy = 4, base.height - 16
+        draw.rectangle([cx - 2, cy - 1, cx + draw.textlength(caption) + 2, cy + 12], fill=(0, 0, 0))
+        draw.text((cx, cy), caption, fill=(255, 255, 255))
 
     previews = sorted(
         (v for v in views.values() if v.get("kind") == "preview" and v.get("path")),

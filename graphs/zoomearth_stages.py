@@ -226,6 +226,9 @@ def plan_zoomearth(
                 "render": "reference",
             }
         )
+        dates = state.get("stack_dates")
+        if dates:
+            payloads[-1]["date"] = dates["viewing"]
         next_view += 1
         zoomed = True
         record["zooms"] = [region]

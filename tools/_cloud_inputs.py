@@ -1,8 +1,13 @@
 """The inputs of the built-in ``cloud_removal`` tool (:mod:`zoomearth.tools.cloud_removal`).
 
 Which band plays which role (:class:`_Layout`: RGB, NIR, quality and alpha bands, checked against
-the image), and the other acquisitions and quality masks given by path (:class:`_Other`: opened,
-checked for georeferencing, CRS, bands and overlap, and read on the map window of a region).
+the image), the quality masks given by path (:class:`_Other`: opened, checked for georeferencing,
+CRS, bands and overlap, and read on the map window of a region), and the other acquisitions
+(:class:`_StackOther`): the dates of the scene's time stack (:func:`stack_others`, closest date
+first), or the images given in ``others`` (:func:`open_other_date`: checked like a quality mask,
+but in any CRS). Both are read through a time stack's windowed, warped reads
+(:meth:`zoomearth.scene.stack.SceneStack.read`, bilinear), so an acquisition in another CRS,
+grid or resolution lands on the image's own pixels.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from typing import TYPE_CHECKING, Any, Final
 from zoomearth.tools.base import ToolInputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     import numpy as np
 
     from zoomearth.geometry import PixelBox
     from zoomearth.scene import Scene
+    from zoomearth.scene.stack import SceneStack
     from zoomearth.tools.cloud_removal import CloudRemoval
 
 #: The tool's name (``CloudRemoval.name``), for the errors raised here.
@@ -63,6 +71,12 @@ UNREADABLE_TEMPLATE = (
 SAME_AS_INPUT_TEMPLATE = (
     "Tool 'cloud_removal': {path} in 'others' is the image being processed; give other dates."
 )
+STACK_BANDS_NOTE = (
+    "The stack date {label} has {got} band(s) but the image has {want}; it was not used for the "
+    "composite."
+)
+#: The most other dates a composite reads (the Args' ``others`` limit).
+MAX_OTHERS: Final = 32
 
 
 class _Layout:
@@ -155,13 +169,21 @@ class _Other:
         self.ds = ds
         self.path = path
         self.arg = arg
+        self.label: str | None = None  # a path, not a stack date (see _StackOther)
         self.gain: np.ndarray | None = None
         self.offset: np.ndarray | None = None
 
     @classmethod
     @contextlib.contextmanager
     def open(
-        cls, path: str, scene: Scene, region: PixelBox, arg: str, layout: _Layout | None
+        cls,
+        path: str,
+        scene: Scene,
+        region: PixelBox,
+        arg: str,
+        layout: _Layout | None,
+        *,
+        any_crs: bool = False,
     ) -> Any:
         import rasterio
         from rasterio.errors import RasterioError
@@ -181,12 +203,15 @@ class _Other:
             ) from None
         try:
             other = cls(ds, path, arg)
-            other.validate(scene, region, layout)
+            other.validate(scene, region, layout, any_crs=any_crs)
             yield other
         finally:
             ds.close()
 
-    def validate(self, scene: Scene, region: PixelBox, layout: _Layout | None) -> None:
+    def validate(
+        self, scene: Scene, region: PixelBox, layout: _Layout | None, *, any_crs: bool = False
+    ) -> None:
+        """Check georeference, CRS (unless ``any_crs``: it is read warped), bands and overlap."""
         ds = self.ds
         if ds.crs is None or ds.transform.is_identity:
             raise ToolInputError(
@@ -194,7 +219,7 @@ class _Other:
                 tool=TOOL_NAME,
             )
         crs = scene.crs_string
-        if ds.crs != scene.crs:
+        if ds.crs != scene.crs and not any_crs:
             epsg = ds.crs.to_epsg()
             raise ToolInputError(
                 CRS_TEMPLATE.format(
@@ -212,6 +237,11 @@ class _Other:
             )
         left, bottom, right, top = _map_bounds(scene, region)
         ob = ds.bounds
+        if ds.crs != scene.crs:
+            from rasterio.coords import BoundingBox
+            from rasterio.warp import transform_bounds
+
+            ob = BoundingBox(*transform_bounds(ds.crs, scene.crs, *ob, densify_pts=21))
         if min(right, ob.right) <= max(left, ob.left) or min(top, ob.top) <= max(bottom, ob.bottom):
             raise ToolInputError(
                 OVERLAP_TEMPLATE.format(
@@ -266,6 +296,96 @@ class _Other:
         if np.issubdtype(data.dtype, np.floating):
             data.mask = np.ma.getmaskarray(data) | ~np.isfinite(np.ma.getdata(data))
         return data
+
+
+class _StackOther:
+    """Another acquisition read on the image's grid through a time stack (warped, bilinear).
+
+    Has :class:`_Other`'s reading interface (``read``, ``path``, ``gain``, ``offset``), so the
+    composite treats a stack date and an ``others`` path alike.
+
+    Attributes:
+        stack: The stack whose reference is the image being processed.
+        index: The date's index in the stack.
+        path: Its source (path or URL).
+        label: Its date label (``"2014-07-20"``), or None for an ``others`` path.
+    """
+
+    def __init__(self, stack: SceneStack, index: int, label: str | None) -> None:
+        self.stack = stack
+        self.index = index
+        self.path = stack.dates[index].source
+        self.label = label
+        self.arg = "others" if label is None else "stack"
+        self.gain: np.ndarray | None = None
+        self.offset: np.ndarray | None = None
+
+    def read(
+        self, scene: Scene, box: PixelBox, shape: tuple[int, int], bands: list[int] | None = None
+    ) -> np.ma.MaskedArray:
+        """Read ``bands`` (0-based; None = all) on the image's grid under ``box``, ``shape (h, w)``.
+
+        Pixels the acquisition does not cover, its nodata and non-finite values are masked.
+        """
+        import numpy as np
+
+        indexes = [b + 1 for b in bands] if bands is not None else None
+        h, w = shape
+        data = self.stack.read(self.index, box, out_shape=(h, w), bands=indexes)
+        if np.issubdtype(data.dtype, np.floating):
+            data.mask = np.ma.getmaskarray(data) | ~np.isfinite(np.ma.getdata(data))
+        return data
+
+
+@contextlib.contextmanager
+def open_other_date(
+    path: str, scene: Scene, region: PixelBox, layout: _Layout
+) -> Iterator[_StackOther]:
+    """An image of ``others``, checked like a quality mask (any CRS), read warped onto the image.
+
+    Raises:
+        ToolInputError: The scene or the image has no georeference, it is the scene itself, it
+            cannot be read, has other bands or does not overlap the region.
+    """
+    from zoomearth.scene.stack import SceneStack, StackDate
+
+    with _Other.open(path, scene, region, "others", layout, any_crs=True):
+        pass  # the checks; the pixels come through the stack below
+    stack = SceneStack(
+        scene,
+        [StackDate("image", None, str(scene.path)), StackDate("other", None, str(path))],
+        0,
+        settings=scene.settings,
+    )
+    try:
+        yield _StackOther(stack, 1, None)
+    finally:
+        scene_1 = stack._scenes.get(1)  # noqa: SLF001 - close only the date opened here
+        if scene_1 is not None:
+            scene_1.close()
+
+
+def stack_others(
+    stack: SceneStack, layout: _Layout, note: Callable[[str], None]
+) -> list[_StackOther]:
+    """The stack's dates other than the image (its reference), closest in time first.
+
+    Dates whose band count differs from the image's are left out with a note; at most
+    :data:`MAX_OTHERS` dates are used. Undated stacks keep their order.
+    """
+    ref = stack.reference_index
+    when = stack.dates[ref].when
+    order = [i for i in range(len(stack)) if i != ref]
+    if when is not None and all(stack.dates[i].when is not None for i in order):
+        order.sort(key=lambda i: abs((stack.dates[i].when - when).days))  # type: ignore[operator]
+    out = []
+    for i in order:
+        count = stack.scene(i).count
+        if count != layout.count:
+            note(STACK_BANDS_NOTE.format(label=stack.dates[i].label, got=count, want=layout.count))
+            continue
+        out.append(_StackOther(stack, i, stack.dates[i].label))
+    return out[:MAX_OTHERS]
 
 
 def _same_file(a: Any, b: Any) -> bool:

@@ -8,7 +8,9 @@ the preview.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Final
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from zoomearth.geometry import PixelBox
-    from zoomearth.tools._cloud_inputs import _Layout, _Other
+    from zoomearth.tools._cloud_inputs import _Layout, _Other, _StackOther
     from zoomearth.tools.base import Tile, ToolContext
     from zoomearth.tools.cloud_removal import CloudRemoval
 
@@ -75,7 +77,7 @@ class _Job:
         layout: _Layout,
         white: float,
         thresholds: MaskThresholds,
-        others: list[_Other],
+        others: list[_Other | _StackOther],
         qmask: _Other | None,
     ) -> None:
         import numpy as np
@@ -87,6 +89,8 @@ class _Job:
         self.thresholds = thresholds
         self.others = others
         self.qmask = qmask
+        # Tiles run in parallel threads: one GDAL handle per other raster is read by one at a time.
+        self.read_lock = threading.Lock()
         self.light: np.ndarray | None = None
         self.inpaint_backend = "none"
         self.model = getattr(ctx.settings, "inpaint_model", None) or None
@@ -175,7 +179,8 @@ class _Job:
 
         flags = self._band_flags(raw)
         if self.qmask is not None:
-            q = self.qmask.read(self.ctx.scene, box, shape, bands=[0])
+            with self.read_lock:
+                q = self.qmask.read(self.ctx.scene, box, shape, bands=[0])
             f = self._flagged(np.ma.getdata(q)[0]) & ~np.ma.getmaskarray(q)[0]
             flags = f if flags is None else flags | f
         return flags
@@ -251,7 +256,8 @@ class _Job:
         lay = self.layout
         stack = []
         for other in self.others:
-            od = other.read(self.ctx.scene, box, shape)
+            with self.read_lock:
+                od = other.read(self.ctx.scene, box, shape)
             ovalid = _valid(od, lay.work)
             oraw = np.ma.getdata(od)
             ox = self._scaled(oraw)
@@ -384,7 +390,9 @@ class _Job:
         """
         import numpy as np
 
-        cleaned, mask, synthetic = self.process(tile)
+        # A copy per tile keeps the per-tile state (last_*) apart when tiles run in parallel.
+        job = copy.copy(self)
+        cleaned, mask, synthetic = job.process(tile)
         own_mask, own_synth = tile.crop(mask), tile.crop(synthetic)
         return {
             "cleaned": tile.crop(cleaned),
@@ -394,11 +402,11 @@ class _Job:
             "n_cloud": int(np.count_nonzero(own_mask == CLOUD)),
             "n_haze": int(np.count_nonzero(own_mask == HAZE)),
             "n_synthetic": int(np.count_nonzero(own_synth == 1)),
-            "n_replaced": int(np.count_nonzero(tile.crop(self.last_replaced))),
-            "n_dehazed": int(np.count_nonzero(tile.crop(self.last_dehazed))),
-            "inpaint": self.last_inpaint,
-            "windows": self.last_windows,
-            "notes": "\n".join(self.last_notes),
+            "n_replaced": int(np.count_nonzero(tile.crop(job.last_replaced))),
+            "n_dehazed": int(np.count_nonzero(tile.crop(job.last_dehazed))),
+            "inpaint": job.last_inpaint,
+            "windows": job.last_windows,
+            "notes": "\n".join(job.last_notes),
         }
 
     def tile_key(self) -> dict[str, Any]:
@@ -406,6 +414,7 @@ class _Job:
         return {
             "white": float(self.white),
             "light": None if self.light is None else [float(v) for v in self.light],
+            "others": [_source_stamp(o.path) for o in self.others],
             "match": [
                 None if o.gain is None or o.offset is None else [o.gain.tolist(), o.offset.tolist()]
                 for o in self.others
@@ -449,8 +458,11 @@ class _Job:
             f"(mask: {mask_how})."
         ]
         if method == "composite":
+            labels = [str(o.label) for o in self.others if o.label]
             parts.append(
-                f"{len(self.others)} other date(s) composited (median of clear observations"
+                f"{len(self.others)} other date(s) composited"
+                + (f" from the time stack ({', '.join(labels)})" if labels else "")
+                + " (median of clear observations"
                 + (", radiometrically matched" if self.args.normalize else "")
                 + ")."
             )
@@ -523,6 +535,17 @@ class _Job:
             ArtifactKind.PREVIEW,
             f"before (cloud outlined red, haze yellow) | after, region {region}",
         )
+
+
+def _source_stamp(source: Any) -> list[Any]:
+    """``[source, size, mtime_ns]`` of another date (a replaced file changes the tile key)."""
+    import os
+
+    try:
+        st = os.stat(source)
+    except (OSError, TypeError, ValueError):  # a URL, or gone
+        return [str(source), None, None]
+    return [str(source), st.st_size, st.st_mtime_ns]
 
 
 def _dtype_max(dt: Any) -> float:

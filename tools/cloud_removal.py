@@ -12,12 +12,14 @@ scenes stream in tiles of the setting ``tool_tile_side`` with 64 px of overlap, 
    in here: ``quality_band`` (a band of the image, e.g. a QA band; the other dates' same band
    masks them too) or ``quality_mask`` (a co-registered mask file, e.g. a Sentinel-2 cloud
    mask); pixels they flag (non-zero, or one of ``quality_values``) are cloud.
-2. **Multi-temporal composite** (``others``: paths of co-registered acquisitions of the same
-   place, same CRS; sizes and grids may differ). The same map window is read from each, each is
-   masked the same way, radiometrically matched to the image (per band gain/offset matching the
-   mean and standard deviation of the pixels clear in both, fitted once on the region's
-   overview), and every cloud/haze pixel is replaced by the **median of the clear observations**
-   -- the composite analysts trust. Edges are feathered over 2 px.
+2. **Multi-temporal composite** (``others``: paths of other acquisitions of the same place; CRS,
+   grids and pixel sizes may differ; without ``others``, the other dates of the scene's **time
+   stack** (``--stack``, a folder of dates), closest date first). Each is read on the image's own
+   pixel grid through the stack's windowed, warped reads (bilinear), masked the same way,
+   radiometrically matched to the image (per band gain/offset matching the mean and standard
+   deviation of the pixels clear in both, fitted once on the region's overview), and every
+   cloud/haze pixel is replaced by the **median of the clear observations** -- the composite
+   analysts trust. Edges are feathered over 2 px.
 3. **Single image** (no others, or pixels no other date sees clear): haze is removed with the
    dark channel prior and a guided filter (:mod:`zoomearth.tools._haze`; atmospheric light from
    the region's overview, shared by all tiles), blended in where the mask finds haze; thick
@@ -66,7 +68,7 @@ from zoomearth.tools._cloud_inputs import RGB_TEMPLATE as RGB_TEMPLATE
 from zoomearth.tools._cloud_inputs import ROLE_CLASH_TEMPLATE as ROLE_CLASH_TEMPLATE
 from zoomearth.tools._cloud_inputs import SAME_AS_INPUT_TEMPLATE as SAME_AS_INPUT_TEMPLATE
 from zoomearth.tools._cloud_inputs import UNREADABLE_TEMPLATE as UNREADABLE_TEMPLATE
-from zoomearth.tools._cloud_inputs import _Layout, _Other
+from zoomearth.tools._cloud_inputs import _Layout, _Other, open_other_date, stack_others
 from zoomearth.tools._cloud_inputs import _map_bounds as _map_bounds
 from zoomearth.tools._cloud_inputs import _same_file as _same_file
 from zoomearth.tools._cloud_job import FALLBACK_NOTE_TEMPLATE as FALLBACK_NOTE_TEMPLATE
@@ -98,8 +100,9 @@ __all__ = ["CloudRemoval"]
 TILE_OVERLAP: Final = 64
 
 COMPOSITE_NEEDS_OTHERS_TEMPLATE = (
-    "Tool 'cloud_removal': method 'composite' needs other acquisitions of the same place in "
-    "'others' (paths of co-registered images); give them, or use method 'single'."
+    "Tool 'cloud_removal': method 'composite' needs other acquisitions of the same place: give "
+    "their paths in 'others', run on a time stack (--stack PATH, or a folder of dated images), "
+    "or use method 'single'."
 )
 SINGLE_WITH_OTHERS_TEMPLATE = (
     "method 'single' ignores the {n} image(s) in 'others'; use method 'auto' or 'composite' "
@@ -122,8 +125,9 @@ class CloudRemoval(Tool):
     name = "cloud_removal"
     description = (
         "Remove clouds and haze from the region: computes a cloud/haze mask, then fills cloudy "
-        "pixels with the median of other co-registered dates of the same place when 'others' "
-        "lists them (the trusted method), else dehazes thin cloud and inpaints thick cloud "
+        "pixels with the median of other dates of the same place -- the scene's time stack, or "
+        "the images 'others' lists -- (the trusted method), else dehazes thin cloud and inpaints "
+        "thick cloud "
         "(invented pixels are flagged). Writes a cleaned GeoTIFF, the cloud mask, the "
         "synthetic-pixels mask and a before/after preview."
     )
@@ -137,15 +141,15 @@ class CloudRemoval(Tool):
             default_factory=list,
             max_length=32,
             description=(
-                "Paths of other acquisitions of the same place (same CRS, co-registered; grids "
-                "may differ) to composite from"
+                "Paths of other acquisitions of the same place to composite from (any CRS or "
+                "grid; default: the other dates of the scene's time stack)"
             ),
         )
         method: Literal["auto", "composite", "single"] = Field(
             "auto",
             description=(
-                "'composite': fill from 'others'; 'single': dehaze + inpaint this image only; "
-                "'auto': composite when 'others' are given"
+                "'composite': fill from 'others' or the stack's dates; 'single': dehaze + "
+                "inpaint this image only; 'auto': composite when other dates are available"
             ),
         )
         brightness: float = Field(
@@ -242,6 +246,7 @@ class CloudRemoval(Tool):
         tile_overlap=TILE_OVERLAP,
         device_memory_mb=2600,
         independent_tiles=True,
+        parallel_tiles="threads",  # OpenCV and numpy release the GIL: tiles on every core
     )
 
     @classmethod
@@ -275,9 +280,14 @@ class CloudRemoval(Tool):
         layout = _Layout.resolve(scene, args)
         white = _white_level(scene.dtype, args.white_level)
         method = args.method
+        # Without explicit others, a time stack's other dates are the composite's inputs.
+        stack = ctx.stack if not args.others and method != "single" else None
+        from_stack = (
+            stack_others(stack, layout, ctx.note) if stack is not None and len(stack) > 1 else []
+        )
         if method == "auto":
-            method = "composite" if args.others else "single"
-        if method == "composite" and not args.others:
+            method = "composite" if args.others or from_stack else "single"
+        if method == "composite" and not (args.others or from_stack):
             raise ToolInputError(COMPOSITE_NEEDS_OTHERS_TEMPLATE, tool=self.name)
         if method == "single" and args.others:
             ctx.note(SINGLE_WITH_OTHERS_TEMPLATE.format(n=len(args.others)))
@@ -293,17 +303,15 @@ class CloudRemoval(Tool):
         region = ctx.box
         col, row, width, height = region.to_window()
 
-        with contextlib.ExitStack() as stack:
-            others = (
-                [
-                    stack.enter_context(_Other.open(p, scene, region, "others", layout))
+        with contextlib.ExitStack() as opened:
+            others: list[Any] = list(from_stack)
+            if method == "composite" and args.others:
+                others = [
+                    opened.enter_context(open_other_date(p, scene, region, layout))
                     for p in args.others
                 ]
-                if method == "composite"
-                else []
-            )
             qmask = (
-                stack.enter_context(
+                opened.enter_context(
                     _Other.open(args.quality_mask, scene, region, "quality_mask", None)
                 )
                 if args.quality_mask
@@ -421,6 +429,7 @@ class CloudRemoval(Tool):
             "replaced_fraction": _ratio(stats["replaced"], stats["valid"]),
             "synthetic_fraction": _ratio(stats["synthetic"], stats["valid"]),
             "dates_composited": len(others),
+            "stack_dates": [o.label for o in others if o.label],
             "inpainting": job.inpaint_backend,
             "diffusion_windows": job.diffusion_windows,
             "white_level": white,

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from zoomearth.config import Settings
     from zoomearth.models import ModelPool
     from zoomearth.scene import Scene
+    from zoomearth.scene.stack import SceneStack
 
 __all__ = ["CancelCheck", "ProgressCallback", "ToolContext", "absolute_dir"]
 
@@ -99,6 +101,8 @@ class ToolContext:
         streamed: True inside ``run`` when the region is above the one-piece limit and must be
             processed tile by tile.
         warnings: Notes the tool adds for the user (:meth:`note`).
+        stack: The scene's time stack when it has several dates (``scene`` is its reference:
+            every date reads on that grid with ``stack.read(i, box)``); None for one date.
     """
 
     scene: Scene
@@ -113,6 +117,7 @@ class ToolContext:
     step: int | None = None
     store: ArtifactStore | None = None
     typed_paths: Sequence[str | os.PathLike[str]] = ()
+    stack: SceneStack | None = None
     streamed: bool = field(default=False, init=False)
     warnings: list[str] = field(default_factory=list, init=False)
     tool_name: str = field(default="", init=False)
@@ -124,6 +129,8 @@ class ToolContext:
     # What a finished tile depends on (set by run_tool; None outside it: nothing is cached).
     _fingerprint: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _tile_caches: list[TileCache] = field(default_factory=list, init=False, repr=False)
+    # Where independent tiles run when not here (Ray; set by run_tool(ray_address=...)).
+    _tile_runner: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = absolute_dir(self.run_dir)
@@ -255,28 +262,40 @@ class ToolContext:
         key: Any = None,
         message: str = "",
     ) -> Iterator[tuple[Tile, T]]:
-        """Compute ``fn(tile)`` for every tile, in order; finished tiles survive a stop.
+        """Compute ``fn(tile)`` for every tile; yield the results in order; tiles survive a stop.
 
         The one place a tool's tiles are processed. Yields ``(tile, result)`` in row-major order,
         so one writer can write the output in order; after each yielded tile it reports progress
         (``done`` of ``total`` tiles) and checks for cancellation.
 
-        When the tool declares ``Capabilities(independent_tiles=True)``, every result is stored
-        in a :class:`TileCache` as soon as ``fn`` returns, under ``RUN_DIR/.tiles/``, keyed by a
-        fingerprint of the call: tool name, ``Tool.version`` and the source file of the tool,
-        the validated arguments, the region, the tile layout, the input files (path, size,
-        modification time: the scene, ``artifact:N`` inputs and path arguments) and ``key``.
-        When the same call runs again -- a resumed thread, a re-sent request -- the tiles it
-        finished are read back instead of computed (progress counts them at once) and a note
-        says how many were reused. The cache is removed when the call succeeds (or is refused
-        with a :class:`ToolInputError`) and kept when it is cancelled or fails. A different
-        fingerprint never reuses a tile; an unreadable tile file is computed again.
+        When the tool declares ``Capabilities(independent_tiles=True)``:
+
+        * **Parallel tiles.** ``fn`` runs on up to ``tool_workers`` tiles at once (setting;
+          default: the CPUs of this process), in threads or fresh processes as the tool declares
+          (``Capabilities.parallel_tiles``), or as Ray tasks when the call was started with
+          ``run_tool(..., ray_address=...)``. At most ``2 x workers`` tiles are in flight --
+          computing, or finished and waiting for an earlier tile -- so memory stays bounded
+          whatever the region size; results are still yielded in row-major order. Cancellation
+          is checked while waiting: no new tile starts once the call is cancelled, tiles already
+          running finish (threads, processes) or are cancelled (Ray).
+        * **Finished tiles survive a stop.** Every result is stored in a :class:`TileCache` as
+          soon as it is computed (in whatever order tiles finish), under ``RUN_DIR/.tiles/``,
+          keyed by a fingerprint of the call: tool name, ``Tool.version`` and the source file of
+          the tool, the validated arguments, the region, the tile layout, the input files (path,
+          size, modification time: the scene, ``artifact:N`` inputs and path arguments) and
+          ``key``. When the same call runs again -- a resumed thread, a re-sent request -- the
+          tiles it finished are read back instead of computed (progress counts them at once) and
+          a note says how many were reused. The cache is removed when the call succeeds (or is
+          refused with a :class:`ToolInputError`) and kept when it is cancelled or fails. A
+          different fingerprint never reuses a tile; an unreadable tile file is computed again.
 
         Args:
             fn: ``fn(tile)`` -> a numpy array, or a mapping of names to arrays / numbers (e.g.
                 ``{"pixels": (bands, h, w) array, "changed": 12}``). With independent tiles it
-                must depend only on the tile and on values fixed for the call; a later version
-                may run it in another process.
+                must depend only on the tile and on values fixed for the call, and must not
+                change shared state: it runs in several threads at once (or, pickled, in other
+                processes and on other machines; see :mod:`zoomearth.tools.distributed`). Notes
+                and progress it reports from there are not seen by the caller: return them.
             tiles: The tiles (default: :meth:`tiles`).
             key: Anything else the results depend on that the fingerprint does not cover:
                 statistics computed before the tiles, a model checkpoint, the device
@@ -291,19 +310,14 @@ class ToolContext:
         cache = self._tile_cache(tiles, key)
         label = message or f"{self.tool_name or 'tool'}: tiles"
         total, reused = len(tiles), 0
+        results = self._tile_results(fn, tiles, cache)
         try:
-            for done, tile in enumerate(tiles, 1):
-                result = cache.load(tile) if cache is not None else None
-                if result is None:
-                    self.check_cancelled()  # never start a tile once the call is cancelled
-                    result = _normalise_tile_result(fn(tile), self.tool_name)
-                    if cache is not None:
-                        cache.store(tile, result)
-                else:
-                    reused += 1
+            for done, (tile, result, was_reused) in enumerate(results, 1):
+                reused += was_reused
                 yield tile, result
                 self.report(done, total, label)
         except ToolCancelled as exc:
+            results.close()  # stop the workers first: tiles still running are kept, too
             kept = cache.tile_count() if cache is not None else 0
             if not kept:
                 raise
@@ -311,8 +325,56 @@ class ToolContext:
                 f"{exc} " + TILES_KEPT_CANCEL_TEMPLATE.format(count=kept, run_dir=self.run_dir),
                 tool=self.tool_name,
             ) from None
+        finally:
+            results.close()
         if reused:
             self.note(TILES_REUSED_TEMPLATE.format(reused=reused, total=total))
+
+    def tile_workers(self, count: int | None = None) -> int:
+        """Tiles :meth:`map_tiles` computes at once for this call (1: one after the other).
+
+        Args:
+            count: Number of tiles to compute (the workers never exceed it).
+        """
+        from zoomearth.tools.distributed import default_workers
+
+        if not self._caps.independent_tiles or self._caps.parallel_tiles == "serial":
+            return 1
+        workers = getattr(self.settings, "tool_workers", None) or default_workers()
+        return max(1, min(int(workers), count if count is not None else int(workers)))
+
+    def _tile_results(
+        self, fn: Callable[[Tile], Any], tiles: list[Tile], cache: TileCache | None
+    ) -> Generator[tuple[Tile, Any, bool], None, None]:
+        """``(tile, result, reused)`` in order: from the cache, or computed serially/in parallel."""
+        todo = len(tiles) if cache is None else len(tiles) - cache.tile_count()
+        runner = self._tile_runner if self._caps.independent_tiles else None
+        workers = self.tile_workers(todo)
+        if runner is None and (workers <= 1 or todo <= 1):
+            for tile in tiles:
+                result = cache.load(tile) if cache is not None else None
+                if result is not None:
+                    yield tile, result, True
+                    continue
+                self.check_cancelled()  # never start a tile once the call is cancelled
+                result = _normalise_tile_result(fn(tile), self.tool_name)
+                if cache is not None:
+                    cache.store(tile, result)
+                yield tile, result, False
+            return
+        executor: Any
+        if runner is not None:
+            executor = runner.executor(fn, self.tool_name)
+            window = int(runner.in_flight)
+        elif self._caps.parallel_tiles == "processes":
+            from zoomearth.tools.distributed import ProcessTiles
+
+            executor = ProcessTiles(fn, workers, self.tool_name)
+            window = 2 * workers
+        else:
+            executor = _ThreadTiles(fn, workers, self.tool_name, cache)
+            window = 2 * workers
+        yield from _ordered(self, executor, tiles, cache, max(1, window))
 
     def _tile_cache(self, tiles: Sequence[Tile], key: Any) -> TileCache | None:
         if not self._caps.independent_tiles or self._fingerprint is None:
@@ -460,6 +522,89 @@ class ToolContext:
         if self.store is None:
             self.store = ArtifactStore(self.run_dir)
         return self.store
+
+
+class _ThreadTiles:
+    """Threads of this process computing tiles (``parallel_tiles="threads"``).
+
+    Each thread normalises its result and stores it in the tile cache itself (``stores``), so
+    the writes and their fsync run in parallel too.
+    """
+
+    stores = True
+
+    def __init__(
+        self, fn: Callable[[Tile], Any], workers: int, tool: str, cache: TileCache | None
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._fn, self._tool, self._cache = fn, tool, cache
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"tiles-{tool}")
+
+    def _run(self, tile: Tile) -> Any:
+        result = _normalise_tile_result(self._fn(tile), self._tool)
+        if self._cache is not None:
+            self._cache.store(tile, result)
+        return result
+
+    def submit(self, tile: Tile) -> Future[Any]:
+        return self._pool.submit(self._run, tile)
+
+    def shutdown(self) -> None:
+        # Running tiles finish (and are stored: a resume reuses them); queued ones are dropped.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ordered(
+    ctx: ToolContext, executor: Any, tiles: list[Tile], cache: TileCache | None, window: int
+) -> Generator[tuple[Tile, Any, bool], None, None]:
+    """Run ``tiles`` on ``executor``; yield ``(tile, result, reused)`` in order (a reorder buffer).
+
+    At most ``window`` tiles are between submission and their yield (running, or finished and
+    waiting for an earlier one). Results not stored by the executor itself are stored in the
+    cache as they arrive, in any order, so a stop keeps every finished tile.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending: dict[Future[Any], int] = {}
+    ready: dict[int, tuple[Any, bool]] = {}
+    n, next_out, next_in = len(tiles), 0, 0
+
+    def collect(futures: Iterable[Future[Any]]) -> None:
+        for fut in futures:
+            pos = pending.pop(fut)
+            result = fut.result()  # a tile's exception fails the call here
+            if cache is not None and not executor.stores:
+                cache.store(tiles[pos], result)
+            ready[pos] = (result, False)
+
+    try:
+        while next_out < n:
+            while next_in < n and next_in - next_out < window:
+                tile = tiles[next_in]
+                cached = cache.load(tile) if cache is not None else None
+                if cached is not None:
+                    ready[next_in] = (cached, True)
+                else:
+                    ctx.check_cancelled()  # never start a tile once the call is cancelled
+                    pending[executor.submit(tile)] = next_in
+                next_in += 1
+            if next_out in ready:
+                result, reused = ready.pop(next_out)
+                yield tiles[next_out], result, reused
+                next_out += 1
+                continue
+            done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
+            collect(done)
+            if not done:
+                ctx.check_cancelled()  # a long tile does not delay a cancellation
+    finally:
+        executor.shutdown()
+        if cache is not None and not executor.stores:
+            # Tiles that finished while stopping are kept for a resume as well.
+            for fut in [f for f in pending if f.done() and not f.cancelled()]:
+                if fut.exception() is None:
+                    cache.store(tiles[pending[fut]], fut.result())
 
 
 def _mask_non_finite(data: np.ma.MaskedArray) -> np.ma.MaskedArray:

@@ -38,7 +38,7 @@ import typing
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.json_schema import PydanticJsonSchemaWarning
@@ -124,7 +124,16 @@ class Capabilities(BaseModel):
         independent_tiles: Each tile's result depends only on the pixels of its ``read_box`` and
             on values fixed for the whole call (arguments, statistics computed before the tiles),
             never on other tiles. :meth:`ToolContext.map_tiles` then keeps every finished tile on
-            disk, so a stopped call (timeout, Ctrl-C, SIGTERM, kill) resumes where it stopped.
+            disk, so a stopped call (timeout, Ctrl-C, SIGTERM, kill) resumes where it stopped,
+            and computes the tiles in parallel (see ``parallel_tiles``).
+        parallel_tiles: How :meth:`ToolContext.map_tiles` runs the tiles of a tool with
+            ``independent_tiles`` (setting ``tool_workers`` workers; 1 = one after the other):
+            ``"threads"`` (default; for tile functions whose heavy work releases the GIL --
+            OpenCV, numpy on large arrays, GDAL reads -- and that share no mutable state
+            between tiles), ``"processes"`` (a pool of fresh processes, for pure-Python work;
+            the tile function is sent to them with cloudpickle, see
+            :mod:`zoomearth.tools.distributed`) or ``"serial"``. Results are yielded in order
+            either way, and ``zoomearth tool --ray`` runs the same tiles as Ray tasks.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -137,6 +146,7 @@ class Capabilities(BaseModel):
     requires_georeference: bool = False
     device_memory_mb: Annotated[int, Field(ge=0)] = 0
     independent_tiles: bool = False
+    parallel_tiles: Literal["threads", "processes", "serial"] = "threads"
 
     @field_validator("bands")
     @classmethod

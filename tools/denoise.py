@@ -4,14 +4,20 @@ Backends
 --------
 * **classical** (default, needs no weights):
 
-  - *optical* imagery: non-local means (OpenCV ``fastNlMeansDenoising``, 7 px patches, 21 px
-    search window) run **jointly** on groups of up to four bands, so the patch distances of
-    correlated bands (R, G, B, NIR) reinforce each other. The filter strength ``h`` is derived
-    from the noise level estimated from the data (below): ``h = 0.9 sigma`` for ``uint8`` data
-    (L2 patch distance) and ``h = 1.6 sigma`` for everything else, which is mapped exactly
-    (``uint16``), by an offset (``int16``) or by a band-wise affine map (floats) onto 16-bit
-    integers and filtered with the L1 patch distance (OpenCV's only 16-bit mode). Both factors
-    were calibrated on a real NAIP tile with Gaussian noise of sigma 10, 15 and 25.
+  - *optical* imagery: **decorrelated sliding-DCT shrinkage** (:func:`dct_denoise`), in the
+    spirit of BM3D without its block matching. The bands are divided by their estimated noise
+    std (so the noise is white with unit variance in every band) and rotated onto their
+    principal components, computed once for the region (:func:`band_transform`): the first,
+    luminance-like component carries the detail, the others (chroma, NIR contrast) are smooth
+    and get shrunk hard -- all bands inform each other, NIR included. Each component is then
+    filtered in two stages over every 8 x 8 block (stride 1): hard thresholding of the DCT
+    coefficients at 2.7 sigma, then an empirical Wiener filter guided by the first estimate,
+    blocks averaged back with BM3D's sparsity weights. Pixels are processed as floats in
+    native units (no 8/16-bit mapping, so ``uint16``, ``int16`` and floats are filtered as
+    they are). On the four NAIP years it is within 0.4 dB of colour BM3D (true sigma) at
+    sigma 5-25 with the noise level estimated, about 75x faster
+    (``benchmarks/tool_quality.py``). The previous default, joint non-local means
+    (:func:`nlm_denoise`), stays importable for comparison.
   - *SAR* (single-band intensity): the Lee filter (7 x 7 window) with the speckle's squared
     coefficient of variation ``Cu^2`` estimated from the data as the median local ``var / mean^2``
     over the region (``1 / ENL`` for homogeneous areas).
@@ -35,17 +41,20 @@ Noise level
 Estimated per band, never passed in: Immerkaer's 3 x 3 Laplacian-difference operator
 ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` removes smooth image structure; its response to white
 Gaussian noise of std ``sigma`` has std ``6 sigma``. The robust estimate
-``sigma = 1.4826 median(|response|) / 6`` (median absolute deviation instead of Immerkaer's mean,
-so edges and texture barely bias it) is taken over the valid pixels of the region, or for regions
-larger than 1024 px over nine 512 x 512 full-resolution windows spread over it, so every tile of a
-streamed scene uses the same strength. On a clean NAIP tile with added noise of sigma 10/15/25 the
-estimate is within 0.6 of the truth.
+``sigma = 1.4826 median(|response|) / 6`` (median absolute deviation instead of Immerkaer's mean)
+leaves out pixels next to the dtype's limits (clipped noise is smaller noise), the 10 % of pixels
+with the strongest gradient (edges, texture) and, for integer data, interpolates the median
+within its integer bin. It is taken over the valid pixels of the region, or for regions larger
+than 1024 px over nine 512 x 512 full-resolution windows spread over it, so every tile of a
+streamed scene uses the same strength (and the same band transform). On 256 px crops of the four
+NAIP years with added noise of sigma 5-25 the estimate is within 0.9 of the truth on R, G, B and
+1.7 on NIR (the benchmark prints it per tile and band).
 
 Streaming and outputs
 ---------------------
 Regions above 2048 px are streamed in tiles of the setting ``tool_tile_side`` (every region is
 processed tile by tile, so memory is bounded by one tile whatever the scene size), each read with
-16 px of context (the NLM search radius plus the patch radius; the Lee radius is 3) and cropped,
+16 px of context (the two 8 x 8 DCT stages need 14; the Lee radius is 3) and cropped,
 so results are identical to one-piece processing. Tiles go straight into a
 :class:`~zoomearth.scene.writing.TiledRasterWriter`: a tiled, compressed GeoTIFF with overviews,
 aligned to the source window, with the source's bands, dtype and nodata (invalid pixels --
@@ -55,7 +64,7 @@ progress bar is shown for streamed regions. A separate PNG preview shows the reg
 before | after.
 
 Tiles are independent (``Capabilities(independent_tiles=True)``): each is filtered with the
-region-wide noise estimate and value mapping computed before the tiles (part of the tile key), so
+region-wide noise estimate and band transform computed before the tiles (part of the tile key), so
 a stopped call resumed with the same arguments reuses its finished tiles
 (:meth:`~zoomearth.tools.base.ToolContext.map_tiles`) and writes the same output bit for bit.
 
@@ -77,12 +86,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from zoomearth.artifacts import ArtifactKind
+from zoomearth.scene.gdal import cache_max
 from zoomearth.tools._denoise_filters import CHANNELS_TEMPLATE as CHANNELS_TEMPLATE
+from zoomearth.tools._denoise_filters import DCT_CONTEXT as DCT_CONTEXT
 from zoomearth.tools._denoise_filters import IMMERKAER_KERNEL as IMMERKAER_KERNEL
 from zoomearth.tools._denoise_filters import (
     LEE_WINDOW,
+    BandTransform,
     _learned_denoise,
     _model_spec,
+    band_transform,
+    dct_denoise,
     estimate_noise_sigma,
     estimate_speckle_cu2,
     lee_filter,
@@ -118,14 +132,17 @@ if TYPE_CHECKING:
     from zoomearth.tools.base import Tile
 
 __all__ = [
+    "BandTransform",
     "Denoise",
+    "band_transform",
+    "dct_denoise",
     "estimate_noise_sigma",
     "lee_filter",
     "load_restoration_model",
     "nlm_denoise",
 ]
 
-#: Context each tile reads on every side: NLM search radius (10) + patch radius (3), rounded up.
+#: Context each tile reads on every side: the two DCT stages need 2 x 7 px (DCT_CONTEXT).
 TILE_OVERLAP: Final = 16
 MAX_SIDE: Final = 2048
 #: Noise-estimation sampling: regions larger than this are sampled with 3 x 3 windows of 512 px.
@@ -218,8 +235,8 @@ class Denoise(Tool):
 
         mode: Literal["auto", "optical", "sar"] = Field(
             "auto",
-            description="Image type: 'optical' (non-local means), 'sar' (Lee filter for "
-            "single-band intensity), 'auto' (SAR for one-band non-negative float images)",
+            description="Image type: 'optical' (decorrelated DCT shrinkage), 'sar' (Lee filter "
+            "for single-band intensity), 'auto' (SAR for one-band non-negative float images)",
         )
         backend: Literal["auto", "classical", "learned"] = Field(
             "auto",
@@ -248,13 +265,14 @@ class Denoise(Tool):
         tile_overlap=TILE_OVERLAP,
         device_memory_mb=1500,
         independent_tiles=True,
+        parallel_tiles="threads",  # OpenCV and numpy release the GIL: tiles on every core
     )
 
     @classmethod
     def backend_status(cls) -> list[BackendStatus]:
-        """Non-local means / Lee through OpenCV; spandrel restoration models when configured."""
+        """DCT shrinkage / Lee through OpenCV; spandrel restoration models when configured."""
         return [
-            BackendStatus.of_package("nlm_lee", "opencv-python-headless", "OpenCV"),
+            BackendStatus.of_package("dct_lee", "opencv-python-headless", "OpenCV"),
             BackendStatus.of_package(
                 "spandrel", "spandrel", "spandrel", "checkpoint from setting denoise_model"
             ),
@@ -335,19 +353,9 @@ class Denoise(Tool):
             if mode == "sar" and args.backend == "auto":
                 use_model = False  # the learned models are optical restorers
 
-        # Band-wise maps onto [0, 1] (learned) and 16-bit integers (NLM), fixed for all tiles.
-        offsets, scales, unit_lo, unit_span = [], [], [], []
+        # Band-wise maps onto [0, 1] (learned model), fixed for all tiles.
+        unit_lo, unit_span = [], []
         for b in range(scene.count):
-            if scene.dtype in ("uint8", "uint16"):
-                offsets.append(0.0)
-                scales.append(1.0)
-            elif scene.dtype == "int16":
-                offsets.append(-32768.0)
-                scales.append(1.0)
-            else:
-                span = max(hi[b] - lo[b], 1e-12)
-                offsets.append(lo[b] - 0.5 * span)
-                scales.append(65535.0 / (2.0 * span))
             if scene.dtype == "uint8":
                 unit_lo.append(0.0)
                 unit_span.append(255.0)
@@ -357,16 +365,28 @@ class Denoise(Tool):
 
         sigmas: list[float] = []
         cu2: list[float] = []
+        transform = BandTransform((), (), (), ())
         backend_label: str
+        # Integer pixels at the dtype's limits are clipped, their noise is not measurable.
+        kind = np.dtype(scene.dtype).kind
+        limits = None
+        if kind in "iu":
+            dinfo = np.iinfo(np.dtype(scene.dtype))
+            limits = (float(dinfo.min), float(dinfo.max))
         if use_model:
             backend_label = "learned"
-            sigmas = estimate_noise_sigma(samples)
+            sigmas = estimate_noise_sigma(samples, limits=limits)
         elif mode == "sar":
             backend_label = "lee"
             cu2 = [c * args.strength for c in estimate_speckle_cu2(samples)]
         else:
-            backend_label = "nlm"
-            sigmas = estimate_noise_sigma(samples)
+            backend_label = "dct"
+            sigmas = estimate_noise_sigma(samples, limits=limits)
+            alpha = {i for i, c in enumerate(scene.colorinterp) if c == "alpha"}
+            # Alpha bands are copied unchanged: keep them out of the band decorrelation.
+            transform = band_transform(
+                samples, [0.0 if b in alpha else s for b, s in enumerate(sigmas)]
+            )
         del samples, valid_values
 
         source = SourceGeoref(
@@ -437,21 +457,7 @@ class Denoise(Tool):
             elif mode == "sar":
                 result = np.stack([lee_filter(work[b], cu2[b]) for b in range(scene.count)])
             else:
-                result = nlm_denoise(
-                    work,
-                    sigmas,
-                    dtype=scene.dtype,
-                    offsets=offsets,
-                    scales=scales,
-                    strength=args.strength,
-                )
-                if scene.dtype != "uint8":
-                    # Values outside the 16-bit mapping keep their source value (no clip).
-                    for b in range(scene.count):
-                        top = offsets[b] + 65535.0 / scales[b]
-                        outside = (work[b] < offsets[b]) | (work[b] > top)
-                        if outside.any():
-                            result[b][outside] = work[b][outside]
+                result = dct_denoise(work, transform, strength=args.strength)
             raw = tile.crop(np.ma.getdata(data))
             result = tile.crop(result)
             inner_valid = tile.crop(valid)
@@ -478,8 +484,7 @@ class Denoise(Tool):
             "sigmas": sigmas,
             "cu2": cu2,
             "fill": fill,
-            "offsets": offsets,
-            "scales": scales,
+            "transform": transform.as_key(),
             "unit": [unit_lo, unit_span],
             "model": _file_stamp(Path(str(model_path))) if use_model else None,
             "device": device if use_model else None,
@@ -487,7 +492,7 @@ class Denoise(Tool):
         arch = ""
         changed_sq = 0.0
         changed_n = 0
-        with rasterio.Env(GDAL_CACHEMAX=256), writer:
+        with rasterio.Env(GDAL_CACHEMAX=cache_max(256)), writer:
             for tile, done in ctx.map_tiles(
                 denoise_tile, tiles, key=tile_key, message="denoise: filtering tiles"
             ):
@@ -504,7 +509,7 @@ class Denoise(Tool):
             enl = ", ".join(f"{1.0 / c:.1f}" if c > 0 else "inf" for c in cu2)
             how = f"a {LEE_WINDOW}x{LEE_WINDOW} Lee filter (estimated ENL {enl})"
         else:
-            how = "non-local means"
+            how = "decorrelated sliding-DCT shrinkage (2 stages)"
         sig_text = ", ".join(f"{s:.3g}" for s in sigmas)
         text = (
             f"Denoised region {region} ({width} x {height} px, {scene.count} band(s) "
@@ -513,7 +518,7 @@ class Denoise(Tool):
             + f"; RMS change {rms_change:.3g}. Wrote a "
             + ("georeferenced GeoTIFF" if geo else "pixel-only GeoTIFF")
         )
-        if backend_label == "nlm" and sigmas and max(sigmas) * max(scales) < 0.1:
+        if backend_label == "dct" and not transform.bands:
             text += " (no measurable noise: the output equals the input)"
         artifacts = [
             ctx.artifact(

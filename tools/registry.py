@@ -59,6 +59,7 @@ BUILTIN_TOOLS: Final[dict[str, str]] = {
     "denoise": "zoomearth.tools.denoise:Denoise",
     "edit": "zoomearth.tools.edit:Edit",
     "cloud_removal": "zoomearth.tools.cloud_removal:CloudRemoval",
+    "change_detection": "zoomearth.tools.change_detection:ChangeDetection",
 }
 
 DUPLICATE_TEMPLATE = (

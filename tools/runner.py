@@ -43,7 +43,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,11 @@ if TYPE_CHECKING:
     from zoomearth.scene import Scene
 
 __all__ = ["check_tool_call", "run_tool"]
+
+RAY_LOCAL_TEMPLATE = (
+    "'{tool}' does not declare independent tiles, so it ran here, not on the Ray cluster."
+)
+
 
 # --------------------------------------------------------------------------------------------
 # The runner
@@ -450,6 +455,7 @@ def run_tool(
     args: Mapping[str, Any] | BaseModel | None = None,
     *,
     registry: Any = None,
+    ray_address: str | None = None,
 ) -> ToolOutcome:
     """Run one tool call through the contract's checks (the single code path for every caller).
 
@@ -459,6 +465,11 @@ def run_tool(
         args: Arguments as a mapping (the planner's JSON object without ``bbox_2d``/``view``) or an
             ``Args`` instance.
         registry: Registry for name lookups (default: the process registry).
+        ray_address: Compute the tiles of a tool with ``independent_tiles`` as Ray tasks
+            (:mod:`zoomearth.tools.distributed`): ``local`` (start Ray in this process),
+            ``auto``, ``HOST:PORT`` or ``ray://HOST:10001``; an initialised Ray is used as is.
+            Everything else (statistics, the one writer, the outputs) runs here, so the outputs
+            are those of a local run. Other tools run locally, with a note.
 
     Returns:
         The checked, registered :class:`ToolOutcome`.
@@ -483,7 +494,8 @@ def run_tool(
     created = not ctx.run_dir.exists()
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = instance.run(ctx, validated)
+        with _tile_runner(instance, ctx, ray_address):
+            result = instance.run(ctx, validated)
         ctx.check_cancelled()
         outcome = _finish(instance, ctx, result, stamp, started)
     except ToolInputError:
@@ -507,6 +519,26 @@ def run_tool(
     return outcome
 
 
+@contextlib.contextmanager
+def _tile_runner(tool: Tool, ctx: ToolContext, ray_address: str | None) -> Iterator[None]:
+    """Ray for the call's tiles while ``run`` runs (nothing without ``ray_address``)."""
+    if not ray_address:
+        yield
+        return
+    if not tool.capabilities.independent_tiles:
+        ctx.note(RAY_LOCAL_TEMPLATE.format(tool=tool.name))
+        yield
+        return
+    from zoomearth.tools.distributed import ray_session
+
+    with ray_session(ray_address) as runner:
+        ctx._tile_runner = runner
+        try:
+            yield
+        finally:
+            ctx._tile_runner = None
+
+
 def _call_fingerprint(
     tool: Tool, ctx: ToolContext, args: BaseModel, stamp: list[tuple[Path, int, int]]
 ) -> dict[str, Any]:
@@ -514,7 +546,7 @@ def _call_fingerprint(
     import zoomearth
 
     scene = ctx.scene
-    return {
+    fingerprint = {
         "format": TILE_CACHE_FORMAT,
         "zoomearth": zoomearth.__version__,
         "tool": tool.name,
@@ -525,6 +557,11 @@ def _call_fingerprint(
         "inputs": [[str(p), size, mtime] for p, size, mtime in stamp],
         "scene": [scene.width, scene.height, scene.count, str(scene.dtype), repr(scene.nodata)],
     }
+    if getattr(scene, "is_remote", False):
+        # A remote scene has no local file among the stamped inputs: its URL, size, ETag and
+        # Last-Modified name the version the tiles were computed from.
+        fingerprint["remote"] = scene.identity
+    return fingerprint
 
 
 def _discard_tiles(ctx: ToolContext, created: bool = False) -> None:

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,11 +231,14 @@ class Agent:
         bands: list[int] | None = None,
         max_steps: int | None = None,
         max_zooms: int | None = None,
+        stack: Sequence[str | Path] | None = None,
+        stack_labels: Sequence[str] | None = None,
     ) -> AskResult:
         """Ask one question; returns when answered or stopped at an approval point.
 
         Args:
-            image: The scene (any raster); may be omitted when continuing a thread.
+            image: The scene (any raster), or a folder of dated rasters (a time stack on the
+                newest date's grid); may be omitted when continuing a thread.
             question: The question or command.
             thread: Thread id to continue (its views and artifacts); None starts a new one.
             question_id: Optional id recorded in the run (evaluation).
@@ -243,6 +246,12 @@ class Agent:
             bands: Explicit band mapping (1-based R, G, B or a single band).
             max_steps: Step budget override.
             max_zooms: Zoom budget override.
+            stack: Other dates of the same place (paths or URLs): ``image`` and these form a
+                time stack on ``image``'s grid (:mod:`zoomearth.scene.stack`). Ignored when
+                continuing a thread (it keeps its dates).
+            stack_labels: Names to read the stack's dates from instead of the files' own names,
+                ``image`` first (e.g. uploaded file names; see
+                :meth:`zoomearth.scene.stack.SceneStack.from_sources`).
 
         Raises:
             ThreadBusyError: Another run of ``thread`` is going (it names its process); nothing
@@ -269,6 +278,8 @@ class Agent:
                 max_steps=max_steps,
                 max_zooms=max_zooms,
                 t0=t0,
+                stack=stack,
+                stack_labels=stack_labels,
             )
 
     def _ask(
@@ -284,6 +295,8 @@ class Agent:
         max_steps: int | None,
         max_zooms: int | None,
         t0: float,
+        stack: Sequence[str | Path] | None = None,
+        stack_labels: Sequence[str] | None = None,
     ) -> AskResult:
         """:meth:`ask` with the thread's lock held."""
         existing = None if new_thread else self._existing(thread)
@@ -300,9 +313,14 @@ class Agent:
                         thread=thread, db=self.settings.checkpoint_db, runs=self.settings.runs_dir
                     )
                 )
-            payload["scene"] = self.runtime.scene_ref(image, bands)
+            payload["scene"] = self._scene_ref(image, bands, stack, stack_labels)
         elif image is not None:
-            new = str(Path(image).expanduser().resolve())
+            from zoomearth.scene.remote import source_key
+
+            new = source_key(image)  # a URL stays a URL
+            old = existing["scene"]
+            if old.get("stack") and Path(new).is_dir() and Path(old["path"]).parent == Path(new):
+                new = old["path"]  # the folder of the thread's stack names its reference date
             if new != existing["scene"]["path"]:
                 raise ThreadError(
                     THREAD_SCENE_TEMPLATE.format(
@@ -320,6 +338,27 @@ class Agent:
         self._sweep_run_dir(config)
         self._drive_until_cancelled(payload, config)
         return self.result(thread, seconds=time.perf_counter() - t0)
+
+    def _scene_ref(
+        self,
+        image: str | Path,
+        bands: list[int] | None,
+        stack: Sequence[str | Path] | None,
+        labels: Sequence[str] | None = None,
+    ) -> Any:
+        """The state's scene reference: one raster, or a time stack (a folder, or ``stack``)."""
+        from zoomearth.scene.stack import open_stack
+
+        opened = open_stack(
+            image, list(stack or ()), settings=self.settings, labels=labels if stack else None
+        )
+        if opened is None:
+            return self.runtime.scene_ref(image, bands)
+        try:
+            ref = self.runtime.scene_ref(opened.dates[opened.reference_index].source, bands)
+            return self.runtime.attach_stack(ref, opened)
+        finally:
+            opened.close()
 
     @property
     def lock_dir(self) -> Path:

@@ -70,7 +70,9 @@ from zoomearth.cli_common import (  # noqa: F401 - some are only re-exported
     _sqlite_error_line,
     _subcommand_parsers,
     _warnings_on_one_line,
+    add_asset_option,
     command,
+    resolve_scene_argument,
     sigterm_as_interrupt,
 )
 from zoomearth.errors import ZoomEarthError
@@ -177,9 +179,14 @@ def _format_size(n: int) -> str:
 # ----------------------------------------------------------------------------------------------
 @command("info")
 def cmd_info(args: argparse.Namespace, settings: Any) -> int:
-    """Print a raster's metadata without decoding pixels."""
+    """Print a raster's metadata without decoding pixels (a folder: its time stack's dates)."""
     from zoomearth.scene import Scene
 
+    if Path(args.image).is_dir():
+        from zoomearth.cli_common import print_stack_info
+
+        print_stack_info(args.image, settings, args.json)
+        return 0
     with Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene:
         info = scene.info()
     if args.json:
@@ -442,11 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="raster metadata (no pixels decoded)")
     s.add_argument("image")
+    add_asset_option(s)
     s.add_argument("--bands", help="1-based band mapping shown as RGB, e.g. 3,2,1")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("view", help="render an overview or a region to PNG, JPEG or GeoTIFF")
     s.add_argument("image")
+    add_asset_option(s)
     s.add_argument(
         "--box",
         help="x1,y1,x2,y2 in full-resolution pixels (default: whole image); "
@@ -460,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare", help="build the cached tiled/overviewed copy of a raster")
     s.add_argument("image")
+    add_asset_option(s)
 
     s = sub.add_parser("synth", help="generate a synthetic UHR scene (COG + sidecar JSON)")
     s.add_argument("output")
@@ -506,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zoomearth.eval.cli import add_eval_command
 
     add_eval_command(sub)
+    from zoomearth.cli_batch import add_batch_command
+
+    add_batch_command(sub)
     from zoomearth.train.cli import add_train_command
 
     add_train_command(sub)
@@ -518,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zoomearth.cli_tools import add_tool_commands
 
     add_tool_commands(sub)
+    from zoomearth.cli_search import add_search_command
+
+    add_search_command(sub)
     _add_settings_options(p)
     return p
 
@@ -551,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(flags=parse_set_flags(pairs), config_file=config_file)
             if args.command in _SWEEPING_COMMANDS:
                 _sweep_at_start(args, settings)
+            if getattr(args, "image", None) is not None:
+                resolve_scene_argument(args, settings)  # a STAC item -> its asset's raster
             return _COMMANDS[args.command](args, settings)
     except ZoomEarthError as exc:
         print(f"zoomearth {args.command}: error: {_error_text(exc)}", file=sys.stderr)

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zoomearth.cli_common import SETTINGS_OPTIONS_EPILOG, command
+from zoomearth.cli_common import SETTINGS_OPTIONS_EPILOG, add_asset_option, command
 
 __all__ = ["EXIT_STATUS", "add_ask_command"]
 
@@ -63,7 +63,11 @@ def add_ask_command(sub: Any) -> None:
         help="ask a question about an image (zoom, tools, answer)",
         epilog=f"{EXIT_STATUS_HELP} {SETTINGS_OPTIONS_EPILOG}",
     )
-    s.add_argument("image", nargs="?", help="the scene (omit with --thread --resume)")
+    s.add_argument(
+        "image",
+        nargs="?",
+        help="the scene, or a folder of dated rasters (a time stack); omit with --thread --resume",
+    )
     s.add_argument("question", nargs="?", help="the question or command")
     s.add_argument("--planner", choices=("auto", "transformers", "openai", "rules", "script"))
     s.add_argument("--model", help="checkpoint path / hub id (transformers) or model name (openai)")
@@ -75,6 +79,13 @@ def add_ask_command(sub: Any) -> None:
     g.add_argument("--approve", action="store_true", help="approve gated tools (e.g. edit)")
     g.add_argument("--deny", action="store_true", help="deny the pending gated tool (--resume)")
     s.add_argument("--bands", help="1-based band mapping shown as RGB, e.g. 3,2,1")
+    add_asset_option(s)
+    s.add_argument(
+        "--stack",
+        action="append",
+        metavar="PATH_OR_URL",
+        help="another date of the same place (repeatable): a time stack on IMAGE's grid",
+    )
     s.add_argument("--max-steps", type=int, help="step budget (default: setting max_steps)")
     s.add_argument("--out", help="run directory (default: DATA_DIR/runs/<thread>)")
     s.add_argument("--json", action="store_true", help="print one JSON record of the run")
@@ -99,6 +110,8 @@ class LiveDisplay:
                 w(f"profile: {event['profile']}\n")
                 if event.get("profile_reason"):
                     w(f"  ({event['profile_reason']})\n")
+            if event.get("date"):
+                w(f"date: {event['date']} (time stack)\n")
         elif kind == "note":
             w(f"note: {event.get('text')}\n")
         elif kind == "plan":
@@ -123,7 +136,8 @@ class LiveDisplay:
         elif kind == "zoom":
             label = f" '{event['label']}'" if event.get("label") else ""
             box = ", ".join(f"{v:.0f}" for v in event["region_xyxy"])
-            w(f"  zoom -> view {event['view_id']}{label}: [{box}] (full-resolution px)\n")
+            date = f" of {event['date']}" if event.get("date") else ""
+            w(f"  zoom -> view {event['view_id']}{label}{date}: [{box}] (full-resolution px)\n")
         elif kind == "tool_start":
             w(f"  tool {event.get('tool')} {json.dumps(event.get('arguments', {}))}\n")
         elif kind == "progress":
@@ -239,6 +253,9 @@ def cmd_ask(args: argparse.Namespace, settings: Any) -> int:
                 run_dir=args.out,
                 bands=list(_parse_bands(args.bands) or []) or None,
                 max_steps=args.max_steps,
+                stack=args.stack,
+                # A saved STAC search: the items' dates (zoomearth.cli_common resolves it).
+                stack_labels=getattr(args, "stack_labels", None),
             )
         while result.status == "awaiting_approval":
             if sys.stdin.isatty() and sys.stderr.isatty() and not args.json:

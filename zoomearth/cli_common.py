@@ -42,6 +42,7 @@ __all__ = [
     "Handler",
     "Terminated",
     "command",
+    "print_stack_info",
     "sigterm_as_interrupt",
 ]
 
@@ -193,6 +194,26 @@ class Terminated(KeyboardInterrupt):
     """
 
 
+def print_stack_info(folder: str | Path, settings: Any, as_json: bool) -> None:
+    """``zoomearth info FOLDER``: the dates of a folder time stack (headers only)."""
+    from zoomearth.scene.stack import SceneStack
+
+    stack = SceneStack.from_folder(folder, settings=settings)
+    try:
+        info = stack.info()
+    finally:
+        stack.close()
+    if as_json:
+        _print_json(info)
+        return
+    print(f"time stack: {len(info['dates'])} dates, reference grid {info['reference']}")
+    for row in info["dates"]:
+        mark = "*" if row["reference"] else " "
+        size = f"{row['width']} x {row['height']} px, {row['count']} band(s)"
+        print(f"{mark} {row['label']:<12} {size}, {row['crs'] or 'no crs'}  {row['source']}")
+    print("* = reference grid (every box and read is in its pixels)")
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM raises :class:`Terminated` in the main thread.
@@ -292,3 +313,66 @@ def _settings_arguments(args: argparse.Namespace) -> tuple[list[str], str | None
         pairs += getattr(args, _SUB_SET_DEST.format(depth=depth), None) or []
         config = getattr(args, _SUB_CONFIG_DEST.format(depth=depth), None) or config
     return pairs, config
+
+
+#: ``--asset`` help, shared by the commands that take a scene (IMAGE).
+ASSET_HELP = (
+    "with a STAC item as IMAGE (ITEM.json or an item URL): the asset to open (default: the "
+    "visual/RGB asset); same as IMAGE#KEY"
+)
+
+
+def add_asset_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--asset KEY`` (which asset of a STAC item IMAGE to open) to a scene command."""
+    parser.add_argument("--asset", metavar="KEY", help=ASSET_HELP)
+
+
+def resolve_scene_argument(args: argparse.Namespace, settings: Any = None) -> None:
+    """Turn a STAC item given as ``args.image`` into the raster to open, in place.
+
+    A raster path or URL is left as it is (no file is read for it). An item (``ITEM.json``, an
+    item URL, a one-item saved search; ``--asset KEY`` or ``IMAGE#KEY`` picks the asset) becomes
+    its asset's href, and one line on stderr says which item, asset and date it is. A saved
+    search of several items is a time stack: for commands with ``--stack`` the newest item
+    becomes IMAGE (the reference grid, as for a folder of dates) and the others are put first in
+    ``args.stack`` (the date labels, IMAGE's first, in ``args.stack_labels``); other commands
+    refuse it with a one-line error. ``--stack`` entries that are STAC sources become their
+    items' hrefs (``ITEM#KEY`` picks the asset).
+    :mod:`zoomearth.cli` calls this before every command that has an ``image`` argument.
+    """
+    image = getattr(args, "image", None)
+    asset = getattr(args, "asset", None)
+    if image is None or (args.command == "ask" and not getattr(args, "question", None)):
+        return  # `ask --thread ID "question"` puts the question where IMAGE goes
+    from zoomearth.scene.stac import is_stac_source, resolve_image, stack_sources
+
+    if getattr(args, "stack", None):  # --stack dates may be items or saved searches too
+        args.stack = [
+            href
+            for source in args.stack
+            for href in (
+                [r.href for r in stack_sources(source, settings=settings)]
+                if is_stac_source(source)
+                else [source]
+            )
+        ]
+    if not is_stac_source(image):
+        resolve_image(image, asset)  # refuses --asset with a raster
+        return
+    items = stack_sources(image, asset, settings=settings)
+    if len(items) > 1 and hasattr(args, "stack"):
+        # The newest item is the reference grid, as for a folder of dates (docs/stacks.md).
+        newest, older = items[-1], items[:-1]
+        args.image = newest.href
+        args.stack = [r.href for r in older] + list(args.stack or [])
+        args.stack_labels = [newest.label] + [r.label for r in older]
+        _note(args.command, f"{image}: a saved search of {len(items)} items, a time stack:")
+        for r in items:
+            _note(args.command, f"  {r.describe()}")
+        return
+    if len(items) > 1:
+        from zoomearth.scene.stac import resolve_item
+
+        resolve_item(image, asset, settings=settings)  # the several-items error, with examples
+    args.image = items[0].href
+    _note(args.command, items[0].describe())

@@ -192,7 +192,7 @@ def _zoomearth_inputs(
     _write_png(out / "stage1_image1.png", overview)
     record: dict[str, Any] = {
         "profile": "zoomearth",
-        "image": str(scene.path),
+        "image": scene.source,
         "image_size": [scene.width, scene.height],
         "overview_size": [int(overview.shape[1]), int(overview.shape[0])],
         "overview_exact": exact,
@@ -252,7 +252,7 @@ def _agent_inputs(
     info = {"width": scene.width, "height": scene.height, "crs": scene.crs_string}
     record: dict[str, Any] = {
         "profile": "agent",
-        "image": str(scene.path),
+        "image": scene.source,
         "image_size": [scene.width, scene.height],
         "overview_size": [ow, oh],
         "overview_seen_size": list(seen_size(ow, oh)),

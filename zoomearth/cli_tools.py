@@ -10,6 +10,8 @@ at once, like the second Ctrl-C (:func:`zoomearth.cli_common.sigterm_as_interrup
 partial outputs and temporaries are removed and the command exits with status 143. A run folder
 this command created is removed again when the call leaves nothing in it (failed, cancelled,
 interrupted); with ``--out`` the temporaries a killed earlier call left there are removed first.
+``--ray ADDRESS`` computes the tiles of a tool declaring independent tiles as Ray tasks
+(:mod:`zoomearth.tools.distributed`); the outputs are those of a local run.
 
 Paths: ``--out`` may be relative (to the current directory); it is made absolute before the run.
 The paths the user typed -- the image and the path arguments inside ``--args`` -- are allowed for
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zoomearth.cli_common import _print_json, command
+from zoomearth.cli_common import _print_json, add_asset_option, command
 
 __all__ = ["add_tool_commands", "cmd_tool", "cmd_tools"]
 
@@ -58,14 +60,29 @@ def add_tool_commands(subparsers: Any) -> None:
         "tool", help="run one tool on an image (the agent's code path), writing a run directory"
     )
     s.add_argument("name", help="tool name (see 'zoomearth tools')")
-    s.add_argument("image", help="input raster (never modified)")
+    s.add_argument(
+        "image", help="input raster, or a folder of dated rasters (a time stack); never modified"
+    )
+    s.add_argument(
+        "--stack",
+        action="append",
+        metavar="PATH_OR_URL",
+        help="another date of the same place (repeatable): a time stack on IMAGE's grid",
+    )
     s.add_argument(
         "--args", default="{}", help="tool arguments as a JSON object, or @FILE with the JSON"
     )
     s.add_argument("--box", help="x1,y1,x2,y2 in full-resolution pixels (default: whole image)")
     s.add_argument("--out", help="run directory for the outputs (default: RUNS_DIR/tool-...)")
     s.add_argument("--bands", help="1-based band mapping for previews, e.g. 3,2,1")
+    add_asset_option(s)
     s.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    s.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="compute the tiles as Ray tasks: local (start Ray here), auto, HOST:6379 or "
+        "ray://HOST:10001 (tools declaring independent tiles; others run here)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +238,7 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
     from zoomearth.cli_common import _parse_bands
     from zoomearth.geometry import parse_box
     from zoomearth.scene import Scene
+    from zoomearth.scene.stack import SceneStack, open_stack
     from zoomearth.tools import ToolCancelled, ToolContext, get_registry, run_tool
     from zoomearth.tools.base import absolute_dir, path_argument_values
 
@@ -234,15 +252,29 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
         run_dir = absolute_dir(Path(settings.runs_dir) / f"tool-{stamp}-{tool.name}")
     # What the user typed on this command line is theirs to use (allowed_roots is for paths a
     # planner or a client writes): the image and every path argument inside --args.
-    typed_paths = [args.image, *path_argument_values(tool.Args, tool_args)]
+    typed_paths = [args.image, *(args.stack or []), *path_argument_values(tool.Args, tool_args)]
+    # A time stack (a folder of dates, or --stack): the tool runs on its reference date.
+    stack = open_stack(
+        args.image,
+        args.stack or [],
+        settings=settings,
+        labels=getattr(args, "stack_labels", None) if args.stack else None,
+    )
+    image = stack.dates[stack.reference_index].source if stack is not None else args.image
+    bands = _parse_bands(args.bands)
     progress = _Progress(tool.name)
     new_run_dir = not run_dir.exists()
     outcome = None
     try:
         with (
-            Scene.open(args.image, bands=_parse_bands(args.bands), settings=settings) as scene,
+            Scene.open(image, bands=bands, settings=settings) as scene,
             _CancelOnInterrupt() as cancel,
         ):
+            if stack is not None:
+                stack.close()
+                stack = SceneStack(
+                    scene, stack.dates, stack.reference_index, settings=settings, bands=bands
+                )
             ctx = ToolContext(
                 scene=scene,
                 run_dir=run_dir,
@@ -251,9 +283,10 @@ def cmd_tool(args: argparse.Namespace, settings: Any) -> int:
                 progress=progress,
                 is_cancelled=cancel.event.is_set,
                 typed_paths=typed_paths,
+                stack=stack,
             )
             try:
-                outcome = run_tool(tool, ctx, tool_args)
+                outcome = run_tool(tool, ctx, tool_args, ray_address=args.ray)
             except ToolCancelled as exc:
                 print(f"zoomearth tool: {exc}", file=sys.stderr)
                 return 130

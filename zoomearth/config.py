@@ -98,6 +98,27 @@ class Settings(BaseModel):
         ),
     )
     gdal_cache_mb: int = Field(128, gt=0, description="GDAL block cache (GDAL_CACHEMAX) in MB")
+    # --- remote scenes (https://, http://, s3://): docs/remote.md ------------------------------
+    remote_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of one HTTP request of a remote scene (seconds)"
+    )
+    remote_max_retries: int = Field(
+        3, ge=0, description="Retries of a failed remote request (exponential backoff)"
+    )
+    remote_cache_mb: int = Field(
+        64, gt=0, description="GDAL's cache of fetched byte ranges of remote scenes (MB)"
+    )
+    remote_max_plain_bytes: int = Field(
+        256 * 1024**2,
+        ge=0,
+        description="Largest remote file without tiles+overviews downloaded to be prepared "
+        "(bytes); larger ones are refused with the conversion to a COG",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (e.g. http://127.0.0.1:9000); default: "
+        "AWS_ENDPOINT_URL, else AWS",
+    )
     stretch_percentiles: tuple[float, float] = Field(
         (2.0, 98.0), description="Percentiles for scaling 16-bit/float imagery to 8 bits"
     )
@@ -207,11 +228,22 @@ class Settings(BaseModel):
     tool_tile_side: int = Field(
         1024, gt=0, description="Tile side for whole-scene streaming tools (pixels)"
     )
+    tool_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Threads/processes computing a tool's independent tiles "
+        "(default: the CPUs this process may use; 1 = one tile after the other)",
+    )
 
     # --- security / server -------------------------------------------------------------------
     allowed_roots: list[Path] = Field(
         default_factory=list,
         description="Directories from which path arguments (and file:// URLs) may be read",
+    )
+    allowed_url_prefixes: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes (https://host/path/, s3://bucket/prefix/) chat image URLs may "
+        "name; empty = remote URLs off",
     )
     server_host: str = Field("127.0.0.1", description="zoomearth serve: bind address")
     server_port: int = Field(8000, ge=0, le=65535, description="zoomearth serve: port")
@@ -261,6 +293,14 @@ class Settings(BaseModel):
         lo, hi = self.stretch_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError("stretch_percentiles must satisfy 0 <= low < high <= 100")
+        for prefix in self.allowed_url_prefixes:
+            scheme, sep, rest = prefix.strip().partition("://")
+            host = rest.split("/", 1)[0]
+            if scheme.lower() not in ("http", "https", "s3") or not sep or not host or "@" in host:
+                raise ValueError(
+                    f"allowed_url_prefixes: {prefix!r} is not an http(s):// or s3:// prefix with "
+                    "a host, e.g. https://data.example.org/cogs/ or s3://bucket/prefix/"
+                )
         return self
 
     # Provenance of each field and the file read, filled by load_settings (not in the schema).

@@ -72,6 +72,9 @@ class ZoomRecord(BaseModel):
     label: str | None = None
     box_xyxy: list[float] = Field(description="Full-resolution pixels, xyxy, half-open")
     map_box: list[float] | None = Field(None, description="minx, miny, maxx, maxy in the scene CRS")
+    date: str | None = Field(
+        None, description="Time stacks: the label of the date the zoom showed; None for one date"
+    )
 
 
 class ToolCallRecord(TypedDict):
@@ -173,6 +176,12 @@ class AskResult(BaseModel):
     )
     warnings: list[str] = Field(default_factory=list)
     visual_tokens: int = 0
+    dates: dict[str, Any] | None = Field(
+        None,
+        description="Time stacks: the question's dates -- available (oldest first), viewing "
+        "(what the planner saw), named (what the question names), reference (whose grid the "
+        "boxes are in); None for a one-date scene",
+    )
     run_dir: str = ""
     trajectory: str | None = None
     pending_approval: list[dict[str, Any]] = Field(default_factory=list)
@@ -253,6 +262,7 @@ def ask_result(
                 label=rec.get("label"),
                 box_xyxy=rec["region_xyxy"],
                 map_box=map_box,
+                date=rec.get("date"),
             )
         )
     run_dir = Path(values.get("run_dir") or default_run_dir())
@@ -279,6 +289,7 @@ def ask_result(
         problems=[p for s in steps for p in s.get("problems", [])],
         warnings=values.get("warnings", []),
         visual_tokens=sum(int(s.get("visual_tokens", 0)) for s in steps),
+        dates=values.get("stack_dates"),
         run_dir=str(run_dir),
         trajectory=str(trajectory) if trajectory.exists() else None,
         pending_approval=pending,

@@ -613,6 +613,16 @@ class _Kit:
         return "stopped inside run() at the first check"
 
     def c_tile_resume(self) -> str | None:
+        # One tile at a time (tool_workers=1): "stopped after its first finished tile" is then
+        # exact, and a tile that depends on the tiles before it shows in the resumed output.
+        serial = self.settings.model_copy(update={"tool_workers": 1})
+        saved, self.settings = self.settings, serial
+        try:
+            return self._tile_resume()
+        finally:
+            self.settings = saved
+
+    def _tile_resume(self) -> str | None:
         if not self.caps.independent_tiles:
             raise _Skip("independent_tiles not declared: a stopped call starts over")
         limit = self.caps.max_side

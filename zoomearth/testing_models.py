@@ -200,7 +200,7 @@ CLIP_EOS_TOKEN: Final = "<|endoftext|>"
 
 
 #: UNet, VAE and CLIP text-encoder dimensions of Stable Diffusion 1.5 (``size="sd15"``).
-SD15_UNET: Final = {
+SD15_UNET: Final[dict[str, Any]] = {
     "block_out_channels": (320, 640, 1280, 1280),
     "layers_per_block": 2,
     "sample_size": 64,
@@ -210,7 +210,7 @@ SD15_UNET: Final = {
     "attention_head_dim": 8,
     "norm_num_groups": 32,
 }
-SD15_VAE: Final = {
+SD15_VAE: Final[dict[str, Any]] = {
     "block_out_channels": (128, 256, 512, 512),
     "down_block_types": ("DownEncoderBlock2D",) * 4,
     "up_block_types": ("UpDecoderBlock2D",) * 4,
@@ -218,7 +218,7 @@ SD15_VAE: Final = {
     "norm_num_groups": 32,
     "sample_size": 512,
 }
-SD15_TEXT: Final = {
+SD15_TEXT: Final[dict[str, Any]] = {
     "hidden_size": 768,
     "intermediate_size": 3072,
     "num_attention_heads": 12,
@@ -279,9 +279,9 @@ def _tiny_sd_components(
                 )
             ).eval(),
             "tokenizer": tokenizer,
-            "unet": UNet2DConditionModel(
-                in_channels=unet_in_channels, out_channels=4, **SD15_UNET
-            ).eval(),
+            "unet": _eval(
+                UNet2DConditionModel(in_channels=unet_in_channels, out_channels=4, **SD15_UNET)
+            ),
             "scheduler": _ddim_scheduler(),
             "safety_checker": None,
             "feature_extractor": None,
@@ -335,6 +335,11 @@ def _tiny_sd_components(
         "feature_extractor": None,
         "requires_safety_checker": False,
     }
+
+
+def _eval(module: Any) -> Any:
+    """``module.eval()`` (diffusers' model classes are untyped for mypy)."""
+    return module.eval()
 
 
 def _ddim_scheduler() -> Any:

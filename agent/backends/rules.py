@@ -31,10 +31,14 @@ placed; the answer says so and asks for a fixed georeference or pixel boxes.
 and *what* to do (:func:`find_tool_intents`): ``remove clouds`` / ``cloud-free`` / ``decloud`` ->
 cloud removal; ``denoise`` / ``reduce noise`` / ``despeckle`` -> denoising; ``segment`` /
 ``outline`` / ``extract`` / ``delineate`` / ``mask`` -> segmentation; ``remove the X`` / ``erase``
-/ ``inpaint`` -> an edit with a removal instruction. A tool is called only when the request offers
-it (:attr:`PlanRequest.tools`); its arguments are filled from its JSON Schema with what the
-question gives (a box argument, a text prompt, an instruction, a mode) and validated; when a
-required argument cannot be inferred the tool is skipped and the answer says why.
+/ ``inpaint`` -> an edit with a removal instruction; ``what changed`` / ``changes between 2009 and
+2020`` / ``new buildings since 2014`` / ``detect change`` -> change detection, with the dates the
+question names in the tool's ``before`` / ``after`` arguments (older first; ``since A`` sets
+``before``, a lone date ``after``; :func:`~zoomearth.agent.text.intents.find_change_dates`).
+A tool is called only when the request offers it (:attr:`PlanRequest.tools`); its arguments are
+filled from its JSON Schema with what the question gives (a box argument, a text prompt, an
+instruction, a mode) and validated; when a required argument cannot be inferred the tool is
+skipped and the answer says why.
 
 It reads at most :data:`MAX_QUESTION_CHARS` characters of the question (the reply says when the
 rest was ignored), and every pattern is linear in the text's length (see ``_NUM`` in
@@ -153,6 +157,10 @@ _XY_PATTERNS: Final = _coordinates._XY_PATTERNS
 _EPSG_RE: Final = _coordinates._EPSG_RE
 _INTENT_PATTERNS: Final = _intents._INTENT_PATTERNS
 _YES_NO_RE: Final = _intents._YES_NO_RE
+_DATE_RE: Final = _intents._DATE_RE
+_PAIR_RE: Final = _intents._PAIR_RE
+_SINCE_RE: Final = _intents._SINCE_RE
+_UNTIL_RE: Final = _intents._UNTIL_RE
 
 # ---------------------------------------------------------------------------------------------
 # Texts (module-level templates)
@@ -390,6 +398,8 @@ def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
                 break
             if out.whole_image is not None:
                 _set_whole_scene(args, parameters, overview, request.overview_id, whole)
+            if intent.kind == "change_detection":
+                _set_change_dates(args, parameters, intent)
             # The runner's own check (the tool's Args model) when the graph gives it; the JSON
             # Schema the planner was shown otherwise.
             problem = (
@@ -405,6 +415,18 @@ def _analyse(request: PlanRequest, min_crop: int) -> _Analysis:
                 break  # without a box argument the tool applies to the latest zoom: call it once
     return out
 
+
+
+def _set_change_dates(
+    args: dict[str, Any], parameters: Mapping[str, Any], intent: ToolIntent
+) -> None:
+    """The dates a change question names, in the tool's ``before`` / ``after`` arguments."""
+    properties = parameters.get("properties", {})
+    if not isinstance(properties, Mapping):
+        return
+    for key, value in (("before", intent.before), ("after", intent.after)):
+        if value is not None and key in properties:
+            args[key] = value
 
 
 # ---------------------------------------------------------------------------------------------

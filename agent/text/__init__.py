@@ -10,7 +10,8 @@ One concept per module, each a set of pure functions over data tables of regular
   roads``) and the offered tool that serves each;
 * :mod:`~zoomearth.agent.text.arguments` -- a tool's arguments filled from its JSON Schema with
   what the question gives;
-* :mod:`~zoomearth.agent.text.masking` -- the span masking the readers share.
+* :mod:`~zoomearth.agent.text.masking` -- the span masking the readers share;
+* :mod:`~zoomearth.agent.text.dates` -- dates a question names, matched to a time stack's dates.
 
 The planner that uses them is :class:`zoomearth.agent.backends.rules.RulesPlanner`, which also
 re-exports their public names (and, for the adversarial-text test and benchmark, every compiled

@@ -83,16 +83,17 @@ def _noisy_scene(path: Path) -> Path:
 
 
 def test_cancelled_run_resumes_the_tool_from_its_finished_tiles(tmp_path, settings, monkeypatch):
-    s = settings.model_copy(update={"tool_tile_side": 48})  # 200 x 150 -> 5 x 4 = 20 tiles
+    # 200 x 150 -> 5 x 4 = 20 tiles, one at a time: the test counts the tiles done before a stop.
+    s = settings.model_copy(update={"tool_tile_side": 48, "tool_workers": 1})
     image = _noisy_scene(tmp_path / "noisy.tif")
     calls = {"n": 0}
-    real = denoise_module.nlm_denoise
+    real = denoise_module.dct_denoise
 
     def counting(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(denoise_module, "nlm_denoise", counting)
+    monkeypatch.setattr(denoise_module, "dct_denoise", counting)
     with Scene.open(image, settings=s, progress=False) as scene:
         ctx = ToolContext(scene=scene, run_dir=tmp_path / "ref", settings=s)
         reference = run_tool(Denoise, ctx, {"preview": False})
@@ -113,7 +114,7 @@ def test_cancelled_run_resumes_the_tool_from_its_finished_tiles(tmp_path, settin
             cancel_thread(thread)
         return out
 
-    monkeypatch.setattr(denoise_module, "nlm_denoise", cancelling)
+    monkeypatch.setattr(denoise_module, "dct_denoise", cancelling)
 
     planner = ScriptedPlanner(
         [

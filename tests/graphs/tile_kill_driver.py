@@ -30,13 +30,13 @@ def main() -> None:
     if mode == "ask":
         import zoomearth.tools.denoise as denoise
 
-        real = denoise.nlm_denoise
+        real = denoise.dct_denoise
 
         def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a pass-through
             time.sleep(0.25)
             return real(*args, **kwargs)
 
-        denoise.nlm_denoise = slow  # type: ignore[assignment]
+        denoise.dct_denoise = slow  # type: ignore[assignment]
     agent = Agent(
         settings,
         planner=ScriptedPlanner(TURNS),

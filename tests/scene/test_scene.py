@@ -358,3 +358,35 @@ def test_read_errors_do_not_leak_gdal_messages(tmp_path, settings, caplog):
     with rasterio.open(bad) as ds, pytest.raises(rasterio.errors.RasterioIOError):
         ds.read()  # outside the package's own calls, GDAL's messages reach rasterio's loggers
     assert gdal_records()
+
+
+def test_gdal_block_cache_is_set_in_megabytes(tmp_path):
+    """GDAL_CACHEMAX as an integer counts bytes: 128 (MB) must become 128 MiB, not 128 bytes.
+
+    In a fresh process (the cache is configured once per process): the scene engine's cache, and
+    a writer's ``rasterio.Env`` through :func:`zoomearth.scene.gdal.cache_max`.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import rasterio, numpy as np\n"
+        "from rasterio.env import get_gdal_config\n"
+        "from zoomearth.config import load_settings\n"
+        "from zoomearth.scene import Scene\n"
+        "from zoomearth.scene.gdal import cache_max\n"
+        "import sys\n"
+        "s = load_settings(environ={})\n"
+        "Scene.open(sys.argv[1], settings=s, progress=False)\n"
+        "print(get_gdal_config('GDAL_CACHEMAX'), s.gdal_cache_mb)\n"
+        "with rasterio.Env(GDAL_CACHEMAX=cache_max(256)):\n"
+        "    print(get_gdal_config('GDAL_CACHEMAX'))\n"
+    )
+    path = tmp_path / "a.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1,
+                       dtype="uint8") as ds:
+        ds.write(np.zeros((1, 8, 8), np.uint8))
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True, timeout=120).stdout.split()
+    assert int(out[0]) == int(out[1]) * 1024 * 1024
+    assert int(out[2]) == 256 * 1024 * 1024

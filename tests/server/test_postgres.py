@@ -1,75 +1,30 @@
 """Two server worker processes share one conversation through the Postgres checkpointer.
 
-A throwaway PostgreSQL cluster is created in a temporary directory (``initdb`` + ``pg_ctl``, run
-as the ``postgres`` user when the tests run as root) and removed afterwards. Debian's
+A throwaway PostgreSQL cluster is created for the module (tests/pg_cluster.py: ``initdb`` +
+``pg_ctl`` in a temporary folder, as the ``postgres`` user when the tests run as root). Debian's
 ``postgresql`` package provides the binaries; ``make test`` installs it when missing. Without it
 this test fails (CI does not allow unexpected skips).
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.pg_cluster import postgres_cluster
 from tests.server.helpers import client, data_url, free_port, geotiff_bytes, user
-
-MISSING_PG = (
-    "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's 'postgresql' "
-    "package (make test installs it when run as root)."
-)
-
-
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(
-        f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-    if not found:
-        pytest.fail(MISSING_PG)
-    return found
-
-
-def _as_pg_user(cmd: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return cmd
-    return ["runuser", "-u", "postgres", "--", *cmd]
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="zoomearth-pg-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        import pwd
-
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-    port = free_port()
-    run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
-    try:
-        subprocess.run(_as_pg_user([initdb, "-D", str(data), "-A", "trust", "-U", "postgres",
-                                    "-E", "UTF8", "--no-sync"]), **run)
-        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(_as_pg_user([pg_ctl, "-D", str(data), "-o", opts, "-l",
-                                    str(root / "log"), "-w", "-t", "60", "start"]), **run)
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"could not start a PostgreSQL cluster: {exc.stderr or exc.stdout}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_pg_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_cluster("zoomearth-pg-") as url:
+        yield url
 
 
 def _start_worker(port: int, data_dir: Path, plan: Path, pg: str, log: Path) -> subprocess.Popen:

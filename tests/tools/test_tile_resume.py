@@ -42,6 +42,13 @@ TILES = 12
 _write = functools.partial(write_array, tiled=True)
 
 
+@pytest.fixture()
+def settings(settings):
+    """One tile at a time: these tests count exactly which tiles run before a stop (the parallel
+    tiles' stop and resume are tested in tests/tools/test_parallel_tiles.py)."""
+    return settings.model_copy(update={"tool_workers": 1})
+
+
 
 @pytest.fixture()
 def noisy_naip(tmp_path: Path, shared_data: Path) -> Path:
@@ -57,13 +64,13 @@ def noisy_naip(tmp_path: Path, shared_data: Path) -> Path:
 def counted_nlm(monkeypatch):
     """Counts calls of the real NLM filter (one per tile with valid pixels)."""
     calls = {"n": 0}
-    real = denoise_module.nlm_denoise
+    real = denoise_module.dct_denoise
 
     def counting(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(denoise_module, "nlm_denoise", counting)
+    monkeypatch.setattr(denoise_module, "dct_denoise", counting)
     return calls
 
 
@@ -255,7 +262,7 @@ def test_cloud_removal_cancelled_then_resumed_equals_uninterrupted(tmp_path, mon
     scene_path = generate_scene(
         tmp_path / "scene.tif", (2112, 384), seed=3, clouds=0.2, bands=4, compress="deflate"
     ).image_path
-    settings = make_settings(tmp_path, [tmp_path], tool_tile_side=256)
+    settings = make_settings(tmp_path, [tmp_path], tool_tile_side=256, tool_workers=1)
     calls = {"n": 0}
     real = _Job.process
 

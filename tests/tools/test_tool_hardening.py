@@ -226,11 +226,15 @@ def _can_mount_tmpfs() -> bool:
 
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare -rm and tmpfs (user namespaces)")
 def test_real_full_disk_then_free_space_and_resume_from_kept_tiles(tmp_path):
-    """A 12 MB tmpfs fills during ``zoomearth tool denoise``; after growing it, the same command
-    resumes from the finished tiles and writes the same output as a run on a roomy disk."""
+    """A 44 MB tmpfs fills during ``zoomearth tool denoise``; after growing it, the same command
+    resumes from the finished tiles and writes the same output as a run on a roomy disk.
+
+    float32 noise, so that neither the output (24 MB) nor the kept tiles (27 MB) compress: the
+    free-space check before the run (about 41 MB needed) passes, and the disk fills during it.
+    """
     rng = np.random.default_rng(0)
     image = _write(
-        tmp_path / "big.tif", rng.integers(0, 255, (3, 1500, 1500), dtype=np.uint8)
+        tmp_path / "big.tif", rng.normal(100, 50, (3, 1500, 1500)).astype(np.float32)
     )
     ref = _zoomearth(
         "tool", "denoise", str(image), "--out", str(tmp_path / "ref"), "--json",
@@ -247,10 +251,10 @@ def test_real_full_disk_then_free_space_and_resume_from_kept_tiles(tmp_path):
         ]
     )  # fmt: skip
     script = f"""
-        mount -t tmpfs -o size=12m tmpfs {mnt} || exit 99
+        mount -t tmpfs -o size=44m tmpfs {mnt} || exit 99
         {cmd} 2>{tmp_path}/first.err; echo "first=$?"
         ls -A {run}/.tiles/*/ | grep -c '^tile-' || true
-        mount -o remount,size=64m {mnt}
+        mount -o remount,size=128m {mnt}
         {cmd} --json 2>{tmp_path}/second.err > {tmp_path}/second.json; echo "second=$?"
         cp {run}/*-denoise-denoised.tif {tmp_path}/resumed.tif
         ls -A {run}

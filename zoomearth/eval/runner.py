@@ -335,6 +335,31 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def append_records(
+    stream: Iterable[dict[str, Any]],
+    results_path: Path,
+    done: dict[str, dict[str, Any]],
+    total: int,
+    desc: str,
+    progress: bool | None,
+) -> None:
+    """Append each record of ``stream`` to the JSONL results file as it arrives (flushed).
+
+    One line per finished question, written at once, is what makes a run resumable after an
+    interruption; ``done`` (question id -> record) is updated in place.
+    """
+    bar = _progress(total, desc, progress)
+    try:
+        with results_path.open("a", encoding="utf-8") as fh:
+            for rec in stream:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+                done[str(rec["question_id"])] = rec
+                bar.update(1)
+    finally:
+        bar.close()
+
+
 def _progress(total: int, desc: str, enabled: bool | None) -> Any:
     from tqdm.auto import tqdm
 
@@ -397,12 +422,19 @@ def _ray_resources(
 
 
 def _on_ray(
-    todo: list[Question],
+    todo: Sequence[Any],
     workers: int | None,
     address: str,
     kwargs: dict[str, Any],
     gpus_per_worker: float | None,
+    *,
+    body: type = _RayWorkerBody,
+    payload: Callable[[Any], Any] = lambda q: q.model_dump(mode="json"),
 ) -> Iterator[dict[str, Any]]:
+    """Run ``body(kwargs).run(payload(item))`` for every item on a pool of Ray actors.
+
+    Also the Ray runner of ``zoomearth batch`` (:mod:`zoomearth.batch`), with its own ``body``.
+    """
     try:
         import ray
         from ray.util import ActorPool
@@ -422,14 +454,12 @@ def _on_ray(
         if workers is None:
             res = ray.cluster_resources()
             workers = int(res.get("GPU", 1)) if gpus > 0 else max(1, int(res.get("CPU", 1)))
-        actor_cls = ray.remote(_RayWorkerBody).options(num_cpus=1, num_gpus=gpus)
+        actor_cls: Any = ray.remote(body).options(num_cpus=1, num_gpus=gpus)
         count = max(1, min(workers, len(todo)))
         actors: list[Any] = [actor_cls.remote(kwargs) for _ in range(count)]
         try:
             pool = ActorPool(actors)
-            yield from pool.map_unordered(
-                lambda actor, q: actor.run.remote(q.model_dump(mode="json")), todo
-            )
+            yield from pool.map_unordered(lambda actor, q: actor.run.remote(payload(q)), list(todo))
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -499,14 +529,6 @@ def run_eval(
                 workers or 1,
                 lambda: QuestionRunner(**kwargs, planner_factory=planner_factory),
             )
-        bar = _progress(len(todo), f"{qs[0].benchmark} ({planner})", progress)
-        try:
-            with results_path.open("a", encoding="utf-8") as fh:
-                for rec in stream:
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    done[str(rec["question_id"])] = rec
-                    bar.update(1)
-        finally:
-            bar.close()
+        append_records(stream, results_path, done, len(todo),
+                       f"{qs[0].benchmark} ({planner})", progress)
     return [done[q.question_id] for q in qs if q.question_id in done]

@@ -3,7 +3,10 @@
 A strip TIFF, PNG or JPEG of 40,000 px cannot serve a 512-px overview without decoding every row.
 The first time pixels of such a raster are needed, :class:`SceneCache` streams it once into a
 tiled GeoTIFF (512-px tiles, lossless ZSTD, internal overviews), keyed by the source's absolute
-path, size and modification time, so an edited file gets a fresh copy. Memory stays bounded:
+path, size and modification time, so an edited file gets a fresh copy. A remote raster
+without tiles and overviews (:mod:`zoomearth.scene.remote`) is downloaded into the cache folder
+first and keyed by its URL, size, ETag and Last-Modified; the download goes once the copy is
+built. Memory stays bounded:
 the source is read in strips of at most one tile row, and GDAL's block cache is capped.
 
 Where the work runs and how a copy is built (in this process or in a worker process, with
@@ -161,9 +164,13 @@ class SceneCache:
         with contextlib.suppress(OSError):
             lock_path.unlink()
 
-    def lookup(self, source: Path) -> Path | None:
-        """The prepared copy of ``source`` if present (marks it used), else None."""
-        tif, meta = self._paths(cache_key(source))
+    def lookup(self, source: Path, *, key: str | None = None) -> Path | None:
+        """The prepared copy of ``source`` if present (marks it used), else None.
+
+        ``key`` replaces :func:`cache_key` of ``source`` (a remote scene's key is made from its
+        URL, size, ETag and Last-Modified: :func:`zoomearth.scene.remote.cache_key`).
+        """
+        tif, meta = self._paths(key or cache_key(source))
         if tif.exists() and meta.exists():
             now = time.time()
             with contextlib.suppress(OSError):  # a read-only cache still serves its copies
@@ -178,14 +185,22 @@ class SceneCache:
         *,
         isolate: bool | None = None,
         cancel: Callable[[], bool] | None = None,
+        key: str | None = None,
+        fetch: Callable[[Path], object] | None = None,
+        label: str | None = None,
     ) -> Path:
         """Return the prepared copy of ``source``, building it (streaming) when missing.
 
         Args:
-            source: The raster to prepare.
+            source: The raster to prepare (with ``fetch``: a file name for the local copy).
             progress: See :func:`build_tiled_copy`.
             isolate: See :func:`build_tiled_copy`.
             cancel: See :func:`build_tiled_copy`.
+            key: The entry's key (default: :func:`cache_key` of ``source``).
+            fetch: For a source that is not a local file (a remote scene): called with a
+                temporary path in the cache folder to write the source's bytes to; the copy is
+                prepared from that file, which is removed afterwards (also on failure).
+            label: What the entry's metadata names as its source (default: the absolute path).
 
         Raises:
             SceneReadError: The source cannot be decoded.
@@ -193,25 +208,36 @@ class SceneCache:
             ScenePrepareCancelled: ``cancel`` returned True (or ``progress`` raised it).
         """
         source = Path(source)
-        key = cache_key(source)
-        found = self.lookup(source)
+        key = key or cache_key(source)
+        found = self.lookup(source, key=key)
         if found is not None:
             return found
         self._mkdir(source)
         with self._locked(key):
-            found = self.lookup(source)
+            found = self.lookup(source, key=key)
             if found is not None:
                 return found
             # Litter of crashed builds would otherwise only go at `cache clear`.
             self.sweep()
             tif, meta = self._paths(key)
-            build_tiled_copy(source, tif, progress=progress, isolate=isolate, cancel=cancel)
+            if fetch is None:
+                build_tiled_copy(source, tif, progress=progress, isolate=isolate, cancel=cancel)
+            else:
+                # An owner-named temporary: a crash mid-download leaves litter the sweep removes.
+                local = temporary_sibling(self.root / source.name)
+                try:
+                    fetch(local)
+                    build_tiled_copy(local, tif, progress=progress, isolate=isolate, cancel=cancel)
+                finally:
+                    for p in (local, local.with_name(local.name + ".aux.xml")):
+                        with contextlib.suppress(OSError):
+                            p.unlink()
             meta_tmp = temporary_sibling(meta, keep_suffix=False)
             try:
                 meta_tmp.write_text(
                     json.dumps(
                         {
-                            "source": str(source.resolve()),
+                            "source": label or str(source.resolve()),
                             "created": time.time(),
                             "size_bytes": tif.stat().st_size,
                         }

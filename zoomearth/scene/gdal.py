@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["RASTERIO_LOGGERS", "quiet_gdal"]
+__all__ = ["RASTERIO_LOGGERS", "capture_gdal_messages", "quiet_gdal"]
 
 
 def _gdal_reason(exc: BaseException) -> str:
@@ -33,18 +33,47 @@ RASTERIO_LOGGERS = ("rasterio._env", "rasterio._err", "rasterio._io", "rasterio.
 
 
 class _QuietThreads(logging.Filter):
-    """Drops rasterio's records below CRITICAL from threads inside :func:`quiet_gdal`."""
+    """Drops rasterio's records below CRITICAL from threads inside :func:`quiet_gdal`.
+
+    Also keeps the messages of threads inside :func:`capture_gdal_messages` (GDAL reports an
+    HTTP status or a retry of a remote read only there, not in the exception rasterio raises).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.depth: dict[int, int] = {}  # thread id -> nesting depth of quiet_gdal
+        self.captured: dict[int, list[str]] = {}  # thread id -> messages kept
 
     def filter(self, record: logging.LogRecord) -> bool:
+        sink = self.captured.get(record.thread) if record.thread is not None else None
+        if sink is not None and len(sink) < MAX_CAPTURED:
+            with contextlib.suppress(Exception):  # a record that cannot format is not kept
+                sink.append(record.getMessage())
         return record.levelno >= logging.CRITICAL or record.thread not in self.depth
 
+    @property
+    def active(self) -> bool:
+        return bool(self.depth or self.captured)
 
+
+#: Messages kept per :func:`capture_gdal_messages` block (retries of a slow read repeat).
+MAX_CAPTURED = 200
 _QUIET = _QuietThreads()
 _QUIET_LOCK = threading.Lock()
+
+
+def _install() -> None:
+    # Called with _QUIET_LOCK held, before a block of either kind starts.
+    if not _QUIET.active:
+        for name in RASTERIO_LOGGERS:
+            logging.getLogger(name).addFilter(_QUIET)
+
+
+def _uninstall() -> None:
+    # Called with _QUIET_LOCK held, after a block of either kind ended.
+    if not _QUIET.active:
+        for name in RASTERIO_LOGGERS:
+            logging.getLogger(name).removeFilter(_QUIET)
 
 
 @contextlib.contextmanager
@@ -65,9 +94,7 @@ def quiet_gdal() -> Iterator[None]:
         return
     ident = threading.get_ident()
     with _QUIET_LOCK:
-        if not _QUIET.depth:
-            for name in RASTERIO_LOGGERS:
-                logging.getLogger(name).addFilter(_QUIET)
+        _install()
         _QUIET.depth[ident] = _QUIET.depth.get(ident, 0) + 1
     try:
         yield
@@ -76,12 +103,47 @@ def quiet_gdal() -> Iterator[None]:
             left = _QUIET.depth.pop(ident) - 1
             if left:
                 _QUIET.depth[ident] = left
-            elif not _QUIET.depth:
-                for name in RASTERIO_LOGGERS:
-                    logging.getLogger(name).removeFilter(_QUIET)
+            _uninstall()
+
+
+@contextlib.contextmanager
+def capture_gdal_messages() -> Iterator[list[str]]:
+    """Collect GDAL's messages (as rasterio logs them) from this thread during a block.
+
+    Yields the list the messages are appended to (at most :data:`MAX_CAPTURED`). A failed remote
+    read names its cause (an HTTP status, a retry, a curl error) only in these messages, so
+    :func:`zoomearth.scene.remote.remote_failure` reads them. A nested block shares the outer
+    block's list. Whether the messages also reach the user's logging is :func:`quiet_gdal`'s
+    business.
+    """
+    ident = threading.get_ident()
+    with _QUIET_LOCK:
+        outer = _QUIET.captured.get(ident)
+        if outer is None:
+            _install()
+            sink: list[str] = []
+            _QUIET.captured[ident] = sink
+        else:
+            sink = outer
+    try:
+        yield sink
+    finally:
+        if outer is None:
+            with _QUIET_LOCK:
+                _QUIET.captured.pop(ident, None)
+                _uninstall()
 
 
 _GDAL_CONFIGURED = False
+
+
+def cache_max(megabytes: float) -> int:
+    """A ``GDAL_CACHEMAX`` value for :class:`rasterio.Env` or ``set_gdal_config``, in bytes.
+
+    rasterio hands an integer ``GDAL_CACHEMAX`` to ``GDALSetCacheMax64``, which counts bytes, so a
+    bare ``GDAL_CACHEMAX=256`` is a 256-*byte* cache (every block read goes back to the file).
+    """
+    return int(megabytes * 1024 * 1024)
 
 
 def _configure_gdal(cache_mb: int) -> None:
@@ -92,5 +154,5 @@ def _configure_gdal(cache_mb: int) -> None:
 
     # A bounded block cache keeps peak memory predictable on UHR rasters (GDAL's default is 5 % of
     # RAM, about 1.2 GB here, which a whole-scene stream would fill).
-    set_gdal_config("GDAL_CACHEMAX", int(cache_mb))
+    set_gdal_config("GDAL_CACHEMAX", cache_max(cache_mb))
     _GDAL_CONFIGURED = True

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from zoomearth.errors import ScenePrepareCancelled, ScenePrepareError, SceneReadError
+from zoomearth.scene.gdal import cache_max
 from zoomearth.temporaries import temporary_sibling
 
 __all__ = ["IN_PROCESS_MAX_PIXELS", "ProgressFn", "build_tiled_copy"]
@@ -294,7 +295,7 @@ def _write_tiled(source: Path, tmp: Path, report: ProgressFn) -> None:
                 and (MaskFlags.nodata not in flags)
             )
             total = 2 * src.height
-            with rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_TIFF_INTERNAL_MASK=True):
+            with rasterio.Env(GDAL_CACHEMAX=cache_max(cache_mb), GDAL_TIFF_INTERNAL_MASK=True):
                 try:
                     dst = rasterio.open(tmp, "w", **profile)
                 except (RasterioError, OSError) as exc:

@@ -8,6 +8,17 @@ adequate overview level. Rasters that cannot be read by window efficiently (no t
 overviews above ``prepare_min_side`` pixels, e.g. strip TIFF, PNG, JPEG) are transparently read
 from a cached tiled, overviewed copy (:mod:`zoomearth.scene.cache`).
 
+Remote scenes. A source may be an ``https://``/``http://``/``s3://`` URL
+(:mod:`zoomearth.scene.remote`): a remote COG is read in place through GDAL's ``/vsicurl/`` or
+``/vsis3/`` with the project's partial-read options (:meth:`Scene.gdal_env`), a few byte ranges
+per view; a remote raster without tiles and overviews is refused above the setting
+``remote_max_plain_bytes``, else downloaded once into the scene cache and prepared. Such a scene
+has ``is_remote`` True and ``source`` the URL; its ``path`` is only a placeholder naming GDAL's
+virtual file (a :class:`~pathlib.Path` cannot hold a URL, it collapses ``//``): it never exists
+on disk, so code that stats or protects ``path`` leaves remote scenes alone, and its ``name``
+is the URL's file name. :attr:`Scene.identity` names the source's current version (path, size
+and mtime; or URL, size, ETag and Last-Modified) for cache keys and fingerprints.
+
 Frames: every box argument is a :class:`~zoomearth.geometry.PixelBox` in full-resolution pixels
 (xyxy, half-open). See :mod:`zoomearth.geometry` for the clip/reject policy.
 
@@ -19,10 +30,12 @@ georeference checks in :mod:`zoomearth.scene.georef` and GDAL's quieting in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,12 +51,14 @@ from zoomearth.errors import (
     SceneTooLargeError,
 )
 from zoomearth.geometry import MapBox, PixelBox, ViewSpec, full_to_map, validate_box
+from zoomearth.scene import remote
 
 # Moved out of this module; re-exported so that every old import path keeps working.
 from zoomearth.scene.gdal import (  # noqa: F401 - some are only re-exported
     RASTERIO_LOGGERS,
     _configure_gdal,
     _gdal_reason,
+    capture_gdal_messages,
     quiet_gdal,
 )
 from zoomearth.scene.georef import (  # noqa: F401 - some are only re-exported
@@ -115,6 +130,9 @@ READ_FAILED_TEMPLATE = (
     "corrupt; re-download or re-export it."
 )
 MAX_SIDE_TEMPLATE = "max_side must be a positive number of pixels; got {value!r}."
+#: Words of GDAL messages that say a header fetch of a remote file failed (not just a retry).
+FAILED_FETCH_WORDS = ("Failed to read", "Can not read", "Cannot read", "failed")
+
 COMPLEX_TEMPLATE = (
     "{path} holds complex values ({dtype}, e.g. SAR single-look complex), which are not "
     'supported. Convert it to amplitude first, e.g. gdal_calc.py -A {path} --calc "abs(A)" '
@@ -140,7 +158,8 @@ class Scene:
         """Open ``path`` lazily (headers only).
 
         Args:
-            path: Raster file.
+            path: Raster file, or the URL of a remote one (``https://``, ``http://``,
+                ``s3://``; see :mod:`zoomearth.scene.remote`).
             bands: Explicit 1-based band mapping (3 for RGB, 1 for grey); None = automatic.
             settings: Effective settings (defaults when None).
             prepare: Force (True) or forbid (False) reading through a cached tiled copy;
@@ -159,28 +178,75 @@ class Scene:
 
             settings = load_settings()
         self.settings = settings
-        self.path = Path(path).expanduser()
+        #: Whether the source is a URL (read through GDAL's network file systems).
+        self.is_remote: bool = remote.is_remote(path)
+        if self.is_remote:
+            #: The source as the user named it: the URL, or the absolute local path.
+            self.source: str = remote.normalize_url(str(path))
+            #: What GDAL opens: ``/vsicurl/URL``, ``/vsis3/BUCKET/KEY`` or the local path.
+            self.gdal_path: str = remote.gdal_path(self.source)
+            # A placeholder that never exists on disk (see the module docstring).
+            self.path = Path(self.gdal_path)
+        else:
+            self.path = Path(path).expanduser()
+            self.source = str(self.path.resolve())
+            self.gdal_path = str(self.path)
         self._prepare_pref = prepare
         self._progress = progress
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._stat_lock = threading.Lock()
         self._pixel_path: Path | None = None
         self._stretch: dict[tuple[int, ...], tuple[float, float]] = {}
         _configure_gdal(settings.gdal_cache_mb)
+        self._remote_stat: remote.RemoteStat | None = None
 
-        if not self.path.exists():
-            raise SceneNotFoundError(NOT_FOUND_TEMPLATE.format(path=self.path, cwd=Path.cwd()))
-        if self.path.is_dir():
-            raise SceneReadError(
-                UNREADABLE_TEMPLATE.format(path=self.path, reason="it is a directory")
-            )
-        stat = self.path.stat()
-        if stat.st_size == 0:
-            raise SceneReadError(EMPTY_TEMPLATE.format(path=self.path))
-        self.file_size = stat.st_size
-        self.mtime_ns = stat.st_mtime_ns
+        if self.is_remote:
+            # What GDAL cached about this URL in this process may be stale (a replaced file).
+            remote.clear_cache(self.source, self.settings)
+            ds = self._open_dataset(self.path)
+            # Every header access may fetch bytes (GDAL reads overview directories lazily): all
+            # of it runs with the remote options, and a fetch that failed on the way (GDAL then
+            # reports no overviews instead of raising) fails the open with its cause.
+            started = time.monotonic()
+            with (
+                remote.remote_env(self.settings, self.source),
+                capture_gdal_messages() as messages,
+            ):
+                # The size only (known from the open): ETag/Last-Modified cost a request and
+                # are fetched when asked for (identity, mtime_ns).
+                #: Bytes of the source file (0 for a remote file whose size was withheld).
+                self.file_size = remote.stat_remote(self.source, headers=False).size
+                self._read_header(ds)
+            if any(word in m for m in messages for word in FAILED_FETCH_WORDS):
+                failure = self._remote_failure(RuntimeError("header"), messages, started)
+                if failure is not None:
+                    self.close()
+                    raise failure
+        else:
+            if not self.path.exists():
+                raise SceneNotFoundError(
+                    NOT_FOUND_TEMPLATE.format(path=self.path, cwd=Path.cwd())
+                )
+            if self.path.is_dir():
+                raise SceneReadError(
+                    UNREADABLE_TEMPLATE.format(path=self.path, reason="it is a directory")
+                )
+            stat = self.path.stat()
+            if stat.st_size == 0:
+                raise SceneReadError(EMPTY_TEMPLATE.format(path=self.path))
+            self.file_size = stat.st_size
+            self._mtime_ns = stat.st_mtime_ns
+            self._read_header(self._open_dataset(self.path))
 
-        ds = self._open_dataset(self.path)
+        self.band_mapping_override = tuple(bands) if bands else None
+        self._mapping: BandMapping | None = None
+        if self.band_mapping_override is not None:
+            self._mapping = self._explicit_mapping(self.band_mapping_override)
+
+    def _read_header(self, ds: Any) -> None:
+        """Read the layout and georeference from the open dataset, and check them (no pixels)."""
+        settings = self.settings
         self._local.ds = ds
         self._local.ds_path = self.path
         self.driver: str = ds.driver
@@ -205,7 +271,7 @@ class Scene:
             self.close()
             raise SceneTooLargeError(
                 TOO_LARGE_TEMPLATE.format(
-                    path=self.path,
+                    path=self.name,
                     width=self.width,
                     height=self.height,
                     pixels=pixels,
@@ -215,15 +281,10 @@ class Scene:
             )
         if self.count == 0 or self.width == 0 or self.height == 0:
             self.close()
-            raise SceneReadError(UNREADABLE_TEMPLATE.format(path=self.path, reason="no pixels"))
+            raise SceneReadError(UNREADABLE_TEMPLATE.format(path=self.name, reason="no pixels"))
         if self.driver == "GTiff":
             self._check_tiff_complete(ds)
         self._check_values_and_georeference(ds)
-
-        self.band_mapping_override = tuple(bands) if bands else None
-        self._mapping: BandMapping | None = None
-        if self.band_mapping_override is not None:
-            self._mapping = self._explicit_mapping(self.band_mapping_override)
 
     # ------------------------------------------------------------------------------------------
     # opening
@@ -233,10 +294,84 @@ class Scene:
         """Open a raster lazily; see :meth:`__init__` for arguments."""
         return cls(path, **kwargs)
 
+    @property
+    def name(self) -> str:
+        """How messages name the source: the path as given, or the URL."""
+        return self.source if self.is_remote else str(self.path)
+
+    @property
+    def remote_stat(self) -> remote.RemoteStat | None:
+        """Size, ETag and Last-Modified of a remote source (one HEAD, on first use); else None."""
+        if not self.is_remote:
+            return None
+        if self._remote_stat is None:
+            # Its own lock: pixel_path() holds self._lock while preparing, which asks for this.
+            with self._stat_lock, remote.remote_env(self.settings, self.source):
+                if self._remote_stat is None:
+                    stat = remote.stat_remote(self.source)
+                    self._remote_stat = stat if stat.size else remote.RemoteStat(
+                        self.file_size, stat.etag, stat.last_modified, stat.mtime_ns
+                    )
+        return self._remote_stat
+
+    @property
+    def mtime_ns(self) -> int:
+        """Modification time in ns (a remote file's Last-Modified; 0 when it has none)."""
+        stat = self.remote_stat
+        return stat.mtime_ns if stat is not None else self._mtime_ns
+
+    @property
+    def identity(self) -> str:
+        """The source's current version: ``path|size|mtime_ns`` or ``URL|size|ETag|Last-Modified``.
+
+        Changes when the file is replaced; cache keys and tile fingerprints use it.
+        """
+        stat = self.remote_stat
+        if stat is not None:
+            return stat.identity(self.source)
+        return f"{self.source}|{self.file_size}|{self.mtime_ns}"
+
+    def gdal_env(self) -> contextlib.AbstractContextManager[Any]:
+        """The GDAL configuration reads of this scene's dataset need (a context manager).
+
+        For a remote scene, ``rasterio.Env`` with :func:`zoomearth.scene.remote.gdal_options`
+        (timeouts, retries, range cache, S3 endpoint); for a local one, nothing. Code that reads
+        through :meth:`_dataset` directly (warped reads of a time stack) wraps the reads in it.
+        """
+        if self.is_remote and self.pixel_path() == self.path:
+            return remote.remote_env(self.settings, self.source)
+        return contextlib.nullcontext()
+
+    def _remote_failure(self, exc: BaseException, messages: list[str], started: float) -> Any:
+        """The one-line error naming the HTTP cause of a failed remote open or read, or None."""
+        return remote.remote_failure(
+            self.source, exc, messages, settings=self.settings, elapsed=time.monotonic() - started
+        )
+
     def _open_dataset(self, path: Path) -> Any:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+        if self.is_remote and path == self.path:
+            started = time.monotonic()
+            with (
+                remote.remote_env(self.settings, self.source),
+                capture_gdal_messages() as messages,
+            ):
+                try:
+                    with warnings.catch_warnings(), quiet_gdal():
+                        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                        return rasterio.open(self.gdal_path)
+                except RasterioError as exc:
+                    failure = self._remote_failure(exc, messages, started)
+                    if failure is not None:
+                        raise failure from None
+                    reason = str(exc).split("\n")[0].removeprefix(f"{self.gdal_path}: ")
+                    if "not recognized as" in reason or "not recognised as" in reason:
+                        reason = "not a recognised image format"
+                    raise SceneReadError(
+                        UNREADABLE_TEMPLATE.format(path=self.source, reason=reason)
+                    ) from None
         try:
             with warnings.catch_warnings(), quiet_gdal():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -262,10 +397,11 @@ class Scene:
                     end = max(end, int(off) + int(size))
         except Exception:  # noqa: BLE001 - the check is advisory; reads still report corruption
             return
-        if end > self.file_size:
+        # A remote server may withhold the size (0): nothing to compare with then.
+        if self.file_size and end > self.file_size:
             self.close()
             raise SceneReadError(
-                TRUNCATED_TEMPLATE.format(path=self.path, end=end, size=self.file_size)
+                TRUNCATED_TEMPLATE.format(path=self.name, end=end, size=self.file_size)
             )
 
     def _check_values_and_georeference(self, ds: Any) -> None:
@@ -281,16 +417,16 @@ class Scene:
         if complex_dtypes:
             self.close()
             raise SceneReadError(
-                COMPLEX_TEMPLATE.format(path=self.path, dtype=", ".join(complex_dtypes))
+                COMPLEX_TEMPLATE.format(path=self.name, dtype=", ".join(complex_dtypes))
             )
         #: Notes about the raster found at open (a georeference that cannot be right), one line
         #: each; also in ``info()["warnings"]``.
         self.warnings: list[str] = georeference_warnings(
-            self.path, self.crs, self.transform, self.width, self.height
+            self.name, self.crs, self.transform, self.width, self.height
         )
         for text in self.warnings:
-            # stacklevel 4: the code that called Scene(...) or Scene.open(...).
-            warnings.warn(text, SceneWarning, stacklevel=4)
+            # stacklevel 5: the code that called Scene(...) or Scene.open(...).
+            warnings.warn(text, SceneWarning, stacklevel=5)
 
     def _dataset(self) -> Any:
         """The GDAL handle for pixel reads in this thread (opening the prepared copy if needed)."""
@@ -324,7 +460,7 @@ class Scene:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Scene({str(self.path)!r}, {self.width}x{self.height}x{self.count} {self.dtype})"
+        return f"Scene({self.name!r}, {self.width}x{self.height}x{self.count} {self.dtype})"
 
     # ------------------------------------------------------------------------------------------
     # layout and preparation
@@ -380,12 +516,30 @@ class Scene:
         from zoomearth.scene.cache import SceneCache
 
         cache = SceneCache.from_settings(self.settings)
-        found = cache.lookup(self.path)
+        key = remote.cache_key(self.identity) if self.is_remote else None
+        found = cache.lookup(self.path, key=key)
         if found is not None:
             return found
         if enforce_budget:
             self.check_prepare_budget()
-        return cache.get_or_build(self.path, progress=progress)
+        if not self.is_remote:
+            return cache.get_or_build(self.path, progress=progress)
+        # A remote raster without tiles/overviews: download it once (within the size cap,
+        # checked above), then prepare the download like a local strip TIFF.
+        text = remote.download_warning(self.source, self.file_size)
+        log.warning(text)
+        warnings.warn(text, SceneWarning, stacklevel=2)
+
+        def fetch(dest: Path) -> None:
+            remote.download(self.source, dest, self.settings)
+
+        return cache.get_or_build(
+            Path(remote.display_name(self.source)),
+            progress=progress,
+            key=key,
+            fetch=fetch,
+            label=self.source,
+        )
 
     def prepare_reason(self) -> str:
         """Why pixel reads need a prepared copy, in words (e.g. "it has no overviews")."""
@@ -405,21 +559,35 @@ class Scene:
         Header-only: cheap enough for an upload check. Does nothing when the scene needs no
         preparation or a prepared copy is already cached.
 
+        A remote raster that needs preparing is downloaded first: above the setting
+        ``remote_max_plain_bytes`` it is refused too (whatever its pixels).
+
         Raises:
             ScenePrepareBudgetError: With what to do (convert to a COG, or raise the budget).
+            RemoteNotCloudOptimizedError: A remote plain raster above ``remote_max_plain_bytes``.
         """
         from zoomearth.errors import ScenePrepareBudgetError
         from zoomearth.scene.cache import PREPARE_BUDGET_TEMPLATE, SceneCache
 
         pixels = self.width * self.height
         budget = self.settings.max_prepare_pixels
-        if pixels <= budget or not self.needs_preparation():
+        if not self.needs_preparation():
             return
-        if SceneCache.from_settings(self.settings).lookup(self.path) is not None:
+        key = remote.cache_key(self.identity) if self.is_remote else None
+        if SceneCache.from_settings(self.settings).lookup(self.path, key=key) is not None:
+            return
+        if self.is_remote:
+            # Preparing a remote plain raster means downloading all of it: capped in bytes.
+            limit = int(getattr(self.settings, "remote_max_plain_bytes", 256 * 1024**2))
+            if self.file_size > limit or not self.file_size:
+                raise remote.not_cloud_optimized(
+                    self.source, self.file_size, self.prepare_reason(), limit
+                )
+        if pixels <= budget:
             return
         raise ScenePrepareBudgetError(
             PREPARE_BUDGET_TEMPLATE.format(
-                path=self.path,
+                path=self.name,
                 width=self.width,
                 height=self.height,
                 pixels=pixels,
@@ -477,7 +645,8 @@ class Scene:
             mapping_info = {"error": str(exc)}
         bounds = full_to_map(self.full_box, self.transform, self.crs_string)
         return {
-            "path": str(self.path),
+            "path": self.name,
+            "remote": self.is_remote,
             "driver": self.driver,
             "file_size": self.file_size,
             "width": self.width,
@@ -580,8 +749,11 @@ class Scene:
                 raise BoxError(f"out_size must be positive; got {out_size}.")
             shape = (len(indexes), int(oh), int(ow))
         ds = self._dataset()
+        started = time.monotonic()
+        messages: list[str] = []
+        capture = capture_gdal_messages() if self.is_remote else contextlib.nullcontext(messages)
         try:
-            with quiet_gdal():
+            with self.gdal_env(), capture as messages, quiet_gdal():
                 data = ds.read(
                     indexes,
                     window=Window(col, row, w, h),
@@ -593,9 +765,16 @@ class Scene:
             from rasterio.errors import RasterioError
 
             if isinstance(exc, RasterioError | OSError):
+                failure = (
+                    self._remote_failure(exc, messages, started)
+                    if self.is_remote and ds.name == self.gdal_path
+                    else None
+                )
+                if failure is not None:
+                    raise failure from None
                 raise SceneReadError(
                     READ_FAILED_TEMPLATE.format(
-                        path=self.path,
+                        path=self.name,
                         window=[col, row, col + w, row + h],
                         reason=_gdal_reason(exc),
                     )

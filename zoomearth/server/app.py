@@ -101,6 +101,7 @@ from zoomearth.server.downloads import _ACTIVE_MEDIA as _ACTIVE_MEDIA
 from zoomearth.server.downloads import _SNIFFED_MEDIA as _SNIFFED_MEDIA
 from zoomearth.server.downloads import _download
 from zoomearth.server.errors import INTERNAL_TEMPLATE, ApiError, error_body
+from zoomearth.server.events import answer_text
 from zoomearth.server.ingest import FileStore, Ingestor
 from zoomearth.server.security import (
     check_bind_security,
@@ -266,6 +267,7 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
             # and remove their temporaries before the process exits.
             state.manager.shutdown()
             left = await run_in_threadpool(state.manager.join_workers, SHUTDOWN_JOIN_S)
+            workbench.close()
             if left:
                 log.warning("%d run(s) still running at shutdown; their checkpoints are kept",
                             left)
@@ -375,6 +377,12 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
             "tools": [{"name": s["name"], "description": s["description"],
                        "needs_approval": s["needs_approval"]} for s in specs],
         }
+
+    # The analyst's workbench: its page, layers, tiles and thread histories (issue 17).
+    from zoomearth.server.workbench.routes import register_workbench
+
+    workbench = register_workbench(app, state, require_auth=require_auth, bearer_ok=bearer_ok,
+                                   base_url=base_url)
 
     # -- endpoints -----------------------------------------------------------------------------
     @app.get("/healthz")
@@ -528,14 +536,19 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
         def execute() -> AskResult:
             if turn.action == "resume":
                 return agent.resume(turn.thread_id, approve=turn.approve)
-            image = str(turn.image.path) if turn.image is not None else None
-            return agent.ask(image, turn.question, thread=turn.thread_id)
+            image = turn.image.source if turn.image is not None else None
+            stack = [ref.source for ref in turn.stack] or None
+            return agent.ask(image, turn.question, thread=turn.thread_id, stack=stack,
+                             stack_labels=turn.stack_labels)
 
         async def events(disconnected: Any = None) -> AsyncIterator[tuple[str, Any]]:
             if ticket is None:
                 yield ("text", turn.reply)
                 return
             fmt = ProgressText()
+            run_events = workbench.run_events(turn.thread_id, base)
+            if stream and turn.action == "resume":
+                await run_in_threadpool(run_events.prime)  # the step of the resumed call
             async for kind, value in state.manager.run(ticket, execute, request_id=rid,
                                                        disconnected=disconnected):
                 if kind == "queued":
@@ -544,10 +557,14 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                     line = fmt(value)
                     if line:
                         yield ("progress", line)
+                    if stream and run_events.wants(value):  # structured, for the workbench
+                        for run_event in await run_in_threadpool(run_events, value):
+                            yield ("run_event", run_event)
                 elif kind == "result":
                     yield ("status", _status_fields(value))
                     text = await run_in_threadpool(_final_text, state, turn, value, base)
                     yield ("text", text)
+                    yield ("run_event", run_events.answer(value, answer_text(value)))
                 elif kind == "error":
                     if value.code not in _RESUMABLE_ERRORS:
                         # A failed run leaves no empty run folder behind.
@@ -570,6 +587,8 @@ def create_app(settings: Settings, agent_factory: AgentFactory | None = None) ->
                         if in_content:
                             value = "\n" + value
                         yield _chunk(cid, created, {"content": value})
+                    elif kind == "run_event":
+                        yield _chunk(cid, created, {}, extra={"zoomearth_event": value})
                     elif kind == "tick":
                         yield ": keep-alive\n\n"
                     elif kind == "error":

@@ -99,6 +99,10 @@ class Turn:
         reply: The text for ``reply``.
         explicit: Whether the request named its conversation (header or metadata); only such
             requests may answer an approval.
+        stack: A new thread's other dates: the further images of the user message whose first
+            image is ``image`` (a time stack on ``image``'s grid); empty for one image.
+        stack_labels: Names the dates are read from, ``image`` first (upload file names, file
+            names; ``""`` for data URLs), see :meth:`zoomearth.scene.stack.SceneStack.from_sources`.
     """
 
     conversation_id: str
@@ -110,6 +114,8 @@ class Turn:
     artifacts_before: int = 0
     reply: str = ""
     explicit: bool = True
+    stack: tuple[ImageRef, ...] = ()
+    stack_labels: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -181,11 +187,15 @@ def _decide_turn(state: ServerState, agent: Agent, ingestor: Ingestor, conv: Con
     """Ingest the latest image and decide what the turn does (see :func:`_prepare_turn`)."""
     settings = state.settings
     assert settings.runs_dir is not None
-    image = ingestor.ingest(conv.images[-1], settings.runs_dir / conv_id / "inputs") \
-        if conv.images else None
+    inputs = settings.runs_dir / conv_id / "inputs"
+    # Several images in the latest message with images: a time stack, its first image the
+    # reference grid; one image: that image.
+    group = conv.image_groups[-1] if conv.image_groups else conv.images[-1:]
+    image = ingestor.ingest(group[0], inputs) if group else None
+    stack = tuple(ingestor.ingest(url, inputs) for url in group[1:])
     thread = conv_id
     values = _thread_values(agent, thread)
-    if values and image is not None and str(image.path) != values["scene"]["path"]:
+    if values and image is not None and image.source != values["scene"]["path"]:
         # A new image later in the conversation: its own thread, derived from both.
         thread = f"{conv_id}.{image.identity[:12]}"
         values = _thread_values(agent, thread)
@@ -195,7 +205,11 @@ def _decide_turn(state: ServerState, agent: Agent, ingestor: Ingestor, conv: Con
             raise ApiError(400, NO_IMAGE_MESSAGE, param="messages", code="no_image")
         if not question:
             raise ApiError(400, NO_QUESTION_MESSAGE, param="messages", code="no_question")
-        return Turn(conv_id, thread, "ask", image=image, question=question, explicit=explicit)
+        labels = (
+            tuple(_image_name(state, ref) for ref in (image, *stack)) if stack else None
+        )
+        return Turn(conv_id, thread, "ask", image=image, question=question, explicit=explicit,
+                    stack=stack, stack_labels=labels)
     before = len(values.get("artifacts", []))
     snapshot = agent.graph.get_state({"configurable": {"thread_id": thread}})
     pending = [i.value for task in snapshot.tasks for i in task.interrupts]
@@ -220,6 +234,22 @@ def _decide_turn(state: ServerState, agent: Agent, ingestor: Ingestor, conv: Con
         # The same message again after a disconnect or timeout: continue the stopped run.
         return Turn(conv_id, thread, "resume", question=question, artifacts_before=before)
     return Turn(conv_id, thread, "ask", question=question, artifacts_before=before)
+
+
+def _image_name(state: ServerState, ref: ImageRef) -> str:
+    """The name a chat image's date is read from.
+
+    The uploaded file's name, a file's own name; nothing for a data URL (its stored name is a
+    digest, which could look like a date).
+    """
+    if ref.origin == "upload":
+        try:
+            return str(state.store.meta(ref.path.parent.name).get("filename") or "")
+        except ApiError:
+            return ""
+    if ref.origin == "file":
+        return ref.path.name
+    return ""
 
 
 def _thread_values(agent: Agent, thread: str) -> dict[str, Any] | None:

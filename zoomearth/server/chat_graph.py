@@ -104,16 +104,16 @@ def build_chat_graph(
             except ApiError as exc:
                 raise ValueError(exc.message) from None
             old = state.get("scene")
-            if old and old.get("path") != str(ref.path):
+            if old and old.get("path") != ref.source:
                 raise ValueError(OTHER_IMAGE_MESSAGE.format(old=old.get("path")))
             if not old:
-                update["scene"] = {"path": str(ref.path)}
+                update["scene"] = {"path": ref.source}
             # Replace the image block by a reference: later checkpoints hold no pixels.
             assert latest is not None
             blocks: list[str | dict[Any, Any]] = [b for b in latest.content if isinstance(b, dict)
                       and b.get("type") == "text"] if isinstance(latest.content, list) else \
                 [{"type": "text", "text": str(latest.content)}]
-            blocks.append({"type": "text", "text": IMAGE_REF_TEMPLATE.format(path=ref.path)})
+            blocks.append({"type": "text", "text": IMAGE_REF_TEMPLATE.format(path=ref.source)})
             update["messages"] = [HumanMessage(content=blocks, id=latest.id)]
         elif not state.get("scene"):
             raise ValueError(NO_IMAGE_MESSAGE)

@@ -10,9 +10,15 @@ send) may name its image as
 * this server's own file-content URL ``.../v1/files/<id>/content`` (an upload, see
   :class:`FileStore`): used in place;
 * a ``file://`` URL: allowed only inside the setting ``allowed_roots`` (no ``..``, no symlink
-  escape; the same check as tool path arguments), used in place.
+  escape; the same check as tool path arguments), used in place;
+* an ``https://``, ``http://`` or ``s3://`` URL: only under the setting ``allowed_url_prefixes``
+  (off when empty, the default), matched on scheme, host, port and whole path segments
+  (:func:`zoomearth.scene.remote.check_url_allowed`; ``user@host`` forms, ``..`` segments and
+  other schemes are refused); an http(s) URL is asked once before GDAL reads it, and a redirect
+  to another host is refused (:func:`zoomearth.scene.remote.preflight`). The scene is then read
+  in place (a COG a few tiles at a time), never stored here.
 
-Remote ``http(s)`` URLs are not fetched. GeoTIFFs are stored byte for byte, so they keep their
+Other remote URLs are not fetched. GeoTIFFs are stored byte for byte, so they keep their
 georeference. Nothing here puts pixels or base64 text into graph state.
 """
 
@@ -66,7 +72,8 @@ UNKNOWN_FORMAT_TEMPLATE = (
 CORRUPT_TEMPLATE = "Image {what} could not be read as a raster: {reason}"
 REMOTE_URL_TEMPLATE = (
     "Image URL {url!r} is not fetched: this server reads only data: URLs, its own file URLs "
-    "(upload with POST /v1/files) and file:// paths under allowed_roots."
+    "(upload with POST /v1/files) and file:// paths under allowed_roots (and https:// or s3:// "
+    "URLs under the setting allowed_url_prefixes, which is empty)."
 )
 UNKNOWN_FILE_TEMPLATE = (
     "File {file_id!r} does not exist on this server; upload it with POST /v1/files."
@@ -107,15 +114,24 @@ class ImageRef:
     """An ingested image: a file on disk and a stable identity.
 
     Attributes:
-        path: Absolute path of the raster the scene opens.
-        identity: sha256 hex of the bytes (data URLs, uploads) or of path, size and mtime
-            (``file://`` paths, which may be too big to hash on every request).
-        origin: ``data``, ``upload`` or ``file``.
+        path: Absolute path of the raster the scene opens. For a remote image (origin ``url``)
+            a placeholder that never exists on disk (GDAL's virtual path; a Path cannot hold
+            a URL): use :attr:`source`.
+        identity: sha256 hex of the bytes (data URLs, uploads), of path, size and mtime
+            (``file://`` paths, which may be too big to hash on every request), or of the URL.
+        origin: ``data``, ``upload``, ``file`` or ``url``.
+        url: The URL of a remote image (origin ``url``), else None.
     """
 
     path: Path
     identity: str
     origin: str
+    url: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What to open (and record in graph state): the URL, or the path as a string."""
+        return self.url if self.url is not None else str(self.path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,12 +145,16 @@ class Conversation:
         first_user_text: Text of the first user message (conversation id derivation).
         last_user_text: Text of the latest user message (the question, or approve/deny).
         images: Image URLs of user messages in order (``data:``, own file URL, ``file://``).
+        image_groups: The same URLs grouped by user message (messages without images left
+            out): several images in one message are the dates of a time stack, the first one
+            the reference grid.
         last_is_user: Whether the list ends with a user message.
     """
 
     first_user_text: str = ""
     last_user_text: str = ""
     images: list[str] = field(default_factory=list)
+    image_groups: list[list[str]] = field(default_factory=list)
     last_is_user: bool = False
 
 
@@ -176,6 +196,7 @@ def parse_conversation(messages: Iterable[Any]) -> Conversation:
         if not is_user:
             continue
         texts: list[str] = []
+        group: list[str] = []
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
@@ -192,9 +213,12 @@ def parse_conversation(messages: Iterable[Any]) -> Conversation:
                                                                  kind=part.get("type")),
                                    param="messages")
                 conv.images.append(url)
+                group.append(url)
         elif content is not None:
             raise ApiError(400, f"Message {index}: content must be a string or a list of parts.",
                            param="messages")
+        if group:
+            conv.image_groups.append(group)
         text = "\n".join(t for t in texts if t).strip()
         if not user_seen:
             conv.first_user_text = text
@@ -314,8 +338,10 @@ class Ingestor:
             raise ApiError(413, TOO_LARGE_TEMPLATE.format(size=size, limit=limit),
                            code="upload_too_large", type="invalid_request_error")
 
-    def validate(self, path: Path, what: str, *, pixel_limit: bool = True) -> dict[str, Any]:
-        """Open ``path`` as a scene (header only) and check it.
+    def validate(
+        self, path: Path | str, what: str, *, pixel_limit: bool = True
+    ) -> dict[str, Any]:
+        """Open ``path`` (a file, or a checked remote URL) as a scene (header only) and check it.
 
         Returns:
             ``{"width", "height", "georeferenced"}``.
@@ -325,9 +351,17 @@ class Ingestor:
         """
         from zoomearth.errors import SceneError, ScenePrepareBudgetError, SceneTooLargeError
         from zoomearth.scene import Scene
+        from zoomearth.scene.remote import (
+            RemoteNotCloudOptimizedError,
+            RemoteNotFoundError,
+            RemoteReadError,
+        )
 
         try:
             scene = Scene.open(path, settings=self.settings)
+        except (RemoteNotFoundError, RemoteReadError) as exc:
+            raise ApiError(_remote_status(exc), str(exc), code=exc.code,
+                           param="messages") from None
         except ScenePrepareBudgetError as exc:
             raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
                            code="prepare_budget_exceeded") from None
@@ -348,8 +382,11 @@ class Ingestor:
             try:
                 # Header only: a raster that would need a prepared copy above the work budget
                 # (max_prepare_pixels) is refused before any run starts (a small sparse TIFF
-                # can declare 1.6e9 pixels: minutes of CPU to prepare).
+                # can declare 1.6e9 pixels: minutes of CPU to prepare). A remote file without
+                # tiles and overviews above remote_max_plain_bytes is refused here too.
                 scene.check_prepare_budget()
+            except RemoteNotCloudOptimizedError as exc:
+                raise ApiError(413, str(exc), code=exc.code) from None
             except ScenePrepareBudgetError as exc:
                 raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
                                code="prepare_budget_exceeded") from None
@@ -357,11 +394,14 @@ class Ingestor:
                 # Small images: decode a thumbnail now, so a corrupt body fails here, clearly.
                 try:
                     scene.read(scene.full_box, out_size=(min(width, 32), min(height, 32)))
-                    if path.suffix.lower() in _PIL_CHECKED:
+                    if isinstance(path, Path) and path.suffix.lower() in _PIL_CHECKED:
                         _pil_decode(path)  # GDAL reads a cut-off PNG/JPEG without an error
                 except ScenePrepareBudgetError as exc:
                     raise ApiError(413, _hide_path(str(exc), path, f"Image {what}"),
                                    code="prepare_budget_exceeded") from None
+                except (RemoteNotFoundError, RemoteReadError) as exc:
+                    raise ApiError(_remote_status(exc), str(exc), code=exc.code,
+                                   param="messages") from None
                 except (SceneError, OSError, ValueError) as exc:
                     raise ApiError(400, CORRUPT_TEMPLATE.format(what=what,
                                                                 reason=_short(exc, path)),
@@ -397,6 +437,46 @@ class Ingestor:
         match = _OWN_FILE_PATH_RE.search(parsed.path)
         return match.group(1) if match else None
 
+    def _remote_url(self, url: str) -> str | None:
+        """The checked URL when ``url`` is a remote one (http(s)/s3, not this server's file).
+
+        Raises:
+            ApiError: 400 with the usual message when ``allowed_url_prefixes`` is empty; 403
+                for a URL outside it (or malformed, or of another form that hides its host).
+        """
+        from zoomearth.scene import remote
+
+        if self._own_file_id(url) is not None or not remote.is_remote(url):
+            return None
+        prefixes = list(getattr(self.settings, "allowed_url_prefixes", None) or [])
+        if not prefixes:
+            raise ApiError(400, REMOTE_URL_TEMPLATE.format(url=url[:200]),
+                           code="unsupported_url", param="messages")
+        try:
+            return remote.check_url_allowed(url, prefixes)
+        except remote.RemoteURLNotAllowedError as exc:
+            raise ApiError(403, str(exc), code=exc.code, type="permission_error",
+                           param="messages") from None
+
+    def _remote_ref(self, url: str) -> ImageRef:
+        """Check a remote image (redirects, existence, header) and reference it in place."""
+        from zoomearth.scene import remote
+        from zoomearth.scene.remote import RemoteRedirectError, RemoteURLNotAllowedError
+
+        prefixes = list(getattr(self.settings, "allowed_url_prefixes", None) or [])
+        try:
+            final = remote.preflight(url, self.settings, prefixes)
+        except (RemoteRedirectError, RemoteURLNotAllowedError) as exc:
+            raise ApiError(403, str(exc), code=exc.code, type="permission_error",
+                           param="messages") from None
+        except OSError as exc:  # the remote errors are SceneNotFoundError/SceneReadError
+            raise ApiError(_remote_status(exc), str(exc),
+                           code=getattr(exc, "code", "remote_read_failed"),
+                           param="messages") from None
+        self.validate(final, final, pixel_limit=False)
+        return ImageRef(path=Path(remote.gdal_path(final)), identity=self.identity(final),
+                        origin="url", url=final)
+
     def identity(self, url: str) -> str:
         """A stable identity of an image URL without storing it (conversation ids)."""
         if url.startswith("data:"):
@@ -408,6 +488,9 @@ class Ingestor:
         file_id = self._own_file_id(url)
         if file_id is not None:
             return str(self.store.meta(file_id)["sha256"])
+        checked = self._remote_url(url)
+        if checked is not None:
+            return hashlib.sha256(f"url|{checked}".encode()).hexdigest()
         raise ApiError(400, REMOTE_URL_TEMPLATE.format(url=url[:200]), code="unsupported_url",
                        param="messages")
 
@@ -433,8 +516,11 @@ class Ingestor:
         """The file behind an image URL, stored into ``dest_dir`` when it came as data.
 
         Raises:
-            ApiError: 400 (bad URL, corrupt image, remote URL), 403 (path outside allowed roots),
-                404 (unknown upload), 413 (too large).
+            ApiError: 400 (bad URL, corrupt image, remote URL with allowed_url_prefixes empty, a
+                remote image that does not exist), 403 (path outside allowed roots, URL outside
+                allowed_url_prefixes, a redirect to another host), 404 (unknown upload), 413
+                (too large, or a remote file without tiles/overviews above
+                remote_max_plain_bytes), 502/504 (the remote store failed or timed out).
         """
         if url.startswith("data:"):
             data, digest = self._decode(url)
@@ -462,6 +548,9 @@ class Ingestor:
             meta = self.store.meta(file_id)
             return ImageRef(path=self.store.path_of(file_id).resolve(), identity=meta["sha256"],
                             origin="upload")
+        checked = self._remote_url(url)
+        if checked is not None:
+            return self._remote_ref(checked)
         raise ApiError(400, REMOTE_URL_TEMPLATE.format(url=url[:200]), code="unsupported_url",
                        param="messages")
 
@@ -524,16 +613,34 @@ def _pil_decode(path: Path) -> None:
         im.load()
 
 
-def _hide_path(text: str, path: Path, name: str) -> str:
-    """``text`` with the server-side file ``path`` (as given or resolved) replaced by ``name``."""
+def _remote_status(exc: BaseException) -> int:
+    """The HTTP status for a remote image's failure: 400 missing, 403 refused, 502/504 upstream."""
+    from zoomearth.scene.remote import RemoteAccessError, RemoteNotFoundError, RemoteTimeoutError
+
+    if isinstance(exc, RemoteNotFoundError):
+        return 400
+    if isinstance(exc, RemoteAccessError):
+        return 403
+    if isinstance(exc, RemoteTimeoutError):
+        return 504
+    return 502
+
+
+def _hide_path(text: str, path: Path | str, name: str) -> str:
+    """``text`` with the server-side file ``path`` (as given or resolved) replaced by ``name``.
+
+    A remote URL (a str) is the client's own: nothing to hide.
+    """
+    if not isinstance(path, Path):
+        return text
     for form in sorted({str(path.resolve()), str(path)}, key=len, reverse=True):
         text = text.replace(form, name)
     return text
 
 
-def _short(exc: BaseException, path: Path | None = None) -> str:
+def _short(exc: BaseException, path: Path | str | None = None) -> str:
     """One line of an exception's text, with the server-side file path hidden."""
     text = " ".join(str(exc).split())
-    if path is not None:
+    if isinstance(path, Path):
         text = text.replace(str(path), "the image").replace(str(path.resolve()), "the image")
     return text[:300] or type(exc).__name__

@@ -21,6 +21,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from zoomearth.errors import SceneTooLargeError
+from zoomearth.scene.gdal import cache_max
 from zoomearth.scene.writing import (
     TiledRasterWriter,
     atomic_path,
@@ -186,7 +187,7 @@ def generate_scene(
     img_w: TiledRasterWriter | None = None
     mask_w: TiledRasterWriter | None = None
     try:
-        with rasterio.Env(GDAL_CACHEMAX=int(cache_mb), GDAL_NUM_THREADS="ALL_CPUS"):
+        with rasterio.Env(GDAL_CACHEMAX=cache_max(cache_mb), GDAL_NUM_THREADS="ALL_CPUS"):
             img_w = TiledRasterWriter(
                 out,
                 width=width,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from zoomearth.errors import ZoomEarthError
 from zoomearth.geometry import PixelBox, ViewSpec
+from zoomearth.scene.remote import source_key
 
 if TYPE_CHECKING:
     from zoomearth.agent.base import CoordMode, PlanRequest
@@ -195,7 +196,7 @@ def scene_facts(scene: Any) -> dict[str, Any]:
         "height": int(scene.height),
         "crs": scene.crs_string,
         "transform": list(scene.transform)[:6] if scene.georeferenced else None,
-        "path": str(Path(scene.path).expanduser().resolve()),
+        "path": source_key(scene.source),
     }
 
 
