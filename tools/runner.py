@@ -561,7 +561,21 @@ def _call_fingerprint(
         # A remote scene has no local file among the stamped inputs: its URL, size, ETag and
         # Last-Modified name the version the tiles were computed from.
         fingerprint["remote"] = scene.identity
+    if ctx.stack is not None:
+        # Tools that read the stack's other dates (change_detection, cloud_removal) depend on
+        # them too: another set of dates, or a date's file rewritten, computes new tiles.
+        fingerprint["stack"] = [[d.label, d.source, *_file_version(d.source)]
+                                for d in ctx.stack.dates]
     return fingerprint
+
+
+def _file_version(source: str) -> list[int]:
+    """``[size, mtime_ns]`` of a local file; ``[]`` for a URL (named by its source alone)."""
+    try:
+        st = os.stat(source)
+    except (OSError, ValueError):
+        return []
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _discard_tiles(ctx: ToolContext, created: bool = False) -> None:

@@ -423,3 +423,26 @@ def test_ask_what_changed_on_the_naip_folder(shared_data: Path, tmp_path: Path) 
     features = json.loads(Path(geojson[0]["path"]).read_text(encoding="utf-8"))["features"]
     assert features and all(f["properties"]["area_m2"] > 0 for f in features)
     assert "m² (" in record["answer"] and "changed" in record["answer"]
+
+
+def test_finished_tiles_depend_on_the_stack_dates(planted, tmp_path: Path) -> None:
+    """The tile cache's key names every date of the stack: another date set (or a date's file
+    rewritten) must not reuse tiles computed from the old dates."""
+    from zoomearth.tools.runner import _call_fingerprint
+
+    before_path, after_path, _, settings = planted
+    args = ChangeDetection.Args()
+
+    def fingerprint(others: list[Path]) -> dict:
+        stack = SceneStack.from_sources(before_path, others, settings=settings)
+        ctx = ToolContext(scene=stack.reference, run_dir=tmp_path / "run", settings=settings,
+                          stack=stack, region=stack.reference.full_box)
+        return _call_fingerprint(ChangeDetection(), ctx, args, [])
+
+    first = fingerprint([after_path])
+    assert [d[0] for d in first["stack"]] == ["2015-06-01", "2021-06-01"]
+    assert first == fingerprint([after_path])  # same dates, same files: tiles reused
+    third = write_array(before_path.parent / "site_2023-06-01.tif", planted_pair(5)[1], nodata=0)
+    assert fingerprint([after_path, third]) != first  # another date set
+    os.utime(after_path, ns=(0, 10**9))  # the later date's file rewritten
+    assert fingerprint([after_path]) != first
