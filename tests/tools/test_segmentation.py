@@ -18,6 +18,7 @@ from zoomearth.geometry import PixelBox
 from zoomearth.models import ModelPool
 from zoomearth.scene import Scene
 from zoomearth.testing import check_tool
+from zoomearth.testing_models import TINY_SAM
 from zoomearth.tools import ToolContext, ToolFailure, ToolInputError, run_tool
 from zoomearth.tools.segmentation import (
     SAM_PRESETS,
@@ -247,19 +248,8 @@ def test_contract_kit():
 # --------------------------------------------------------------------------------------------
 # SAM through the production loader (tiny random model built offline)
 # --------------------------------------------------------------------------------------------
-TINY = {
-    "model_type": "vit_b",
-    "image_size": 256,
-    "encoder_embed_dim": 64,
-    "encoder_depth": 2,
-    "encoder_num_heads": 2,
-    "encoder_global_attn_indexes": [1],
-    "window_size": 4,
-    "prompt_embed_dim": 64,
-    "decoder_mlp_dim": 64,
-    "decoder_num_heads": 2,
-    "iou_head_hidden_dim": 32,
-}
+# The tiny architecture the testing builder uses, as its .json file names it.
+TINY = {"model_type": "vit_b", **TINY_SAM}
 
 
 def build_tiny_sam_offline():
