@@ -31,16 +31,18 @@ BM3D's results (JSON, keyed by tile, crop and sigma) between runs.
 **Cloud removal, single-image mode.** Over the clean tiles of the three years not used for
 tuning the mask (``--tune-year``, 2009 by default), the three cloud models of
 :mod:`zoomearth.synth.clouds` (soft blobs, thin haze, fractal cumulus; 2 seeds each) are blended
-in and ``cloud_removal`` (``method: single``, the tool through ``run_tool``, defaults) runs on the
+in and ``cloud_removal`` (``method: single``, the tool through ``run_tool``, defaults;
+``--thin-haze``: with ``thin_haze`` on, the HOT test for haze away from clouds) runs on the
 written GeoTIFF: PSNR of the input and of the result against the clean tile, the gain, and the
-IoU of the tool's mask (cloud or haze) with the true mask. The tuning year's figures are printed
-apart.
+IoU of the tool's mask (cloud or haze) with the true mask. The clean tiles themselves run too
+("clear"): the share the mask finds there is its false-positive rate, and the result's PSNR
+against the tile the damage done to a clear image. The tuning year's figures are printed apart.
 
 Usage::
 
     python benchmarks/tool_quality.py [--quick | --full] [--crop 512] [--sigmas 5,10,15,25]
         [--runs 3] [--years 20090818,...] [--skip-bm3d] [--bm3d-cache FILE] [--json OUT]
-        [--no-clouds] [--data ../shared/data]
+        [--no-clouds] [--thin-haze] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -332,9 +334,15 @@ def cloud_bench(opts: argparse.Namespace) -> dict[str, Any]:
                 profile = ds.profile
                 colorinterp = ds.colorinterp
             clean = read_tile(opts.data, year, opts.cloud_crop)
-            for model, fn in CLOUD_MODELS.items():
-                for seed in opts.cloud_seeds:
-                    cloudy, truth = fn(clean, seed=seed)
+            # "clear": the clean tile itself -- what the mask finds there is false positives,
+            # and the result's PSNR against the tile is the damage done to a clear image.
+            models = [("clear", None), *CLOUD_MODELS.items()]
+            for model, fn in models:
+                for seed in opts.cloud_seeds if fn is not None else (0,):
+                    if fn is None:
+                        cloudy, truth = clean, np.zeros(clean.shape[1:], dtype=bool)
+                    else:
+                        cloudy, truth = fn(clean, seed=seed)
                     path = root / f"{year}_{model}_{seed}.tif"
                     prof = dict(profile)
                     prof.update(
@@ -348,7 +356,8 @@ def cloud_bench(opts: argparse.Namespace) -> dict[str, Any]:
                         ctx = ToolContext(
                             scene=scene, run_dir=root / f"run_{path.stem}", settings=settings
                         )
-                        out = run_tool(CloudRemoval(), ctx, {"method": "single", "preview": False})
+                        call = {"method": "single", "preview": False, "thin_haze": opts.thin_haze}
+                        out = run_tool(CloudRemoval(), ctx, call)
                     secs = time.perf_counter() - t0
                     arts = {Path(a.path).name: Path(a.path) for a in out.artifacts}
                     res_path = next(p for n, p in arts.items() if n.endswith("cloudfree.tif"))
@@ -374,6 +383,14 @@ def cloud_bench(opts: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
                     r = rows[-1]
+                    if fn is None:
+                        print(
+                            f"  {year} clear (no cloud): found {r['found_fraction']:.1%} "
+                            f"(false positives), result PSNR {r['psnr_out']:.2f} dB against "
+                            f"the clear tile, {secs:.2f} s",
+                            flush=True,
+                        )
+                        continue
                     print(
                         f"  {year} {model:8s} seed {seed}: PSNR {r['psnr_in']:.2f} -> "
                         f"{r['psnr_out']:.2f} dB ({r['psnr_out'] - r['psnr_in']:+.2f}), IoU "
@@ -391,7 +408,22 @@ def print_clouds(result: dict[str, Any]) -> dict[str, Any]:
     print("\ncloud_removal (single image): PSNR gain dB and mask IoU (cloud or haze vs truth)")
     for held, label in ((True, "held-out years"), (False, "tuning year")):
         print(f"  {label}:")
-        for model in sorted({r["model"] for r in rows}):
+        clear = [r for r in rows if r["model"] == "clear" and r["tuning"] != held]
+        if clear:
+            found = [r["found_fraction"] for r in clear]
+            out = [r["psnr_out"] for r in clear]
+            summary[f"{'heldout' if held else 'tuning'}:clear"] = {
+                "found_mean": statistics.mean(found),
+                "found_max": max(found),
+                "psnr_min": min(out),
+                "n": len(clear),
+            }
+            print(
+                f"    clear    false positives mean {statistics.mean(found):.1%}, max "
+                f"{max(found):.1%}; result vs clear tile PSNR min {min(out):.2f} dB "
+                f"({len(clear)} images)"
+            )
+        for model in sorted({r["model"] for r in rows} - {"clear"}):
             sel = [r for r in rows if r["model"] == model and r["tuning"] != held]
             if not sel:
                 continue
@@ -429,6 +461,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bm3d-cache", default=None, help="JSON file keeping BM3D's results")
     parser.add_argument("--no-clouds", action="store_true", help="skip the cloud_removal part")
     parser.add_argument("--no-denoise", action="store_true", help="skip the denoising part")
+    parser.add_argument(
+        "--thin-haze", action="store_true", help="cloud_removal with thin_haze (the HOT test) on"
+    )
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     opts = parser.parse_args(argv)
@@ -466,7 +501,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["denoise"] = res["records"]
         out["denoise_summary"] = print_denoise(res, opts)
     if not opts.no_clouds:
-        print("\ncloud_removal single image (as each image finishes):")
+        print(
+            "\ncloud_removal single image"
+            + (" with thin_haze (HOT)" if opts.thin_haze else "")
+            + " (as each image finishes):"
+        )
         res = cloud_bench(opts)
         out["clouds"] = res["rows"]
         out["clouds_summary"] = print_clouds(res)

@@ -9,6 +9,7 @@ the preview.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import threading
 import warnings
@@ -43,6 +44,10 @@ MODEL_LOAD_TEMPLATE = (
     "the diffusion inpainting model {model!r} (setting inpaint_model) could not be loaded or "
     "run: {reason}. Fix the setting (a directory written by save_pretrained, or a hub id in "
     "the local cache), or unset it to use classical inpainting."
+)
+NO_HAZE_LINE_NOTE = (
+    "thin_haze: the scene has too little clear ground (or no blue-red trend) to fit the haze "
+    "optimized transform's clear line; only haze next to clouds was looked for."
 )
 FALLBACK_NOTE_TEMPLATE = (
     "Diffusion inpainting ran out of memory ({reason}); thick cloud was filled with classical "
@@ -114,13 +119,26 @@ class _Job:
         return raw[self.layout.work].astype(np.float32) / self.white
 
     def _mask_of(
-        self, x: np.ndarray, valid: np.ndarray, quality: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        valid: np.ndarray,
+        quality: np.ndarray | None = None,
+        *,
+        other_date: bool = False,
     ) -> np.ndarray:
+        """Cloud mask of a scaled read.
+
+        ``other_date``: the read is another date's; the HOT test is left out, because the clear
+        line was fitted on this image's radiometry.
+        """
         lay = self.layout
+        t = self.thresholds
+        if other_date and t.hot is not None:
+            t = dataclasses.replace(t, hot=None)
         return cloud_mask(
             x[list(lay.rgb_w)],
             valid,
-            self.thresholds,
+            t,
             nir=None if lay.nir_w is None else x[lay.nir_w],
             quality=quality,
         )
@@ -142,6 +160,8 @@ class _Job:
         elif (ow, oh) == (int(region.width), int(region.height)):
             self.certainly_empty = True
             return
+        if self.args.thin_haze:
+            self._fit_haze_line(region, (x, valid, raw))
         if not self.others or not self.args.normalize:
             return
         clear = valid & (self._mask_of(x, valid, self._quality(raw, region, (oh, ow))) == 0)
@@ -150,7 +170,8 @@ class _Job:
             ovalid = _valid(od, self.layout.work)
             oraw = np.ma.getdata(od)
             ox = self._scaled(oraw)
-            both = clear & ovalid & (self._mask_of(ox, ovalid, self._band_flags(oraw)) == 0)
+            both = clear & ovalid
+            both &= self._mask_of(ox, ovalid, self._band_flags(oraw), other_date=True) == 0
             if int(both.sum()) < MIN_MATCH_PIXELS:
                 continue
             gain = np.ones(len(self.layout.work), np.float32)
@@ -162,6 +183,39 @@ class _Job:
                 gain[i] = min(max(g, 0.5), 2.0)
                 offset[i] = float(t.mean()) - gain[i] * float(o.mean())
             other.gain, other.offset = gain, offset
+
+    def _fit_haze_line(
+        self, region: PixelBox, region_overview: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> None:
+        """Fit the HOT clear line on the whole scene's overview (the region's when it is all).
+
+        The scene's, not the region's: a small region can be hazy all over, and the mask of a
+        place should not depend on the box asked about.
+        """
+        import numpy as np
+
+        from zoomearth.geometry import PixelBox
+        from zoomearth.tools._cloudmask import fit_haze_line
+        from zoomearth.tools._haze import fill_invalid
+
+        scene = self.ctx.scene
+        full = PixelBox(0, 0, scene.width, scene.height)
+        if (int(region.width), int(region.height)) == (scene.width, scene.height):
+            x, valid, raw = region_overview
+        else:
+            ow, oh = scene.output_size(full, OVERVIEW_SIDE)
+            data = self.ctx.read(full, out_size=(ow, oh))
+            raw = np.ma.getdata(data)
+            valid = _valid(data, self.layout.work)
+            x = fill_invalid(self._scaled(raw), valid)
+        h, w = valid.shape
+        clear = valid & (self._mask_of(x, valid, self._band_flags(raw)) == 0)
+        red, blue = (x[self.layout.rgb_w[i]] for i in (0, 2))
+        line = fit_haze_line(red, blue, clear, scale=max(scene.width / w, scene.height / h))
+        if line is None:
+            self.ctx.note(NO_HAZE_LINE_NOTE)
+        else:
+            self.thresholds = dataclasses.replace(self.thresholds, hot=line)
 
     def _flagged(self, band: np.ndarray) -> np.ndarray:
         import numpy as np
@@ -261,7 +315,7 @@ class _Job:
             ovalid = _valid(od, lay.work)
             oraw = np.ma.getdata(od)
             ox = self._scaled(oraw)
-            ok = ovalid & (self._mask_of(ox, ovalid, self._band_flags(oraw)) == 0)
+            ok = ovalid & (self._mask_of(ox, ovalid, self._band_flags(oraw), other_date=True) == 0)
             if other.gain is not None and other.offset is not None:
                 ox = ox * other.gain[:, None, None] + other.offset[:, None, None]
             ox[:, ~ok] = np.nan
@@ -413,6 +467,9 @@ class _Job:
         """What every tile depends on besides the arguments, region and input files."""
         return {
             "white": float(self.white),
+            "haze_line": None
+            if self.thresholds.hot is None
+            else dataclasses.asdict(self.thresholds.hot),
             "light": None if self.light is None else [float(v) for v in self.light],
             "others": [_source_stamp(o.path) for o in self.others],
             "match": [
@@ -451,6 +508,8 @@ class _Job:
         if valid == 0:
             return head + ": the region holds only nodata pixels; nothing to do."
         mask_how = "brightness/whiteness/saturation thresholds + morphology"
+        if self.thresholds.hot is not None:
+            mask_how += " + haze optimized transform"
         if self.layout.quality is not None or self.qmask is not None:
             mask_how += " + quality flags"
         parts = [

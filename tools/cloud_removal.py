@@ -11,7 +11,9 @@ scenes stream in tiles of the setting ``tool_tile_side`` with 64 px of overlap, 
    saturation (and NIR for 4-band images) thresholds plus morphology. Quality information plugs
    in here: ``quality_band`` (a band of the image, e.g. a QA band; the other dates' same band
    masks them too) or ``quality_mask`` (a co-registered mask file, e.g. a Sentinel-2 cloud
-   mask); pixels they flag (non-zero, or one of ``quality_values``) are cloud.
+   mask); pixels they flag (non-zero, or one of ``quality_values``) are cloud. ``thin_haze``
+   adds the haze optimized transform (HOT): haze anywhere, not only next to clouds, from the
+   scene's blue-red clear line, fitted once per call on the scene's overview.
 2. **Multi-temporal composite** (``others``: paths of other acquisitions of the same place; CRS,
    grids and pixel sizes may differ; without ``others``, the other dates of the scene's **time
    stack** (``--stack``, a folder of dates), closest date first). Each is read on the image's own
@@ -36,8 +38,9 @@ the mask outlined | after, long side 512 px per panel). Memory is bounded by one
 tile per other date) whatever the region size.
 
 Tiles are independent: each tile depends only on its pixels and on what :meth:`_Job.prepare`
-fixed for the call (atmospheric light, radiometric matching), which is part of the tile key, so a
-stopped call resumes from its finished tiles (:meth:`~zoomearth.tools.base.ToolContext.map_tiles`).
+fixed for the call (atmospheric light, radiometric matching, the HOT clear line), which is part
+of the tile key, so a stopped call resumes from its finished tiles
+(:meth:`~zoomearth.tools.base.ToolContext.map_tiles`).
 A region without a valid pixel (all nodata, NaN or +-Inf) is refused (``no_valid_pixels``).
 
 Reflectance scale: pixel values are divided by a white level before the thresholds apply --
@@ -178,6 +181,14 @@ class CloudRemoval(Tool):
             ge=0,
             le=32,
             description="Look for haze within this distance (px) of thick cloud; null: anywhere",
+        )
+        thin_haze: bool = Field(
+            False,
+            description=(
+                "Also find thin haze away from clouds: pixels lifted above the scene's "
+                "blue-red clear line (haze optimized transform). For hazy scenes; pale, "
+                "bluish fields can be taken for haze"
+            ),
         )
         dehaze: Literal["mask", "all", "off"] = Field(
             "mask",

@@ -43,6 +43,12 @@ _MODE_PREFERENCES: Final[dict[str, tuple[str, ...]]] = {
     "denoise": ("auto", "automatic"),
 }
 
+#: Boolean arguments switched on when the matched phrase holds one of the words: "remove the
+#: haze" asks cloud_removal to look for thin haze away from clouds too.
+_FLAG_WORDS: Final[dict[tuple[str, str], tuple[str, ...]]] = {
+    ("cloud_removal", "thin_haze"): ("haze", "hazy", "dehaz", "smog", "fog"),
+}
+
 
 class _CannotFill(Exception):
     """Internal: a required argument cannot be inferred (carries its name)."""
@@ -136,6 +142,10 @@ def _fill_arguments(
             and "string" in (_types(schema) | _types(_resolve(schema.get("items", {}), parameters)))
         ):
             value = _text_value(intent.target, schema)
+        elif (kind, key) in _FLAG_WORDS and "boolean" in _types(schema):
+            phrase = intent.phrase.lower()
+            if any(word in phrase for word in _FLAG_WORDS[(kind, key)]):
+                value = True
         elif (
             key in _MODE_ARGS
             and isinstance(schema.get("enum"), list)
@@ -206,11 +216,7 @@ def _box_keys(parameters: Mapping[str, Any]) -> list[str]:
     properties = parameters.get("properties", {})
     if not isinstance(properties, Mapping):
         return []
-    return [
-        str(k)
-        for k in properties
-        if k not in _REGION_ARGS and is_box_argument(str(k).lower())
-    ]
+    return [str(k) for k in properties if k not in _REGION_ARGS and is_box_argument(str(k).lower())]
 
 
 def is_box_argument(key: str) -> bool:

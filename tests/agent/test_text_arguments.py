@@ -117,3 +117,21 @@ def test_whole_scene_through_the_tool_box_arguments_otherwise() -> None:
     kept = {"box": [1, 2, 3, 4]}
     _set_whole_scene(kept, {"properties": {"box": {"type": "array"}}}, None, 0, WHOLE)
     assert kept == {"box": [1, 2, 3, 4]}
+
+
+def test_haze_in_the_phrase_switches_on_thin_haze() -> None:
+    """"Remove the haze" asks cloud_removal to look for haze away from clouds; clouds do not."""
+    from zoomearth.tools import get_registry
+    from zoomearth.tools.schema import prompt_schema
+
+    params = prompt_schema(get_registry().get_class("cloud_removal").Args)
+    haze = ToolIntent("cloud_removal", "remove the haze", 0)
+    clouds = ToolIntent("cloud_removal", "remove the clouds", 0)
+    assert _fill_arguments("cloud_removal", haze, params, None, WHOLE).get("thin_haze") is True
+    assert "thin_haze" not in _fill_arguments("cloud_removal", clouds, params, None, WHOLE)
+    # The word counts only for a boolean argument of that name on that tool.
+    other = {"type": "object", "properties": {"thin_haze": {"type": "string"}}}
+    assert _fill_arguments("cloud_removal", haze, other, None, WHOLE) == {}
+    assert _fill_arguments("denoise", ToolIntent("denoise", "haze", 0), params, None, WHOLE).get(
+        "thin_haze"
+    ) is None

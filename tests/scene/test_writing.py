@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from zoomearth.errors import OutputWriteError, ProtectedPathError, ZoomEarthError
 from zoomearth.scene.writing import (
+    DEFLATE_LEVEL,
     KEEP,
     SourceGeoref,
     TiledRasterWriter,
@@ -249,6 +250,34 @@ def test_output_profile_compression_rules() -> None:
     with pytest.raises(ValueError, match="count"):
         output_profile(base, dtype="uint8")
     assert output_profile({**base, "count": 2, "dtype": "int16"}, nodata=KEEP)["count"] == 2
+    assert (f32["zlevel"], output_profile(base, count=1, dtype="uint8", zlevel=9)["zlevel"]) == (
+        DEFLATE_LEVEL,
+        9,
+    )
+    with pytest.raises(ValueError, match="zlevel must be 1 to 9"):
+        output_profile(base, count=1, dtype="uint8", zlevel=0)
+
+
+def test_writer_deflate_level_reaches_the_file(tmp_path: Path) -> None:
+    """A higher level gives a smaller file with the same pixels (the level is used, not dropped)."""
+    src = SourceGeoref(crs=CRS_UTM, transform=from_origin(0, 0, 1, 1), count=3)
+    rng = np.random.default_rng(0)
+    # Smooth texture with noise: compresses, and differently at levels 1 and 9.
+    yy, xx = np.mgrid[0:1024, 0:1024]
+    base = (np.sin(xx / 37.0) * 60 + np.cos(yy / 23.0) * 60 + 128).astype(np.int16)
+    data = np.clip(base[None] + rng.integers(-6, 7, (3, 1024, 1024)), 0, 255).astype(np.uint8)
+    sizes = {}
+    for level in (1, 9):
+        path = tmp_path / f"z{level}.tif"
+        with TiledRasterWriter.for_window(
+            path, src, (0, 0, 1024, 1024), zlevel=level, overviews=False
+        ) as w:
+            w.write(data, (0, 0, 1024, 1024))
+        with rasterio.open(path) as ds:
+            assert ds.compression is not None and ds.compression.name == "deflate"
+            np.testing.assert_array_equal(ds.read(), data)
+        sizes[level] = path.stat().st_size
+    assert sizes[9] < sizes[1]
 
 
 def test_jpeg_rgb_output(tmp_path: Path) -> None:

@@ -64,10 +64,16 @@ def test_quick_mode_is_well_formed(tmp_path: Path, shared_data: Path) -> None:
 
     rows = data["clouds"]
     assert {(r["year"], r["model"]) for r in rows} == {
-        (y, m) for y in ("20090818", "20200831") for m in ("blobs", "haze", "cumulus")
+        (y, m) for y in ("20090818", "20200831") for m in ("clear", "blobs", "haze", "cumulus")
     }
     for r in rows:
+        assert r["tuning"] == (r["year"] == "20090818")
+        assert 0.0 <= r["found_fraction"] <= 1.0
+        if r["model"] == "clear":  # the clean tile: no truth, found = false positives
+            assert r["true_fraction"] == 0.0 and r["psnr_in"] == math.inf
+            assert r["psnr_out"] > 20.0
+            continue
         assert 0.0 <= r["iou"] <= 1.0 and 0.0 < r["true_fraction"] < 1.0
         assert math.isfinite(r["psnr_in"]) and math.isfinite(r["psnr_out"])
-        assert r["tuning"] == (r["year"] == "20090818")
+    assert "clear    false positives" in text
     assert {k.split(":")[0] for k in data["clouds_summary"]} == {"heldout", "tuning"}

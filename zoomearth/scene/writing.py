@@ -31,8 +31,9 @@ resolution pixels of the source) so pixel-only outputs can still be placed back.
 
 Layout: tiled (512 px blocks), compressed, ``BIGTIFF=IF_SAFER``, internal overviews with factors
 2, 4, 8, ... while the overview's long side stays >= 256 px. JPEG (YCbCr, lossy) is only used for
-3-band ``uint8`` images and only when asked for; everything else is DEFLATE with a horizontal
-(integers) or floating-point predictor, which keeps values exactly.
+3-band ``uint8`` images and only when asked for; everything else is DEFLATE (level 1 by default:
+:data:`~zoomearth.scene.profiles.DEFLATE_LEVEL`) with a horizontal (integers) or floating-point
+predictor, which keeps values exactly.
 
 Memory: :class:`TiledRasterWriter` hands each tile to GDAL at once and keeps nothing; GDAL's block
 cache (``GDAL_CACHEMAX``, set by the caller with :class:`rasterio.Env`) bounds what GDAL holds.
@@ -87,6 +88,7 @@ from zoomearth.scene.png import PNG_ENCODE_TEMPLATE as PNG_ENCODE_TEMPLATE
 from zoomearth.scene.png import PNG_SHAPE_TEMPLATE as PNG_SHAPE_TEMPLATE
 from zoomearth.scene.png import write_png
 from zoomearth.scene.profiles import (
+    DEFLATE_LEVEL,
     KEEP,
     OverviewResampling,
     SourceGeoref,
@@ -116,6 +118,7 @@ from zoomearth.scene.write_failures import TOO_LARGE_FOR_FS_TEMPLATE as TOO_LARG
 from zoomearth.scene.write_failures import WRITE_FAILED_TEMPLATE as WRITE_FAILED_TEMPLATE
 
 __all__ = [
+    "DEFLATE_LEVEL",
     "KEEP",
     "SIDECAR_SUFFIXES",
     "SourceGeoref",
@@ -245,6 +248,7 @@ class TiledRasterWriter:
         compress: str = "deflate",
         blocksize: int = 512,
         quality: int = 90,
+        zlevel: int = DEFLATE_LEVEL,
         photometric: str | None = None,
         overviews: bool = True,
         overview_resampling: OverviewResampling = "average",
@@ -271,6 +275,7 @@ class TiledRasterWriter:
             compress: See :func:`output_profile`.
             blocksize: Tile size in pixels.
             quality: JPEG quality.
+            zlevel: DEFLATE level (see :func:`output_profile`).
             photometric: See :func:`output_profile`.
             overviews: Build internal overviews on close.
             overview_resampling: GDAL resampling for overviews.
@@ -297,6 +302,7 @@ class TiledRasterWriter:
             compress=compress,
             photometric=photometric,
             quality=quality,
+            zlevel=zlevel,
         )
         if gcps:
             self.profile["gcps"] = list(gcps)
