@@ -156,28 +156,43 @@ class CloudRemoval(Tool):
             ),
         )
         brightness: float = Field(
-            0.7, gt=0, le=1, description="Least mean RGB brightness of thick cloud (0-1 of white)"
+            MaskThresholds.brightness,
+            gt=0,
+            le=1,
+            description="Least mean RGB brightness of thick cloud (0-1 of white)",
         )
         haze_brightness: float = Field(
-            0.45, gt=0, le=1, description="Least mean RGB brightness of haze (0-1 of white)"
+            MaskThresholds.haze_brightness,
+            gt=0,
+            le=1,
+            description="Least mean RGB brightness of haze (0-1 of white)",
         )
         saturation: float = Field(
-            0.2, ge=0, le=1, description="Largest colour saturation of cloud and haze (0-1)"
+            MaskThresholds.saturation,
+            ge=0,
+            le=1,
+            description="Largest colour saturation of cloud and haze (0-1)",
         )
         whiteness: float = Field(
-            0.15, ge=0, le=2, description="Largest whiteness (spread of R, G, B over their mean)"
+            MaskThresholds.whiteness,
+            ge=0,
+            le=2,
+            description="Largest whiteness (spread of R, G, B over their mean)",
         )
         nir_min: float | None = Field(
-            0.4,
+            MaskThresholds.nir_min,
             ge=0,
             le=1,
             description="Least NIR brightness of cloud (images with a NIR band; null: no test)",
         )
         dilate_px: int = Field(
-            2, ge=0, le=16, description="Grow the cloud mask by this many pixels (soft edges)"
+            MaskThresholds.dilate_px,
+            ge=0,
+            le=16,
+            description="Grow the cloud mask by this many pixels (soft edges)",
         )
         haze_px: int | None = Field(
-            32,
+            MaskThresholds.haze_px,
             ge=0,
             le=32,
             description="Look for haze within this distance (px) of thick cloud; null: anywhere",
