@@ -40,24 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def sparse_tiff(path: Path, side: int) -> Path:
-    import numpy as np
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.windows import Window
-
-    profile = {
-        "driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8",
-        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
-        "SPARSE_OK": True,
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(np.full((3, 512, 512), 100, np.uint8), window=Window(0, 0, 512, 512))
-    return path
-
-
 def dense_strip_tiff(path: Path, side: int) -> Path:
     """Uncompressed strip TIFF with non-repeating content (what a scanner or old export writes)."""
     import numpy as np
@@ -158,6 +140,7 @@ def main() -> None:
     from zoomearth.errors import ScenePrepareBudgetError
     from zoomearth.scene import Scene
     from zoomearth.scene.cache import IN_PROCESS_MAX_PIXELS
+    from zoomearth.synth.sparse import sparse_tiff
 
     work = Path(tempfile.mkdtemp(prefix="zoomearth-prepare-bench-"))
     try:

@@ -145,6 +145,19 @@ def _tool_and_context(
     return tool, ctx, step
 
 
+def _tool_event(name: str, text: str, status: str, step: Any, **extra: Any) -> dict[str, Any]:
+    """The ``tool`` stream event of a finished call (``ok`` only when ``status`` is ``"ok"``)."""
+    return {
+        "event": "tool",
+        "tool": name,
+        "text": text,
+        "ok": status == "ok",
+        "status": status,
+        "step": step,
+        **extra,
+    }
+
+
 def _input_error_update(
     name: str,
     payload: ActionPayload,
@@ -154,16 +167,7 @@ def _input_error_update(
 ) -> dict[str, Any]:
     """State update of a call the tool layer refused (a ToolInputError): feedback, no run."""
     text = TOOL_INPUT_TEMPLATE.format(tool=name, reason=exc)
-    emit(
-        {
-            "event": "tool",
-            "tool": name,
-            "text": text,
-            "ok": False,
-            "status": "invalid_arguments",
-            "step": base.get("step"),
-        }
-    )
+    emit(_tool_event(name, text, "invalid_arguments", base.get("step")))
     code = str(getattr(exc, "code", "") or "invalid_arguments")
     return {
         "transcript": [_entry(text, None, **_call_data(name, payload), error="input")],
@@ -264,16 +268,7 @@ def run_tool_action(
     except ToolInputError as exc:
         return _input_error_update(name, payload, exc, emit, base)
     except ToolCancelled as exc:
-        emit(
-            {
-                "event": "tool",
-                "tool": name,
-                "text": str(exc),
-                "ok": False,
-                "status": "cancelled",
-                "step": step,
-            }
-        )
+        emit(_tool_event(name, str(exc), "cancelled", step))
         raise
     except Exception as exc:
         if runtime.strict:
@@ -281,16 +276,7 @@ def run_tool_action(
         cause = " ".join(str(exc).split())[:300] or type(exc).__name__
         text = TOOL_FAILED_TEMPLATE.format(tool=name, cause=cause)
         log.warning("%s", text)
-        emit(
-            {
-                "event": "tool",
-                "tool": name,
-                "text": text,
-                "ok": False,
-                "status": "failed",
-                "step": step,
-            }
-        )
+        emit(_tool_event(name, text, "failed", step))
         return {
             "transcript": [_entry(text, None, **_call_data(name, payload), error="failure")],
             "results": [{**base, "status": "failed", "error": cause, "code": TOOL_FAILURE_CODE}],
@@ -342,15 +328,5 @@ def run_tool_action(
     ]
     if warnings:
         update["warnings"] = warnings
-    emit(
-        {
-            "event": "tool",
-            "tool": name,
-            "text": outcome.text,
-            "ok": True,
-            "status": "ok",
-            "step": step,
-            "artifacts": records,
-        }
-    )
+    emit(_tool_event(name, outcome.text, "ok", step, artifacts=records))
     return update

@@ -19,7 +19,6 @@ import numpy as np
 import psutil
 import pytest
 import rasterio
-from rasterio.windows import Window
 
 from tests.scene.rasters import pattern, write_raster
 from zoomearth.config import load_settings
@@ -33,28 +32,11 @@ from zoomearth.errors import (
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene
 from zoomearth.scene.cache import SceneCache, build_tiled_copy
+from zoomearth.synth.sparse import sparse_tiff
 from zoomearth.temporaries import is_temporary_name
 
 REPO = Path(__file__).resolve().parents[2]
 HANG_S = 120  # only to detect a hang, never a speed assertion
-
-
-def sparse_tiff(path: Path, side: int) -> Path:
-    """A tiled TIFF of side x side px, 3 bands, no overviews, with a single written block."""
-    profile = {
-        "driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8",
-        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
-        "SPARSE_OK": True,
-    }
-    import warnings
-
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(np.full((3, 512, 512), 100, np.uint8), window=Window(0, 0, 512, 512))
-    return path
 
 
 def settings_for(tmp_path: Path, **flags):

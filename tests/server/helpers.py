@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ class ServerThread:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.settings: Any = None  # set by rules_server
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
@@ -50,6 +53,31 @@ class ServerThread:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def rules_server(tmp: Path, token: str | None, **flags: Any) -> Iterator[ServerThread]:
+    """A real server with the offline rules planner, its data and cache under ``tmp``.
+
+    ``flags`` are further settings (``allowed_roots``, limits ...); the settings object is the
+    server's ``server.settings``.
+    """
+    from zoomearth.config import load_settings
+    from zoomearth.server.app import create_app
+
+    settings = load_settings(
+        flags={
+            "data_dir": tmp / "data",
+            "cache_dir": tmp / "cache",
+            **({"api_token": token} if token else {}),
+            "planner": "rules",
+            **flags,
+        },
+        environ={},
+    )
+    with ServerThread(create_app(settings)) as server:
+        server.settings = settings
+        yield server
 
 
 def client(server: ServerThread, token: str | None = "unused", **kw: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server.helpers import ServerThread, client, data_url, geotiff_bytes, user
+from tests.server.helpers import client, data_url, geotiff_bytes, rules_server, user
 
 TOKEN = "attack-token-123"
 HEALTHZ_BOUND_S = 3.0
@@ -30,29 +30,15 @@ ATTACKS = {
 
 
 @pytest.fixture(scope="module")
-def rules_server(tmp_path_factory):
-    from zoomearth.config import load_settings
-    from zoomearth.server.app import create_app
-
+def attack_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("attack")
-    settings = load_settings(
-        flags={
-            "data_dir": tmp / "data",
-            "cache_dir": tmp / "cache",
-            "api_token": TOKEN,
-            "planner": "rules",
-            "max_concurrent_runs": 4,
-            "max_queued_runs": 4,
-        },
-        environ={},
-    )
-    with ServerThread(create_app(settings)) as server:
+    with rules_server(tmp, TOKEN, max_concurrent_runs=4, max_queued_runs=4) as server:
         yield server, tmp
 
 
 @pytest.mark.timeout(300)
-def test_healthz_answers_while_adversarial_messages_are_planned(rules_server):
-    server, tmp = rules_server
+def test_healthz_answers_while_adversarial_messages_are_planned(attack_server):
+    server, tmp = attack_server
     image = data_url(geotiff_bytes(tmp, 800, 600))
     results: dict[str, Any] = {}
 

@@ -6,7 +6,7 @@ import pytest
 import rasterio
 
 from tests.scene.test_stack import GRID, smooth, to_crs, write_geo
-from tests.server.helpers import ServerThread, client, data_url, user
+from tests.server.helpers import client, data_url, rules_server, user
 
 TOKEN = "stack-token"
 
@@ -14,21 +14,8 @@ TOKEN = "stack-token"
 @pytest.fixture(scope="module")
 def stack_server(tmp_path_factory):
     """A real server with the rules planner; (server, tmp)."""
-    from zoomearth.config import load_settings
-    from zoomearth.server.app import create_app
-
     tmp = tmp_path_factory.mktemp("stacksrv")
-    settings = load_settings(
-        flags={
-            "data_dir": tmp / "data",
-            "cache_dir": tmp / "cache",
-            "api_token": TOKEN,
-            "planner": "rules",
-            "allowed_roots": [tmp],
-        },
-        environ={},
-    )
-    with ServerThread(create_app(settings)) as server:
+    with rules_server(tmp, TOKEN, allowed_roots=[tmp]) as server:
         yield server, tmp
 
 

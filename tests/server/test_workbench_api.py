@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server.helpers import ServerThread, write_raster
+from tests.server.helpers import ServerThread, rules_server, write_raster
 
 # rio-tiler calls rasterio's `Affine * ...`, which rasterio 1.4 flags as pending deprecation (the
 # server filters these out itself; pytest resets warning filters for every test).
@@ -38,8 +38,6 @@ EDIT = "remove the car in box 430,400,590,600"
 @pytest.fixture(scope="module")
 def wb(tmp_path_factory):
     """(server, settings, paths) with a token, the rules planner and an allowed root."""
-    from zoomearth.config import load_settings
-    from zoomearth.server.app import create_app
     from zoomearth.synth import generate_scene
 
     tmp = tmp_path_factory.mktemp("wb")
@@ -56,12 +54,8 @@ def wb(tmp_path_factory):
     (allowed / "notes.txt").write_text("not a raster")
     write_raster(outside / "secret.tif", 300, 200, 3, block=64)
     os.symlink(outside / "secret.tif", allowed / "link.tif")
-    settings = load_settings(flags={
-        "data_dir": tmp / "data", "cache_dir": tmp / "cache", "allowed_roots": [allowed],
-        "api_token": TOKEN, "planner": "rules", "max_concurrent_runs": 2,
-    }, environ={})
-    with ServerThread(create_app(settings)) as server:
-        yield server, settings, {"allowed": allowed, "outside": outside, "plain": plain}
+    with rules_server(tmp, TOKEN, allowed_roots=[allowed], max_concurrent_runs=2) as server:
+        yield server, server.settings, {"allowed": allowed, "outside": outside, "plain": plain}
 
 
 def http(server: ServerThread) -> httpx.Client:
@@ -596,9 +590,7 @@ def test_pixel_frame_geometry_and_geojson_follow_leaflet_crs_simple():
 @pytest.fixture(scope="module")
 def remote_wb(tmp_path_factory):
     """(server, files server, tmp): remote URLs allowed under <files>/ok/ only."""
-    from zoomearth.config import load_settings
     from zoomearth.scene.rangeserver import RangeServerProcess
-    from zoomearth.server.app import create_app
 
     tmp = tmp_path_factory.mktemp("wb-remote")
     served = tmp / "served"
@@ -610,12 +602,10 @@ def remote_wb(tmp_path_factory):
     write_raster(served / "secret" / "other.tif", 300, 200, 3, block=64)
     # In a child process: GDAL reads over HTTP while holding this process's GIL.
     with RangeServerProcess(served) as files:
-        settings = load_settings(flags={
-            "data_dir": tmp / "data", "cache_dir": tmp / "cache", "api_token": TOKEN,
-            "planner": "rules", "allowed_url_prefixes": [files.url + "ok/"],
-            "remote_timeout_s": 10, "remote_max_retries": 1,
-        }, environ={})
-        with ServerThread(create_app(settings)) as server:
+        with rules_server(
+            tmp, TOKEN, allowed_url_prefixes=[files.url + "ok/"], remote_timeout_s=10,
+            remote_max_retries=1,
+        ) as server:
             yield server, files
 
 
