@@ -3,8 +3,11 @@ and the graph named in ``langgraph.json``."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import socket
@@ -113,6 +116,11 @@ def test_graphs_named_in_langgraph_json_load(settings, monkeypatch):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         graph = getattr(module, func)()
+        if inspect.iscoroutine(graph):
+            # A running event loop in this thread (Playwright's sync API, when the browser tests
+            # ran first): the factory hands back a coroutine, as the server would await it.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                graph = pool.submit(asyncio.run, graph).result()
         nodes = set(graph.get_graph().nodes)
         if "ingest" in nodes:  # the chat graph (zoomearth/server/chat_graph.py)
             assert {"ingest", "agent", "reply"} <= nodes, name
@@ -138,3 +146,25 @@ def test_a_busy_thread_is_a_409_conflict():
         "Thread 'T' is running in another process (lock file /srv/data/locks/ab.lock)", "T"))
     assert error.status == 409 and "in progress (another server worker or process)" in \
         error.message and "/srv" not in error.message
+
+
+def test_reusable_image_url_names_only_what_a_new_thread_may_open(tmp_path: Path) -> None:
+    """The thread history's ``image_url``: a URL as is, a file under the roots as file://."""
+    from types import SimpleNamespace
+
+    from zoomearth.server.events import reusable_image_url
+
+    root = tmp_path / "root"
+    root.mkdir()
+    inside = root / "a b.tif"
+    inside.write_bytes(b"x")
+    outside = tmp_path / "upload.tif"  # e.g. an inlined image copied into the run folder
+    outside.write_bytes(b"x")
+    settings = SimpleNamespace(allowed_roots=[root])
+    assert reusable_image_url({"path": str(inside)}, settings) == inside.resolve().as_uri()
+    assert reusable_image_url({"path": str(outside)}, settings) is None
+    assert reusable_image_url({"path": str(root / "gone.tif")}, settings) is None
+    url = "https://example.org/cog.tif"
+    assert reusable_image_url({"path": url}, settings) == url
+    assert reusable_image_url(None, settings) is None
+    assert reusable_image_url({}, SimpleNamespace(allowed_roots=[])) is None

@@ -469,6 +469,8 @@ def test_run_events_stream_in_order_and_history_restores_the_thread(wb):
         h = history.json()
     assert h["conversation_id"] == "wb-thread-a" and h["pending_approval"] is None
     assert h["scene"]["layer_id"] == "s.wb-thread-a" and h["scene"]["frame"] == "lonlat"
+    # How a new thread names the same image (a file under allowed_roots).
+    assert h["image_url"] == (paths["allowed"] / "scene.tif").resolve().as_uri()
     assert [m["role"] for m in h["messages"]] == ["user", "assistant", "user", "assistant"]
     assert [m["content"] for m in h["messages"][::2]] == [SEGMENT, DECLOUD]
     assert "Segmentation" in h["messages"][1]["content"]

@@ -10,7 +10,9 @@ continues the thread, the reload restores what the steps made):
 3. a cloud-removal follow-up in the same thread: a raster layer appears and the swipe clips it;
 4. an edit asks for approval: Deny leaves no output, asking again and Approve gives one;
 5. a reload restores the thread (messages, boxes, layers);
-6. no console errors, page errors or failed requests at any point.
+6. the thread's link opened in another browser, then "New thread": the first question of the
+   new thread names the same image and is answered;
+7. no console errors, page errors or failed requests at any point.
 
 Apart: a scene without georeferencing is shown in pixel space; and a server bound off loopback
 with a token refuses a browser context without it (login box, data routes 401), while the
@@ -85,7 +87,7 @@ def session_page(browser: Any, server: Serve) -> Any:
         context.close()
 
 
-def test_analyst_session(session_page: Any, server: Serve) -> None:
+def test_analyst_session(session_page: Any, server: Serve, browser: Any) -> None:
     page, log = session_page
 
     # 1. Load: the first scene of the allowed roots opens; its tiles render.
@@ -221,6 +223,33 @@ def test_analyst_session(session_page: Any, server: Serve) -> None:
     assert href
     assert httpx.get(href if href.startswith("http") else f"{server.url}{href}",
                      timeout=30).status_code == 200
+
+    # 6. The thread's link in another browser (nothing stored there): "New thread" keeps the
+    # scene, and its first question names the same image (the history's image_url).
+    context = browser.new_context(viewport=VIEWPORT)
+    other = context.new_page()
+    other_log = PageLog()
+    other_log.attach(other)
+    try:
+        other.goto(page.url)
+        wait_idle(other)
+        other.wait_for_selector("path.ze-vector")
+        other.click("#new-thread")
+        fresh = other.evaluate("() => window.zoomearthWorkbench.state.conv")
+        assert fresh != thread
+        ask(other, "what is in the top-left corner?")
+        assert other.locator(".msg-assistant").count() == 1
+        assert other.locator(".msg-assistant .error").count() == 0
+        assert other.locator(".msg-assistant .answer").inner_text().strip()
+        assert not other.locator("#messages > .note").count(), other.inner_text("#messages")
+        history = httpx.get(f"{server.url}/v1/workbench/threads/{fresh}", timeout=30).json()
+        assert [m["role"] for m in history["messages"]] == ["user", "assistant"]
+        assert history["scene"]["name"] == "scene.tif"
+        assert history["image_url"].startswith("file://")
+        shot(other, "06b-new-thread-from-link")
+        assert_clean(other_log, "a new thread from a shared link")
+    finally:
+        context.close()
 
 
 def test_pixel_space_scene(browser: Any, server: Serve) -> None:

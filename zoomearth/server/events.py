@@ -399,6 +399,30 @@ def thread_history(agent: Agent, thread: str, links: Links) -> dict[str, Any] | 
     except ApiError as exc:
         log.info("thread %s: no scene layer (%s)", thread, exc.message)
         scene = None
+    source = reusable_image_url(current.values.get("scene"), links.tiles.settings)
     return {"conversation_id": thread, "thread_id": thread,
             "status": record.status if record is not None else None, "scene": scene,
+            "image_url": source,
             "messages": messages, "events": events, "pending_approval": pending_approval}
+
+
+def reusable_image_url(scene: Any, settings: Any) -> str | None:
+    """How a new thread's first message can name this thread's image, or None.
+
+    A remote image is its URL; a file under ``allowed_roots`` a ``file://`` URL. An uploaded or
+    inlined image (a copy in the thread's run folder) cannot be named again: None.
+    """
+    path = str((scene or {}).get("path") or "") if isinstance(scene, dict) else ""
+    if not path:
+        return None
+    if "://" in path:
+        return path
+    from zoomearth.tools.paths import PathNotAllowedError, check_allowed_path
+
+    url = Path(path).as_uri()
+    try:
+        check_allowed_path(url, list(getattr(settings, "allowed_roots", None) or []),
+                           purpose="Image path")
+    except (PathNotAllowedError, ValueError, OSError):
+        return None
+    return url

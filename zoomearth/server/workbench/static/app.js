@@ -60,6 +60,9 @@ function newConversationId() {
   return `wb-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
+const NO_IMAGE_NOTE = "This thread's image was uploaded, and a new thread cannot reuse it: "
+  + "open or upload a scene for the new thread (left panel).";
+
 function fileUrl(path) {
   return `file://${path.split("/").map(encodeURIComponent).join("/")}`;
 }
@@ -263,6 +266,7 @@ function resetConversation(conv) {
 $("new-thread").addEventListener("click", () => {
   if (state.busy) return;
   resetConversation(newConversationId());
+  if (state.scene && !state.imageUrl) chat.addNote(NO_IMAGE_NOTE);
   if (state.scene && state.source) {
     // Reloading before the first question reopens this scene.
     localStorage.setItem(sceneKey(state.conv), JSON.stringify({ source: state.source,
@@ -305,7 +309,8 @@ async function restore(conv) {
   state.started = true;
   if (thread.scene) showScene(thread.scene);
   const saved = JSON.parse(localStorage.getItem(sceneKey(conv)) || "null");
-  state.imageUrl = saved ? saved.imageUrl : null;
+  // A shared link has nothing stored here: the server says how to name the image again.
+  state.imageUrl = saved && saved.imageUrl ? saved.imageUrl : thread.image_url || null;
   // The thread's own scene layer (a shared link has no stored source).
   state.source = saved && saved.source ? saved.source : { conversation_id: conv };
   const messages = thread.messages || [];
@@ -400,6 +405,11 @@ async function send(text) {
     return;
   }
   const first = !state.started && state.messages.length === 0;
+  if (first && !state.imageUrl) {
+    // A new thread from a shared link to an uploaded image: the server cannot name it again.
+    chat.addNote(NO_IMAGE_NOTE);
+    return;
+  }
   const content = first && state.imageUrl
     ? [{ type: "text", text }, { type: "image_url", image_url: { url: state.imageUrl } }]
     : text;
