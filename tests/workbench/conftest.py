@@ -72,10 +72,12 @@ class Serve:
         host: Bind address (``0.0.0.0`` needs ``token``).
         token: ``api_token`` (given through ``ZOOMEARTH_API_TOKEN``, as a user would).
         connect: Address the clients use (default: ``host``, or 127.0.0.1 for a wildcard bind).
+        sets: More settings, as ``--set NAME=VALUE`` strings.
     """
 
     def __init__(self, tmp: Path, roots: list[Path], *, host: str = "127.0.0.1",
-                 token: str | None = None, connect: str | None = None) -> None:
+                 token: str | None = None, connect: str | None = None,
+                 sets: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://{connect or ('127.0.0.1' if host == '0.0.0.0' else host)}:{self.port}"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -88,6 +90,7 @@ class Serve:
         cmd = [sys.executable, "-m", "zoomearth.cli",
                "--set", f"data_dir={tmp / 'data'}", "--set", f"cache_dir={tmp / 'cache'}",
                "--set", f"allowed_roots={roots_json}",
+               *[arg for item in sets for arg in ("--set", item)],
                "serve", "--host", host, "--port", str(self.port), "--planner", "rules"]
         self.proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.stderr.open("w"))

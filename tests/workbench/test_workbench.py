@@ -14,7 +14,8 @@ continues the thread, the reload restores what the steps made):
    new thread names the same image and is answered;
 7. no console errors, page errors or failed requests at any point.
 
-Apart: a scene without georeferencing is shown in pixel space; and a server bound off loopback
+Apart: a scene without georeferencing is shown in pixel space; a page left open renews its
+signed tile URLs before they expire (a server with 6 s links); and a server bound off loopback
 with a token refuses a browser context without it (login box, data routes 401), while the
 token typed into the login box opens the scene.
 
@@ -307,6 +308,38 @@ def test_upload_a_scene_and_ask(browser: Any, server: Serve, tmp_path: Any) -> N
         assert_clean(log, "uploading a scene and asking about it")
     finally:
         context.close()
+
+
+def test_signed_tile_urls_are_renewed_before_they_expire(
+    browser: Any, scenes: Any, tmp_path: Any
+) -> None:
+    """Links live link_ttl_s (6 s here): a page left open renews its layers' signed tile URLs
+    by itself, so tiles requested after the first links expired still load (no 403)."""
+    srv = Serve(tmp_path / "short-links", [scenes], sets=("link_ttl_s=6",))
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    log = PageLog()
+    log.attach(page)
+    try:
+        page.goto(f"{srv.url}/")
+        wait_idle(page)
+        url_of = "() => window.zoomearthWorkbench.mapView.sceneLayer._url"
+        first = page.evaluate(url_of)
+        assert "exp=" in first
+        page.wait_for_function(f"() => window.zoomearthWorkbench.mapView.sceneLayer._url "
+                               f"!== {first!r}", timeout=20_000)
+        page.wait_for_timeout(7_000)  # the first signature has expired by now
+        # New tiles (zoomed in) are requested with the renewed signature, and load.
+        tiles_before = len(log.tiles)
+        page.evaluate("() => window.zoomearthWorkbench.mapView.map.zoomIn(2, {animate: false})")
+        wait_idle(page)
+        fresh = log.tiles[tiles_before:]
+        assert fresh, "zooming in requested no tile"
+        assert all(status == 200 for status, _ in fresh), fresh
+        assert_clean(log, "renewing signed tile URLs")
+    finally:
+        context.close()
+        srv.stop()
 
 
 def test_token_required_off_loopback(browser: Any, scenes: Any, tmp_path: Any) -> None:

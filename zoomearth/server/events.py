@@ -86,7 +86,8 @@ class Links:
         query = self.signer.sign(path)
         root = f"{self.base.rstrip('/')}{quote(path)}"
         return {**layer.describe(), "tiles": f"{root}/{{z}}/{{x}}/{{y}}.png?{query}",
-                "image_url": f"{root}/image.png?{query}"}
+                "image_url": f"{root}/image.png?{query}",
+                "expires_in_s": int(self.signer.ttl_s)}
 
     def download(self, path: str | Path) -> str | None:
         """The signed download URL of a file in ``RUNS_DIR`` (None when outside it)."""

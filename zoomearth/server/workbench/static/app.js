@@ -199,7 +199,9 @@ function syncSceneSelect(source, name) {
 /** Show a scene's Layer on the map and make it the scene of the current thread. */
 function showScene(layer) {
   state.scene = layer;
-  mapView.setScene(layer);
+  // The signed tile URL is renewed from the same source (a thread's scene once it has one).
+  const source = state.started ? { conversation_id: state.conv } : state.source;
+  mapView.setScene(layer, source ? () => api.openLayer(source) : null);
   layers.reset(mapView);
   $("map-empty").hidden = true;
   $("scene-title").textContent = `${layer.name} · ${layer.width} × ${layer.height} px · ${
@@ -376,7 +378,13 @@ function handleEvent(ev, turn) {
       break;
     case "artifact":
       turn.addArtifact(ev);
-      if (ev.layer) layers.addRaster(ev, { visible: isPrimaryRaster(ev) });
+      if (ev.layer) {
+        const conv = state.conv;
+        layers.addRaster(ev, {
+          visible: isPrimaryRaster(ev),
+          reopen: () => api.openLayer({ conversation_id: conv, artifact_id: ev.artifact_id }),
+        });
+      }
       else if (ev.layer_error) chat.addNote(`${ev.name}: ${ev.layer_error}`);
       if (ev.geojson_url) {
         layers.addVector(ev).catch((err) => chat.addNote(`Could not load ${ev.name}: ${err.message}`));

@@ -138,7 +138,8 @@ export class LayersPanel {
   /**
    * A raster output as a tile layer (from an `artifact` RunEvent with a `layer`).
    * @param {object} art - the artifact event.
-   * @param {{visible?: boolean}} [opts]
+   * @param {{visible?: boolean, reopen?: () => Promise<object>}} [opts] - `reopen` fetches the
+   *   Layer again, to renew its signed URL (see MapView.keepSigned).
    */
   addRaster(art, opts = {}) {
     if (!this.map || !art.layer) return null;
@@ -146,6 +147,7 @@ export class LayersPanel {
     if (this.items.has(key)) return this.items.get(key);
     const visible = opts.visible !== false;
     const layer = tileLayerFor(art.layer, this.map, { pane: "outputs", zIndex: 10 + this.items.size });
+    if (opts.reopen) this.mapView.keepSigned(layer, art.layer, opts.reopen);
     const { row, cb } = this.rowFor(key, "raster", displayName(art.name || art.layer.name),
                                     `#${art.artifact_id}`, art);
     cb.checked = visible;

@@ -49,13 +49,52 @@ export class MapView {
     this.boxes = new Map(); // view_id -> {polygon, label}
     this.boxGroup = null;
     this.onCreate = () => {};
+    this.keepers = []; // timers renewing the signed tile URLs of this map's layers
+  }
+
+  /**
+   * Keep a tile layer's signed URL valid while this map lives: at 80 % of the Layer's
+   * `expires_in_s` (counted from now, so the browser's clock does not matter), `reopen()` fetches
+   * the Layer again and its new tile template replaces the old one without a redraw. A failed
+   * renewal is tried again every 10 s. Stopped when the map is replaced or cleared.
+   * @param {L.TileLayer} tileLayer
+   * @param {object} layer - the Layer the tile layer was made from.
+   * @param {() => Promise<object>} reopen - resolves to a fresh Layer of the same raster.
+   */
+  keepSigned(tileLayer, layer, reopen) {
+    const keeper = { timer: null, stopped: false };
+    const schedule = (ms) => {
+      keeper.timer = setTimeout(async () => {
+        if (keeper.stopped) return;
+        try {
+          const fresh = await reopen();
+          if (keeper.stopped) return;
+          tileLayer.setUrl(fresh.tiles, true);
+          if (fresh.expires_in_s) schedule(fresh.expires_in_s * 800);
+        } catch (err) {
+          if (!keeper.stopped) schedule(10_000);
+        }
+      }, Math.max(1000, ms));
+    };
+    if (layer.expires_in_s) schedule(layer.expires_in_s * 800);
+    this.keepers.push(keeper);
+  }
+
+  stopKeepers() {
+    for (const keeper of this.keepers) {
+      keeper.stopped = true;
+      clearTimeout(keeper.timer);
+    }
+    this.keepers = [];
   }
 
   /**
    * Show a scene: (re)create the map in the scene's frame and fit it.
    * @param {object} layer - the scene's Layer.
+   * @param {() => Promise<object>} [reopen] - fetches the Layer again (renews its signed URL).
    */
-  setScene(layer) {
+  setScene(layer, reopen) {
+    this.stopKeepers();
     if (this.map) {
       this.map.remove();
       this.map = null;
@@ -85,6 +124,7 @@ export class MapView {
     this.map.createPane("outputs").style.zIndex = 250;
     this.map.createPane("boxes").style.zIndex = 450;
     this.sceneLayer = tileLayerFor(layer, this.map, { zIndex: 1 }).addTo(this.map);
+    if (reopen) this.keepSigned(this.sceneLayer, layer, reopen);
     this.boxGroup = L.layerGroup().addTo(this.map);
     const bounds = layerBounds(this.map, layer);
     this.map.fitBounds(bounds, { animate: false, padding: [8, 8] });
@@ -95,6 +135,7 @@ export class MapView {
 
   /** Remove the map (no scene open). */
   clear() {
+    this.stopKeepers();
     if (this.map) this.map.remove();
     this.map = null;
     this.scene = null;
