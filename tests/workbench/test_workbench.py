@@ -15,7 +15,8 @@ continues the thread, the reload restores what the steps made):
 7. no console errors, page errors or failed requests at any point.
 
 Apart: a scene without georeferencing is shown in pixel space; a page left open renews its
-signed tile URLs before they expire (a server with 6 s links); and a server bound off loopback
+signed tile and download URLs before they expire (a server with 10 s links); and a server bound
+off loopback
 with a token refuses a browser context without it (login box, data routes 401), while the
 token typed into the login box opens the scene.
 
@@ -310,33 +311,50 @@ def test_upload_a_scene_and_ask(browser: Any, server: Serve, tmp_path: Any) -> N
         context.close()
 
 
-def test_signed_tile_urls_are_renewed_before_they_expire(
+def test_signed_urls_are_renewed_before_they_expire(
     browser: Any, scenes: Any, tmp_path: Any
 ) -> None:
-    """Links live link_ttl_s (6 s here): a page left open renews its layers' signed tile URLs
-    by itself, so tiles requested after the first links expired still load (no 403)."""
-    srv = Serve(tmp_path / "short-links", [scenes], sets=("link_ttl_s=6",))
-    context = browser.new_context(viewport=VIEWPORT)
+    """Links live link_ttl_s (10 s here): a page left open renews the signed tile URLs of the
+    scene and of a tool's raster layer by itself, so tiles requested after the first links
+    expired still load (no 403), and an expired download link is renewed when clicked."""
+    srv = Serve(tmp_path / "short-links", [scenes], sets=("link_ttl_s=10",))
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
     log = PageLog()
     log.attach(page)
     try:
         page.goto(f"{srv.url}/")
         wait_idle(page)
-        url_of = "() => window.zoomearthWorkbench.mapView.sceneLayer._url"
-        first = page.evaluate(url_of)
-        assert "exp=" in first
-        page.wait_for_function(f"() => window.zoomearthWorkbench.mapView.sceneLayer._url "
-                               f"!== {first!r}", timeout=20_000)
-        page.wait_for_timeout(7_000)  # the first signature has expired by now
-        # New tiles (zoomed in) are requested with the renewed signature, and load.
+        ask(page, CLOUDS)
+        raster = page.locator("[data-kind=raster][data-artifact-kind=raster]"
+                              "[data-tool=cloud_removal]").first
+        key = raster.get_attribute("data-key")
+        urls = (f"() => [window.zoomearthWorkbench.mapView.sceneLayer._url, "
+                f"window.zoomearthWorkbench.layers.items.get('{key}').leaflet._url]")
+        first = page.evaluate(urls)
+        assert all("exp=" in u for u in first)
+        page.wait_for_function(f"() => ({urls})().every((u, i) => u !== {first!r}[i])",
+                               timeout=20_000)
+        page.wait_for_timeout(11_000)  # the first signatures have expired by now
+        # New tiles (zoomed in, over the cloud-free output) carry the renewed signatures.
         tiles_before = len(log.tiles)
-        page.evaluate("() => window.zoomearthWorkbench.mapView.map.zoomIn(2, {animate: false})")
+        raster.locator("[data-role=zoom]").click()
+        page.wait_for_timeout(900)
+        page.evaluate("() => window.zoomearthWorkbench.mapView.map.zoomIn(1, {animate: false})")
         wait_idle(page)
         fresh = log.tiles[tiles_before:]
         assert fresh, "zooming in requested no tile"
+        layer_id = page.evaluate(
+            f"() => window.zoomearthWorkbench.layers.items.get('{key}').art.layer.layer_id")
+        assert any(f"/v1/tiles/{layer_id}/" in u for _, u in fresh), "no output tile requested"
         assert all(status == 200 for status, _ in fresh), fresh
-        assert_clean(log, "renewing signed tile URLs")
+        # The chat's download link of the cloud-free GeoTIFF expired long ago: renewed on click.
+        link = page.locator(".step-artifact a.download[download$='cloudfree.tif']").first
+        with page.expect_download() as info:
+            link.click()
+        with open(info.value.path(), "rb") as fh:
+            assert fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00"), "not a GeoTIFF"
+        assert_clean(log, "renewing signed URLs")
     finally:
         context.close()
         srv.stop()

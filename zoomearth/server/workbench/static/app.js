@@ -276,6 +276,34 @@ $("new-thread").addEventListener("click", () => {
   }
 });
 
+/**
+ * Download links are signed for link_ttl_s: one clicked after it has expired (or within a
+ * minute of it) gets a fresh URL from the thread's history first, instead of a 403.
+ */
+document.addEventListener("click", async (e) => {
+  const a = e.target instanceof Element ? e.target.closest("a[data-artifact-id]") : null;
+  if (!a || !a.dataset.artifactId || a.dataset.renewing) return;
+  const exp = Number(new URL(a.href, window.location.href).searchParams.get("exp") || 0);
+  if (!exp || exp * 1000 > Date.now() + 60_000) return;
+  e.preventDefault();
+  a.dataset.renewing = "1";
+  try {
+    const thread = await api.getThread(state.conv);
+    const id = Number(a.dataset.artifactId);
+    const fresh = (thread && thread.events || []).find(
+      (ev) => ev.type === "artifact" && ev.artifact_id === id && ev.download_url);
+    if (!fresh) throw new Error("this output is no longer part of the thread");
+    for (const other of document.querySelectorAll(`a[data-artifact-id="${id}"]`)) {
+      other.href = fresh.download_url;
+    }
+    a.click();
+  } catch (err) {
+    showError(err);
+  } finally {
+    delete a.dataset.renewing;
+  }
+});
+
 /** Split a thread's events into its assistant turns: each `answer` event closes one. */
 function eventsByTurn(events, turns) {
   const out = Array.from({ length: Math.max(turns, 1) }, () => []);

@@ -164,7 +164,10 @@ export class AssistantTurn {
                                text: String(ev.name || "").replace(/^s\d+-[0-9a-f]+-/, "") }),
                   el("span", { class: "artifact-kind", text: ev.artifact_kind || ev.kind }));
     const url = ev.download_url && safeUrl(ev.download_url);
-    if (url) li.append(el("a", { href: url.href, download: ev.name, class: "download", text: "download" }));
+    if (url) {
+      li.append(el("a", { href: url.href, download: ev.name, class: "download", text: "download",
+                          "data-artifact-id": ev.artifact_id }));
+    }
     this.steps.append(li);
   }
 

@@ -115,10 +115,11 @@ export class LayersPanel {
     return wrap;
   }
 
-  downloadLink(url, name) {
+  downloadLink(url, name, artifactId) {
     if (!url) return null;
     return el("a", { class: "layer-download", href: url, download: name || "", text: "download",
-                     title: `Download ${name || "the artifact"} (signed link)` });
+                     title: `Download ${name || "the artifact"} (signed link)`,
+                     "data-artifact-id": artifactId ?? "" });
   }
 
   rowFor(key, kind, name, subtitle, art) {
@@ -157,7 +158,7 @@ export class LayersPanel {
     const zoomBtn = el("button", { type: "button", class: "btn btn-small", "data-role": "zoom",
                                    text: "zoom to", title: "Zoom to this layer" });
     const tools = el("div", { class: "layer-tools" }, swipeBtn, zoomBtn,
-                     this.downloadLink(art.download_url, art.name));
+                     this.downloadLink(art.download_url, art.name, art.artifact_id));
     row.append(this.opacityControl((v) => layer.setOpacity(v), 1), tools);
     cb.addEventListener("change", () => {
       if (cb.checked) layer.addTo(this.map);
@@ -237,7 +238,7 @@ export class LayersPanel {
       if (b.isValid()) map.flyToBounds(b, { padding: [40, 40], maxZoom: map.getMaxZoom() - 2 });
     });
     row.append(el("div", { class: "layer-tools" }, zoomBtn,
-                  this.downloadLink(art.download_url, art.name)));
+                  this.downloadLink(art.download_url, art.name, art.artifact_id)));
     cb.addEventListener("change", () => (cb.checked ? layer.addTo(map) : layer.remove()));
     return item;
   }

@@ -53,30 +53,42 @@ export class MapView {
   }
 
   /**
-   * Keep a tile layer's signed URL valid while this map lives: at 80 % of the Layer's
-   * `expires_in_s` (counted from now, so the browser's clock does not matter), `reopen()` fetches
-   * the Layer again and its new tile template replaces the old one without a redraw. A failed
-   * renewal is tried again every 10 s. Stopped when the map is replaced or cleared.
+   * Keep a tile layer's signed URL valid while this map lives: 5 minutes before the Layer's
+   * `expires_in_s` runs out (at half of it for short lifetimes; counted from now, so the
+   * browser's clock does not matter), `reopen()` fetches the Layer again and its new tile
+   * template replaces the old one without a redraw. A failed renewal is tried again every
+   * 10 s; a tile refused meanwhile (e.g. after the computer slept) renews at once and reloads.
+   * Stopped when the map is replaced or cleared.
    * @param {L.TileLayer} tileLayer
    * @param {object} layer - the Layer the tile layer was made from.
    * @param {() => Promise<object>} reopen - resolves to a fresh Layer of the same raster.
    */
   keepSigned(tileLayer, layer, reopen) {
-    const keeper = { timer: null, stopped: false };
-    const schedule = (ms) => {
-      keeper.timer = setTimeout(async () => {
+    const keeper = { timer: null, stopped: false, lastForced: 0 };
+    const renewIn = (ttl) => Math.max(ttl * 0.5, ttl - 300) * 1000;
+    const renew = async (redraw) => {
+      try {
+        const fresh = await reopen();
         if (keeper.stopped) return;
-        try {
-          const fresh = await reopen();
-          if (keeper.stopped) return;
-          tileLayer.setUrl(fresh.tiles, true);
-          if (fresh.expires_in_s) schedule(fresh.expires_in_s * 800);
-        } catch (err) {
-          if (!keeper.stopped) schedule(10_000);
-        }
+        tileLayer.setUrl(fresh.tiles, !redraw);
+        if (fresh.expires_in_s) schedule(renewIn(fresh.expires_in_s));
+      } catch (err) {
+        if (!keeper.stopped) schedule(10_000);
+      }
+    };
+    const schedule = (ms) => {
+      clearTimeout(keeper.timer);
+      keeper.timer = setTimeout(() => {
+        if (!keeper.stopped) renew(false);
       }, Math.max(1000, ms));
     };
-    if (layer.expires_in_s) schedule(layer.expires_in_s * 800);
+    tileLayer.on("tileerror", () => {
+      const now = Date.now();
+      if (keeper.stopped || now - keeper.lastForced < 10_000) return;
+      keeper.lastForced = now;
+      renew(true);
+    });
+    if (layer.expires_in_s) schedule(renewIn(layer.expires_in_s));
     this.keepers.push(keeper);
   }
 
