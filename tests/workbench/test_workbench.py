@@ -67,6 +67,15 @@ def ask(page: Any, text: str) -> None:
     wait_idle(page)
 
 
+def open_page(browser: Any, **context_options: Any) -> tuple[Any, Any, PageLog]:
+    """A new browser context at the test viewport, its page, and the page's log."""
+    context = browser.new_context(viewport=VIEWPORT, **context_options)
+    page = context.new_page()
+    log = PageLog()
+    log.attach(page)
+    return context, page, log
+
+
 def map_variance(img: Image.Image) -> float:
     return float(np.asarray(img, dtype=np.float32).std())
 
@@ -78,10 +87,7 @@ def assert_clean(log: PageLog, step: str) -> None:
 
 @pytest.fixture
 def session_page(browser: Any, server: Serve) -> Any:
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    log = PageLog()
-    log.attach(page)
+    context, page, log = open_page(browser)
     page.set_default_timeout(30_000)
     try:
         yield page, log
@@ -228,10 +234,7 @@ def test_analyst_session(session_page: Any, server: Serve, browser: Any) -> None
 
     # 6. The thread's link in another browser (nothing stored there): "New thread" keeps the
     # scene, and its first question names the same image (the history's image_url).
-    context = browser.new_context(viewport=VIEWPORT)
-    other = context.new_page()
-    other_log = PageLog()
-    other_log.attach(other)
+    context, other, other_log = open_page(browser)
     try:
         other.goto(page.url)
         wait_idle(other)
@@ -256,10 +259,7 @@ def test_analyst_session(session_page: Any, server: Serve, browser: Any) -> None
 
 def test_pixel_space_scene(browser: Any, server: Serve) -> None:
     """A PNG without georeferencing opens in pixel space (L.CRS.Simple); its tiles render."""
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    log = PageLog()
-    log.attach(page)
+    context, page, log = open_page(browser)
     try:
         page.goto(f"{server.url}/")
         wait_idle(page)
@@ -287,10 +287,7 @@ def test_upload_a_scene_and_ask(browser: Any, server: Serve, tmp_path: Any) -> N
     from zoomearth.scene.synth import generate_scene
 
     upload = generate_scene(tmp_path / "mine.tif", 600, seed=2, progress=False).image_path
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    log = PageLog()
-    log.attach(page)
+    context, page, log = open_page(browser)
     try:
         page.goto(f"{server.url}/")
         wait_idle(page)
@@ -318,10 +315,7 @@ def test_signed_urls_are_renewed_before_they_expire(
     scene and of a tool's raster layer by itself, so tiles requested after the first links
     expired still load (no 403), and an expired download link is renewed when clicked."""
     srv = Serve(tmp_path / "short-links", [scenes], sets=("link_ttl_s=10",))
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    log = PageLog()
-    log.attach(page)
+    context, page, log = open_page(browser, accept_downloads=True)
     try:
         page.goto(f"{srv.url}/")
         wait_idle(page)
@@ -390,10 +384,7 @@ def test_token_required_off_loopback(browser: Any, scenes: Any, tmp_path: Any) -
         context.close()
 
         # Typing the right token opens the scene; tiles load through signed URLs.
-        context = browser.new_context(viewport=VIEWPORT)
-        page = context.new_page()
-        log = PageLog()
-        log.attach(page)
+        context, page, log = open_page(browser)
         page.goto(f"{srv.url}/")
         page.wait_for_selector("#login:not([hidden])")
         page.fill("#login-token", token)
