@@ -19,6 +19,7 @@ from zoomearth.tools.contract import (
     ToolResult,
     artifact_ref,
     input_path,
+    output_name,
 )
 from zoomearth.tools.errors import (
     ToolCancelled,
@@ -83,6 +84,7 @@ __all__ = [
     "get_registry",
     "get_tool",
     "input_path",
+    "output_name",
     "list_tools",
     "reset_registry",
     "run_tool",

@@ -47,6 +47,7 @@ from zoomearth.tools.contract import (
     ToolResult,
     artifact_ref,
     input_path,
+    output_name,
     path_argument_values,
 )
 from zoomearth.tools.errors import (
@@ -152,6 +153,7 @@ __all__ = [
     "check_tool_call",
     "describe_arguments",
     "input_path",
+    "output_name",
     "path_argument_values",
     "prompt_schema",
     "run_tool",

@@ -68,6 +68,7 @@ from zoomearth.tools.base import (
     ToolInputError,
     ToolResult,
     input_path,
+    output_name,
 )
 
 if TYPE_CHECKING:
@@ -187,11 +188,7 @@ class ChangeDetection(Tool):
         min_area_m2: float = Field(
             0.0, ge=0, description="Drop changed areas smaller than this (square metres)"
         )
-        name: str = Field(
-            "change",
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-            description="Output file name stem (letters, digits, '_' and '-')",
-        )
+        name: str = output_name("change")
         preview: bool = Field(True, description="Also write a before/after/change PNG preview")
 
     capabilities: ClassVar[Capabilities] = Capabilities(

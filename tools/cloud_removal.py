@@ -95,6 +95,7 @@ from zoomearth.tools.base import (
     ToolInputError,
     ToolResult,
     input_path,
+    output_name,
 )
 
 __all__ = ["CloudRemoval"]
@@ -249,11 +250,7 @@ class CloudRemoval(Tool):
             description="Prompt of diffusion inpainting (if configured)",
         )
         seed: int = Field(0, ge=0, description="Seed of diffusion inpainting")
-        name: str = Field(
-            "cloudfree",
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-            description="Output file name stem (letters, digits, '_' and '-')",
-        )
+        name: str = output_name("cloudfree")
         preview: bool = Field(True, description="Also write a before/after PNG preview")
 
         @model_validator(mode="after")

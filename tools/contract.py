@@ -82,6 +82,7 @@ __all__ = [
     "ToolResult",
     "artifact_ref",
     "input_path",
+    "output_name",
     "path_argument_values",
 ]
 
@@ -263,6 +264,22 @@ def input_path(*, must_exist: bool = True) -> Any:
     accepted outside ``allowed_roots`` too.
     """
     return Annotated[str, Field(json_schema_extra={"format": "path"}), PathArgSpec(must_exist)]
+
+
+#: What an output file name stem may hold: it becomes part of a file name in the run folder.
+OUTPUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+def output_name(default: str) -> Any:
+    """The ``name`` argument of a tool writing files: an output file name stem, ``default`` unset.
+
+    Use as ``name: str = output_name("denoised")``.
+    """
+    return Field(
+        default,
+        pattern=OUTPUT_NAME_PATTERN,
+        description="Output file name stem (letters, digits, '_' and '-')",
+    )
 
 
 #: An argument naming any earlier artifact (``"artifact:N"``).

@@ -123,6 +123,7 @@ from zoomearth.tools.base import (
     ToolContext,
     ToolInputError,
     ToolResult,
+    output_name,
 )
 
 if TYPE_CHECKING:
@@ -250,11 +251,7 @@ class Denoise(Tool):
             description="Multiplier of the filter strength derived from the measured noise "
             "(classical backend): below 1 keeps more detail, above 1 smooths more",
         )
-        name: str = Field(
-            "denoised",
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-            description="Output file name stem (letters, digits, '_' and '-')",
-        )
+        name: str = output_name("denoised")
         preview: bool = Field(True, description="Also write a before|after PNG preview")
 
     capabilities: ClassVar[Capabilities] = Capabilities(

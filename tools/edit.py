@@ -86,6 +86,7 @@ from zoomearth.tools.base import (
     ToolInputError,
     ToolResult,
     artifact_ref,
+    output_name,
 )
 
 if TYPE_CHECKING:
@@ -224,11 +225,7 @@ class Edit(Tool):
         image_guidance: float = Field(
             1.5, ge=0.0, le=10.0, description="InstructPix2Pix image guidance scale"
         )
-        name: str = Field(
-            "edited",
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-            description="Output file name stem (letters, digits, '_' and '-')",
-        )
+        name: str = output_name("edited")
 
     capabilities: ClassVar[Capabilities] = Capabilities(
         bands=None,

@@ -23,6 +23,7 @@ from zoomearth.tools.base import (
     ToolContext,
     ToolInputError,
     ToolResult,
+    output_name,
 )
 
 __all__ = ["ExportRegion"]
@@ -55,11 +56,7 @@ class ExportRegion(Tool):
             max_length=256,
             description="1-based band numbers to keep, in order (default: all bands)",
         )
-        name: str = Field(
-            "region",
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-            description="Output file name stem (letters, digits, '_' and '-')",
-        )
+        name: str = output_name("region")
         preview: bool = Field(True, description="Also write a PNG preview (long side 512 px)")
 
     capabilities: ClassVar[Capabilities] = Capabilities(max_side=2048, streaming=True)

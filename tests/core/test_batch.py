@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.ray_cluster import local_ray
 from zoomearth import batch as batch_module
 from zoomearth.batch import BatchItem, BatchRunner, batch_schema, load_batch, run_batch
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -150,17 +148,10 @@ def test_cli_batch(folder, tmp_path, capsys):
 
 
 def test_batch_on_ray_gives_the_local_records(folder, rules, tmp_path):
-    ray = pytest.importorskip("ray", reason="the dist extra (ray) is not installed")
+    pytest.importorskip("ray", reason="the dist extra (ray) is not installed")
 
     local = run_batch(folder / "q.jsonl", settings=rules, out_dir=tmp_path / "l", progress=False)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-    )
-    try:
+    with local_ray():
         remote = run_batch(
             folder / "q.jsonl",
             settings=rules,
@@ -168,7 +159,5 @@ def test_batch_on_ray_gives_the_local_records(folder, rules, tmp_path):
             ray_address="auto",
             progress=False,
         )
-    finally:
-        ray.shutdown()
     same = ("question_id", "status", "answer", "zooms", "tools", "steps", "message")
     assert [{k: r[k] for k in same} for r in remote] == [{k: r[k] for k in same} for r in local]

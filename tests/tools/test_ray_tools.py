@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from tests.ray_cluster import local_ray
 from tests.tools.tile_tools import TileBlur
 from zoomearth.geometry import PixelBox
 from zoomearth.scene import Scene
@@ -33,19 +34,8 @@ W, H, TILES = 80, 56, 20
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster with 2 CPUs for the whole module (Ray starts in ~10 s)."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-    )
-    try:
+    with local_ray() as ray:
         yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture()

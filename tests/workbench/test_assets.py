@@ -13,7 +13,7 @@ import pytest
 from zoomearth.server.workbench import STATIC_DIR
 
 VENDOR_README = STATIC_DIR / "vendor" / "README.md"
-OWN_MODULES = ["app.js", "api.js", "map.js", "layers.js", "swipe.js", "chat.js"]
+OWN_MODULES = ["app.js", "api.js", "map.js", "layers.js", "swipe.js", "chat.js", "dom.js"]
 
 
 def _vendored() -> list[tuple[str, str]]:

@@ -663,30 +663,24 @@ class SceneStack:
         from zoomearth.scene.gdal import quiet_gdal
 
         with quiet_gdal():
-            reproject(
-                src_data,
-                out,
-                src_transform=src_transform,
-                src_crs=scene.crs,
-                dst_transform=dst_transform,
-                dst_crs=ref.crs,
-                resampling=method,
-                src_nodata=None,
-                dst_nodata=None,
-                init_dest_nodata=False,
+            # The pixels, then their validity with the same kernel.
+            pairs: tuple[tuple[Any, np.ndarray], ...] = (
+                (src_data, out),
+                (src_valid.astype(np.float32), valid),
             )
-            reproject(
-                src_valid.astype(np.float32),
-                valid,
-                src_transform=src_transform,
-                src_crs=scene.crs,
-                dst_transform=dst_transform,
-                dst_crs=ref.crs,
-                resampling=method,
-                src_nodata=None,
-                dst_nodata=None,
-                init_dest_nodata=False,
-            )
+            for source, destination in pairs:
+                reproject(
+                    source,
+                    destination,
+                    src_transform=src_transform,
+                    src_crs=scene.crs,
+                    dst_transform=dst_transform,
+                    dst_crs=ref.crs,
+                    resampling=method,
+                    src_nodata=None,
+                    dst_nodata=None,
+                    init_dest_nodata=False,
+                )
         # A destination pixel is valid only when every source pixel its kernel used was valid
         # (and the warp reached it at all: outside the footprint it stays 0).
         mask = valid < 0.999

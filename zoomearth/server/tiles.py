@@ -185,6 +185,21 @@ def parse_layer_id(layer_id: str) -> tuple[str, tuple[str, ...]]:
     return layer_id[0], match.groups()
 
 
+def _thread_artifact(runs_dir: Path, thread: str, artifact_id: int) -> Any:
+    """The record of artifact ``artifact_id`` of ``thread`` (404 ``unknown_artifact`` if none)."""
+    from zoomearth.artifacts import ArtifactError, ArtifactStore
+
+    run_dir = runs_dir / thread
+    try:
+        art = ArtifactStore(run_dir).get(artifact_id) if run_dir.is_dir() else None
+    except ArtifactError:
+        art = None
+    if art is None:
+        raise ApiError(404, NO_ARTIFACT_TEMPLATE.format(thread=thread, artifact_id=artifact_id),
+                       type="not_found_error", code="unknown_artifact")
+    return art
+
+
 def _unknown(layer_id: str) -> ApiError:
     return ApiError(404, UNKNOWN_LAYER_TEMPLATE.format(layer_id=layer_id[:80]),
                     type="not_found_error", code="unknown_layer")
@@ -400,18 +415,9 @@ class TileService:
                 raise _unknown(layer_id) from None
             return _Source(path, path.name, thread=thread)
         # an artifact of the thread: its record from the run directory's index
-        from zoomearth.artifacts import ArtifactError, ArtifactStore
-
         run_dir = settings.runs_dir / thread
         artifact_id = int(fields[0])
-        try:
-            art = ArtifactStore(run_dir).get(artifact_id) if run_dir.is_dir() else None
-        except ArtifactError:
-            art = None
-        if art is None:
-            raise ApiError(404, NO_ARTIFACT_TEMPLATE.format(thread=thread,
-                                                            artifact_id=artifact_id),
-                           type="not_found_error", code="unknown_artifact")
+        art = _thread_artifact(settings.runs_dir, thread, artifact_id)
         render = RASTER_ARTIFACT_KINDS.get(art.kind)
         if render is None or Path(art.path).suffix.lower() not in (".tif", ".tiff"):
             raise ApiError(400, NOT_A_RASTER_TEMPLATE.format(
@@ -715,19 +721,11 @@ class TileService:
         Raises:
             ApiError: 404 unknown thread or artifact, 400 not a GeoJSON artifact.
         """
-        from zoomearth.artifacts import ArtifactError, ArtifactStore
         from zoomearth.tools.paths import PathNotAllowedError, check_allowed_path
 
         assert self.settings.runs_dir is not None
         run_dir = self.settings.runs_dir / thread
-        try:
-            art = ArtifactStore(run_dir).get(artifact_id) if run_dir.is_dir() else None
-        except ArtifactError:
-            art = None
-        if art is None:
-            raise ApiError(404, NO_ARTIFACT_TEMPLATE.format(thread=thread,
-                                                            artifact_id=artifact_id),
-                           type="not_found_error", code="unknown_artifact")
+        art = _thread_artifact(self.settings.runs_dir, thread, artifact_id)
         if Path(art.path).suffix.lower() not in (".geojson", ".json") or art.kind != "vector":
             raise ApiError(400, NOT_A_RASTER_TEMPLATE.format(
                 artifact_id=artifact_id, kind=art.kind, name=Path(art.path).name).replace(

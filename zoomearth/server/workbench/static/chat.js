@@ -3,17 +3,7 @@
 // answer. Text from the server is always set as text (never parsed as HTML); the answer's
 // markdown links and images are rebuilt as elements.
 
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
+import { el } from "./dom.js";
 
 /** Whether a link from the answer may become an <a>/<img> (http(s) or same-origin paths). */
 function safeUrl(url) {

@@ -2,23 +2,12 @@
 // before/after swipe), GeoJSON vector layers (popups with area and label), download links.
 
 import { fetchSigned } from "./api.js";
+import { el } from "./dom.js";
 import { layerBounds, tileLayerFor } from "./map.js";
 
 const L = window.L;
 
 const nf = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
 
 /** An artifact's file name without the run's step prefix ("s001-3980-"): what it is. */
 export function displayName(name) {
